@@ -1,0 +1,71 @@
+# trtpipe — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+BUNDLES ?= bundles
+TORCH_VERSION ?= 2.13.0
+EXTRAS ?= cpu,export,rtx,bench,triton,dev
+export TRTPIPE_PROGRESS ?= 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-gpu demo-models export optimize engines parity bench test slow lint format clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: the CPU wheel (an unpinned `torch` would pull a multi-GB CUDA build)
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with torch (CPU) and trtpipe[cpu,export,rtx,bench,triton,dev]
+
+install-gpu: ## GPU venv (.venv-gpu): onnxruntime-gpu + TensorRT 10 + cuda-python instead of onnxruntime
+	$(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/pip install -q --upgrade pip
+	.venv-gpu/bin/pip install -q torch==$(TORCH_VERSION)
+	.venv-gpu/bin/pip install -q -e ".[gpu,export,bench,dev]"
+
+demo-models: $(STAMP) ## train the small demo models into models/ (skips those present; a few minutes)
+	$(PY) cli.py demo-models
+
+export: $(STAMP) ## install, then export + parity-check the default bundles into bundles/ (offline)
+	$(PY) cli.py export-defaults --out $(BUNDLES)
+
+optimize: $(STAMP) ## add fp16 / int8 / int4 variants to the default bundles (gated)
+	$(PY) cli.py optimize-defaults --out $(BUNDLES)
+
+engines: $(STAMP) ## build TensorRT engines for the default bundles (TensorRT-RTX ahead of time on a CPU machine)
+	$(PY) cli.py build-defaults --out $(BUNDLES)
+
+parity: $(STAMP) ## re-run parity on every bundle in bundles/
+	for b in $(BUNDLES)/*/; do $(PY) cli.py parity $$b || exit 1; done
+
+bench: $(STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈15 min on 2 cores)
+	$(PY) bench/run_all.py
+
+test: $(STAMP) ## run the test suite (CPU; GPU tests are skipped without a GPU)
+	$(PY) -m pytest -q -x --durations=15
+
+slow: $(STAMP) ## optional slow tests (bigger models, long fuzzing)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP) ## ruff lint + format check
+	$(VENV)/bin/ruff check trtpipe tests bench cli.py
+	$(VENV)/bin/ruff format --check trtpipe tests bench cli.py
+
+format: $(STAMP) ## ruff format + autofix
+	$(VENV)/bin/ruff format trtpipe tests bench cli.py
+	$(VENV)/bin/ruff check --fix trtpipe tests bench cli.py
+
+clean: ## remove bundles/, reports/ and caches (keeps .venv and models/)
+	rm -rf $(BUNDLES) reports .pytest_cache .ruff_cache

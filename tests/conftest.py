@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny seeded bundles built once per session (milliseconds to seconds each)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+
+ENCODER_TASKS = ("embed", "classify", "ner", "qa", "fill-mask")
+
+
+def has_gpu() -> bool:
+    try:
+        import subprocess
+
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu = has_gpu()
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def bundles_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bundles")
+
+
+class BundleFactory:
+    """Exports (preset, task) once per session and hands out the path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cache: dict[tuple, Path] = {}
+
+    def __call__(self, preset: str, task: str, **kwargs) -> Path:
+        key = (preset, task, tuple(sorted(kwargs.items())))
+        if key not in self.cache:
+            from trtpipe.export import export_bundle
+
+            suffix = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+            path = self.root / f"{preset}-{task}{('-' + suffix) if suffix else ''}"
+            export_bundle(preset, task, path, **kwargs)
+            self.cache[key] = path
+        return self.cache[key]
+
+
+@pytest.fixture(scope="session")
+def make_bundle(bundles_dir) -> BundleFactory:
+    return BundleFactory(bundles_dir)
+
+
+@pytest.fixture
+def copy_bundle(tmp_path):
+    """A private copy of a session bundle, for tests that damage or modify it."""
+    import shutil
+
+    def copy(path: Path) -> Path:
+        target = tmp_path / path.name
+        shutil.copytree(path, target)
+        return target
+
+    return copy
+
+
+def assert_close(
+    actual: np.ndarray, expected: np.ndarray, atol: float = 1e-4, rtol: float = 1e-4, what: str = ""
+) -> None:
+    """assert_allclose that reports max/mean diff and the first bad index."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    diff = np.abs(actual - expected)
+    bad = diff > atol + rtol * np.abs(expected)
+    if bad.any():
+        first = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{bad.size} elements differ; max abs {diff.max():.3g}, mean {diff.mean():.3g}; "
+            f"first at {tuple(int(i) for i in first)}: {actual[first]!r} vs {expected[first]!r}"
+        )

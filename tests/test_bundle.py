@@ -1,0 +1,194 @@
+"""Bundle format: schema, round trip, versions, hashes, path confinement, locking, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from trtpipe.runtime import Bundle, UserError, open_session
+from trtpipe.runtime.bundle import (
+    FORMAT_VERSION,
+    BundleLock,
+    bundle_transaction,
+    inside,
+    staged_bundle,
+    validate_manifest,
+    write_manifest,
+)
+
+
+def _manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_manifest_schema_and_round_trip(make_bundle, copy_bundle):
+    path = copy_bundle(make_bundle("tiny-bert", "classify"))
+    bundle = Bundle.load(path)
+    m = bundle.manifest
+    assert m["format_version"] == FORMAT_VERSION
+    for key in (
+        "family",
+        "task",
+        "source",
+        "model",
+        "labels",
+        "inputs",
+        "outputs",
+        "limits",
+        "tokenizer",
+        "variants",
+        "engines",
+    ):
+        assert key in m, key
+    assert m["source"]["seed"] == 0 and m["source"]["random_weights"] is True
+    assert len(m["source"]["weights_sha256"]) == 64
+    assert set(m["source"]["versions"]) >= {"torch", "transformers", "onnx", "trtpipe"}
+    assert bundle.labels == {0: "NEGATIVE", 1: "POSITIVE"}
+    assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    write_manifest(path, m)
+    again = Bundle.load(path)
+    assert again.manifest["variants"] == m["variants"] and again.labels == bundle.labels
+
+
+def test_previous_format_loads_and_newer_is_refused(make_bundle, copy_bundle):
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    data = _manifest(path)
+    old = dict(data, format_version=FORMAT_VERSION - 1)
+    old.pop("engines")
+    old["limits"] = {k: v for k, v in data["limits"].items() if k != "max_length"}
+    (path / "manifest.json").write_text(json.dumps(old))
+    bundle = Bundle.load(path)
+    assert bundle.engines == {} and bundle.max_length == data["limits"]["max_positions"]
+    assert open_session(bundle).output_names  # still opens
+    (path / "manifest.json").write_text(json.dumps(dict(data, format_version=FORMAT_VERSION + 1)))
+    with pytest.raises(UserError, match="newer than this trtpipe reads.*upgrade trtpipe"):
+        Bundle.load(path)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: m.update(family="t5"), "unknown family"),
+        (lambda m: m.update(task="translate"), "unknown task"),
+        (lambda m: m["limits"].update(max_positions=10**9), "limits.max_positions"),
+        (lambda m: m["limits"].update(vocab_size=-1), "limits.vocab_size"),
+        (lambda m: m["inputs"][0].update(shape=["batch", 10**9]), "invalid dimension"),
+        (lambda m: m["inputs"][0].update(dtype="complex128"), "dtype"),
+        (lambda m: m["variants"]["fp32"].update(sha256={"/etc/passwd": "0"}), "absolute path"),
+        (lambda m: m["variants"]["fp32"].update(sha256={"../x.onnx": "0"}), "leaves the bundle"),
+        (lambda m: m["tokenizer"].update(file="../../tokenizer.json"), "leaves the bundle"),
+        (lambda m: m.pop("variants"), "no fp32 variant"),
+        (lambda m: m.update(format_version="2"), "format_version"),
+    ],
+)
+def test_invalid_manifests_are_refused(make_bundle, copy_bundle, mutate, message):
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    data = _manifest(path)
+    mutate(data)
+    (path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=message):
+        Bundle.load(path)
+
+
+def test_corrupt_and_missing_manifest(tmp_path, make_bundle, copy_bundle):
+    with pytest.raises(UserError, match="no bundle at"):
+        Bundle.load(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="no manifest.json"):
+        Bundle.load(tmp_path / "plain")
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match="manifest.json is corrupt"):
+        Bundle.load(path)
+
+
+def test_symlink_out_of_bundle_is_refused(make_bundle, copy_bundle, tmp_path):
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(path / "model.onnx", outside)
+    (path / "model.onnx").unlink()
+    os.symlink(outside, path / "model.onnx")
+    with pytest.raises(UserError, match="outside the bundle"):
+        Bundle.load(path)
+    with pytest.raises(UserError, match="outside the bundle"):
+        inside(path, "model.onnx")
+
+
+def test_hash_mismatch_and_truncation_are_caught_before_loading(make_bundle, copy_bundle):
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    data = (path / "model.onnx").read_bytes()
+    (path / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="does not match its sha256.*re-export"):
+        open_session(path)
+    (path / "model.onnx").unlink()
+    with pytest.raises(UserError, match="model.onnx .* is missing"):
+        open_session(path)
+
+
+def test_corrupt_model_with_matching_hash_is_a_user_error(make_bundle, copy_bundle):
+    from trtpipe.runtime.bundle import sha256_file
+
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    (path / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    data = _manifest(path)
+    data["variants"]["fp32"]["sha256"]["model.onnx"] = sha256_file(path / "model.onnx")
+    (path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="could not load .*corrupt or truncated"):
+        open_session(path)
+
+
+def test_second_writer_gets_a_clear_error(make_bundle, copy_bundle):
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    with (
+        BundleLock(path),
+        pytest.raises(UserError, match="another trtpipe process .* is writing"),
+        bundle_transaction(path),
+    ):
+        pass
+    # the lock is gone afterwards and nothing is left behind
+    with bundle_transaction(path):
+        pass
+    assert not list(path.parent.glob(f".{path.name}*"))
+
+
+def test_failed_staging_leaves_previous_bundle_intact(make_bundle, copy_bundle):
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    before = _manifest(path)
+    with pytest.raises(RuntimeError), staged_bundle(path, overwrite=True) as staging:
+        (staging / "half-written").write_text("x")
+        raise RuntimeError("export crashed")
+    assert _manifest(path) == before
+    assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name]
+    Bundle.load(path).model_path()
+
+
+def test_staged_bundle_replaces_atomically(tmp_path):
+    target = tmp_path / "b"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with staged_bundle(target, overwrite=True) as staging:
+        (staging / "new").write_text("new")
+    assert (target / "new").exists() and not (target / "old").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_transaction_rolls_back_staged_files(make_bundle, copy_bundle):
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    with pytest.raises(RuntimeError), bundle_transaction(path) as (bundle, stage):
+        stage(path / "model.extra.onnx").write_text("partial")
+        bundle.manifest["variants"]["extra"] = {
+            "file": "model.extra.onnx",
+            "sha256": {"model.extra.onnx": "0"},
+        }
+        raise RuntimeError("optimizer crashed")
+    assert "extra" not in Bundle.load(path).variants
+    assert not (path / "model.extra.onnx").exists()
+    assert not [p for p in path.iterdir() if ".tmp-" in p.name]
+
+
+def test_validate_manifest_accepts_written_manifest(make_bundle):
+    path = make_bundle("tiny-bert", "qa")
+    validate_manifest(path, _manifest(path))

@@ -1,0 +1,25 @@
+"""The lean runtime: bundle → answers with numpy, tokenizers and onnxruntime (TensorRT lazily). No torch.
+
+from trtpipe.runtime import load_pipeline, open_session, Bundle
+pipe = load_pipeline("bundles/minilm-embed")
+vectors = pipe.embed(["a sentence", "another one"])
+"""
+
+from .bundle import Bundle
+from .errors import CheckFailed, UserError
+from .session import BACKENDS, Session, check_feeds, open_session
+from .tasks import Pipeline, load_pipeline
+from .text import TextEncoder
+
+__all__ = [
+    "BACKENDS",
+    "Bundle",
+    "CheckFailed",
+    "Pipeline",
+    "Session",
+    "TextEncoder",
+    "UserError",
+    "check_feeds",
+    "load_pipeline",
+    "open_session",
+]

@@ -1,0 +1,164 @@
+"""ONNX Runtime sessions: CPU, CUDA (device-resident I/O through IOBinding) and ORT's TensorRT execution provider."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import UserError
+from .session import check_feeds
+
+_PROVIDERS = {
+    "ort-cpu": "CPUExecutionProvider",
+    "ort-cuda": "CUDAExecutionProvider",
+    "ort-trt": "TensorrtExecutionProvider",
+}
+_ORT_TO_NP = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(bool)": np.bool_,
+}
+
+
+def import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "onnxruntime is not installed: `pip install trtpipe[cpu]` (CPU) or `pip install trtpipe[gpu]` (NVIDIA GPU)"
+        ) from None
+    return onnxruntime
+
+
+def _providers(ort, backend: str, bundle: Bundle | None, variant: str) -> list:
+    wanted = _PROVIDERS[backend]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise UserError(
+            f"backend {backend} needs ONNX Runtime's {wanted}, which this onnxruntime lacks (has: {', '.join(available)}); "
+            "install `pip install trtpipe[gpu]` (onnxruntime-gpu, after `pip uninstall onnxruntime`) and see `trtpipe doctor`"
+        )
+    if backend == "ort-cpu":
+        return ["CPUExecutionProvider"]
+    if backend == "ort-cuda":
+        return [
+            ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}),
+            "CPUExecutionProvider",
+        ]
+    options = {"trt_timing_cache_enable": True, "trt_engine_cache_enable": True}
+    if bundle is not None:
+        cache = bundle.path / "engines" / "ort-trt"
+        cache.mkdir(parents=True, exist_ok=True)
+        options.update(trt_engine_cache_path=str(cache), trt_timing_cache_path=str(cache))
+    if variant == "fp16":
+        options["trt_fp16_enable"] = True
+    if variant == "int8-qdq":
+        options["trt_int8_enable"] = True
+    return [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OrtSession:
+    """An ONNX Runtime InferenceSession behind the Session contract. `run` is thread-safe."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        backend: str = "ort-cpu",
+        threads: int | None = None,
+        specs: list[dict] | None = None,
+        limits: dict | None = None,
+        bundle: Bundle | None = None,
+        variant: str = "fp32",
+        optimization: str = "all",
+    ):
+        ort = import_ort()
+        self.ort = ort
+        self.backend = backend
+        self.variant = variant
+        self.specs = specs
+        self.limits = limits
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }
+        options.graph_optimization_level = levels[optimization]
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.threads = threads
+        providers = _providers(ort, backend, bundle, variant)
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own pybind exception types for bad files
+            text = str(exc).splitlines()[0][:300] if str(exc) else exc.__class__.__name__
+            raise UserError(
+                f"ONNX Runtime could not load {model_path} ({text}); the file is corrupt or truncated: "
+                "re-export the bundle with `trtpipe export ... --overwrite`"
+            ) from None
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.output_dtypes = {o.name: _ORT_TO_NP.get(o.type, np.float32) for o in self.session.get_outputs()}
+        self.device = "cuda" if backend in ("ort-cuda", "ort-trt") else "cpu"
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        backend: str = "ort-cpu",
+        variant: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> OrtSession:
+        variant = variant or "fp32"
+        if variant in bundle.variants:
+            entry = bundle.variants[variant]
+            if backend != "ort-cpu" and entry.get("ort_only_cpu"):
+                raise UserError(f"variant {variant} runs on the CPU provider only; use --backend ort-cpu")
+        path = bundle.model_path(variant, verify=verify)
+        specs = bundle.variants[variant].get("inputs") or bundle.manifest["inputs"]
+        return cls(
+            path,
+            backend=backend,
+            threads=threads,
+            specs=specs,
+            limits=bundle.limits,
+            bundle=bundle,
+            variant=variant,
+        )
+
+    def check(self, feeds: dict) -> dict:
+        if self.specs is None:
+            return feeds
+        return check_feeds(feeds, self.specs, self.limits)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = self.check(feeds)
+        outputs = self.session.run(None, feeds)
+        return dict(zip(self.output_names, outputs))
+
+    def run_into(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Run with caller-owned output buffers (IOBinding); outputs not given are allocated by ORT and dropped."""
+        feeds = self.check(feeds)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in self.output_names:
+            buffer = outputs.get(name)
+            if buffer is None:
+                binding.bind_output(name, "cpu")
+                continue
+            binding.bind_output(name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
+        self.session.run_with_iobinding(binding)
+
+    def close(self) -> None:
+        self.session = None
+
+    def __repr__(self) -> str:
+        return f"OrtSession(backend={self.backend!r}, variant={self.variant!r}, inputs={self.input_names})"

@@ -1,0 +1,173 @@
+"""Tokenization for the runtime: the `tokenizers` library (Rust, no torch), configured from the manifest."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import UserError
+
+
+@dataclass
+class Batch:
+    """A padded batch of encodings plus what postprocessing needs (offsets, which sequence each token is from)."""
+
+    feeds: dict[str, np.ndarray]
+    encodings: list  # tokenizers.Encoding, one per row
+    lengths: list[int]
+
+
+class TextEncoder:
+    """Encodes texts for one bundle. Tokenizer objects are never reconfigured after creation (thread safety):
+    each truncation setting gets its own instance."""
+
+    def __init__(self, bundle: Bundle):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise UserError("the `tokenizers` package is missing: pip install trtpipe") from None
+        self._cls = Tokenizer
+        self.path = bundle.tokenizer_file()
+        self.info = bundle.manifest["tokenizer"]
+        self.max_length = bundle.max_length
+        self.input_names = bundle.input_names()
+        self._lock = threading.Lock()
+        self._cache: dict[tuple, object] = {}
+        self.plain = self._make()
+
+    def _make(self, max_length: int | None = None, stride: int = 0, strategy: str = "longest_first"):
+        try:
+            tok = self._cls.from_file(str(self.path))
+        except Exception as exc:
+            raise UserError(
+                f"tokenizer {self.path} could not be read ({exc}); re-export the bundle"
+            ) from None
+        tok.no_padding()
+        tok.no_truncation()
+        if max_length:
+            tok.enable_truncation(max_length, stride=stride, strategy=strategy)
+        return tok
+
+    def _tokenizer(self, max_length: int | None, stride: int = 0, strategy: str = "longest_first"):
+        if not max_length:
+            return self.plain
+        key = (max_length, stride, strategy)
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._make(max_length, stride, strategy)
+            return self._cache[key]
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.info.get("pad_id") or 0)
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.info.get("mask_id")
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.plain.token_to_id(token)
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.plain.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.plain.id_to_token(int(token_id))
+
+    # ----------------------------------------------------------------------------------------------- encoders
+
+    def encode(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        truncate: bool = False,
+        max_length: int | None = None,
+    ) -> list:
+        """Encode texts (and optional second segments) with special tokens; refuse over-long input unless truncating."""
+        check_texts(texts)
+        if pairs is not None:
+            check_texts(pairs, what="text pair")
+            if len(pairs) != len(texts):
+                raise UserError(f"got {len(texts)} texts but {len(pairs)} text pairs; give one pair per text")
+        limit = min(max_length or self.max_length, self.max_length)
+        tok = self._tokenizer(limit) if truncate else self.plain
+        items = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        encodings = tok.encode_batch(items, add_special_tokens=True)
+        if not truncate:
+            for index, enc in enumerate(encodings):
+                if len(enc.ids) > limit:
+                    raise UserError(
+                        f"text {index + 1} is {len(enc.ids)} tokens, longer than the model's limit of {limit}; "
+                        "shorten it or pass --truncate (truncate=True) to cut it with a warning"
+                    )
+        return encodings
+
+    def encode_windows(
+        self, question: str, context: str, max_length: int | None = None, stride: int = 128
+    ) -> list:
+        """Question + context in overlapping windows (the context is split, the question repeated) for long QA."""
+        check_texts([question], what="question")
+        check_texts([context], what="context")
+        limit = min(max_length or self.max_length, self.max_length)
+        question_len = len(self.plain.encode(question, add_special_tokens=False).ids)
+        if question_len + 8 > limit:
+            raise UserError(
+                f"the question is {question_len} tokens; it must fit in {limit - 8} tokens with the context"
+            )
+        stride = max(0, min(stride, limit - question_len - 8))
+        tok = self._tokenizer(limit, stride=stride, strategy="only_second")
+        first = tok.encode(question, context, add_special_tokens=True)
+        return [first, *first.overflowing]
+
+    def collate(self, encodings: list) -> Batch:
+        """Pad a group of encodings to its longest member (dynamic padding)."""
+        lengths = [len(e.ids) for e in encodings]
+        width = max(lengths)
+        rows = len(encodings)
+        ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((rows, width), dtype=np.int64)
+        types = np.zeros((rows, width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = lengths[row]
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = types
+        return Batch(feeds, encodings, lengths)
+
+    # ---------------------------------------------------------------------------------------------- decoders
+
+    def encode_prompt(self, text: str) -> list[int]:
+        check_texts([text], what="prompt")
+        return list(self.plain.encode(text, add_special_tokens=False).ids)
+
+
+def check_texts(texts, what: str = "text") -> None:
+    if isinstance(texts, str):
+        raise UserError(f"expected a list of {what}s, got a single string")
+    if not texts:
+        raise UserError(f"no {what} given; pass at least one")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UserError(f"{what} {index + 1} is {type(text).__name__}, not a string")
+        if not text.strip():
+            raise UserError(f"{what} {index + 1} is empty; pass non-empty text")
+
+
+def length_buckets(lengths: list[int], batch_size: int, window: int | None = None) -> list[list[int]]:
+    """Group indices into batches of similar length: sort by length inside windows of `window` items (keeps
+    memory bounded for streams and order roughly stable), then cut into batches of `batch_size`."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be ≥ 1 (got {batch_size})")
+    window = window or batch_size * 16
+    order = list(range(len(lengths)))
+    groups: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        groups.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return groups
