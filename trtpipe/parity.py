@@ -373,7 +373,17 @@ def check_parity_source(source, bundle_dir: Path, manifest: dict) -> ParityRepor
         limits=manifest["limits"],
     )
     report = run_tensor_parity(reference, session, bundle, "ort-cpu", "fp32")
+    if bundle.is_decoder:
+        from .decoder_parity import decoder_levels
+
+        report.levels.update(decoder_levels(bundle, reference, "ort-cpu", "fp32"))
     manifest["variants"]["fp32"]["parity"]["ort-cpu"] = report.to_dict()
+    if "kv-inplace" in manifest["variants"]:
+        inplace = {k: v for k, v in report.levels.items() if k != "cache_pingpong"}
+        manifest["variants"]["kv-inplace"]["parity"]["ort-cpu"] = {
+            "verdict": "pass" if all(l.get("passed", True) for l in inplace.values()) else "fail",
+            "levels": inplace,
+        }
     return report
 
 

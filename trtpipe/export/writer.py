@@ -88,6 +88,26 @@ def _finish_onnx(
     return files, stats
 
 
+def _kv_inplace_variant(staging: Path, config) -> dict:
+    from ..optimize.kv_inplace import kv_inplace_specs, rewrite_kv_inplace
+    from . import graph
+
+    heads = config.n_head
+    model = graph.load_onnx(staging / "model.onnx")
+    rewritten = rewrite_kv_inplace(model, config.n_layer, heads, config.n_embd // heads)
+    files = graph.save_onnx(rewritten, staging / "model.kv-inplace.onnx")
+    inputs, outputs = kv_inplace_specs(config.n_layer, heads, config.n_embd // heads, config.vocab_size)
+    stats = {"nodes": len(rewritten.graph.node), "initializer_bytes": graph.initializer_bytes(rewritten)}
+    return {
+        "file": "model.kv-inplace.onnx",
+        "files": files,
+        "stats": stats,
+        "inputs": inputs,
+        "outputs": outputs,
+        "ort_only": True,
+    }
+
+
 def export_bundle(
     model: str,
     task: str | None,
@@ -149,6 +169,8 @@ def export_bundle(
                     "stats": stats,
                     "outputs": dec.output_specs(config, all_logits) if all_logits else None,
                 }
+            with status("writing the in-place KV variant (ORT)"):
+                variants["kv-inplace"] = _kv_inplace_variant(staging, config)
         else:
             from . import encoder as enc
 
@@ -179,8 +201,11 @@ def export_bundle(
                 "parity": {},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            if entry.get("outputs"):
-                manifest_variants[name]["outputs"] = entry["outputs"]
+            for key in ("outputs", "inputs"):
+                if entry.get(key):
+                    manifest_variants[name][key] = entry[key]
+            if entry.get("ort_only"):
+                manifest_variants[name].update(ort_only=True, made_from="fp32", kv="inplace")
         labels = {}
         if source.task in ("classify", "ner"):
             labels = {str(k): str(v) for k, v in sorted(config.id2label.items())}

@@ -7,6 +7,8 @@ vectors = pipe.embed(["a sentence", "another one"])
 
 from .bundle import Bundle
 from .errors import CheckFailed, UserError
+from .generate import Completion, Generator, Sampling, Token
+from .score import perplexity
 from .session import BACKENDS, Session, check_feeds, open_session
 from .tasks import Pipeline, load_pipeline
 from .text import TextEncoder
@@ -15,6 +17,10 @@ __all__ = [
     "BACKENDS",
     "Bundle",
     "CheckFailed",
+    "Completion",
+    "Generator",
+    "Sampling",
+    "Token",
     "Pipeline",
     "Session",
     "TextEncoder",
@@ -22,4 +28,5 @@ __all__ = [
     "check_feeds",
     "load_pipeline",
     "open_session",
+    "perplexity",
 ]
