@@ -447,12 +447,16 @@ def score_cmd(
     )
 
 
+# Commands of the other stages live in trtpipe/commands/ (they import `app` and `command` from here).
+from .commands import demo, engines, serving  # noqa: E402,F401
+
 # ---------------------------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: usage errors become one line + exit 2 (no usage box, no traceback)."""
     from typer._click import exceptions as click_exceptions
+    from typer.exceptions import Abort
     from typer.main import get_command
 
     cmd = get_command(app)
@@ -471,7 +475,10 @@ def main(argv: list[str] | None = None) -> None:
     except click_exceptions.ClickException as exc:
         err.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
         sys.exit(exc.exit_code)
-    except (click_exceptions.Abort, KeyboardInterrupt):
+    except BrokenPipeError:  # `trtpipe … | head`
+        sys.stderr.close()
+        sys.exit(0)
+    except (Abort, KeyboardInterrupt):
         err.print("[red]interrupted[/]")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,3 @@
+"""CLI commands: engines (registered on trtpipe.cli.app)."""
+
+from __future__ import annotations
