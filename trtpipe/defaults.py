@@ -114,3 +114,34 @@ def summarize(paths: list[Path]) -> None:
         info(f'      python cli.py generate {decoders[-1]} "The list" --max-new-tokens 32')
     if paths:
         info(f"      python cli.py benchmark --engine {paths[0]}")
+
+
+# What `make optimize` adds: fused + dynamic int8 for encoders (CPU), fp16 + int8-qdq for TensorRT, and
+# weight-only int4 / int8 for GPT-2 decoding.
+OPTIMIZE = {
+    "embed": ["fused", "int8", "fp16", "int8-qdq"],
+    "classify": ["fused", "int8", "fp16", "int8-qdq"],
+    "fill-mask": ["int8", "fp16"],
+    "generate": ["int4", "int8-wo", "int8", "fp16"],
+}
+
+
+def optimize_defaults(out_dir: Path) -> None:
+    from .optimize.variants import optimize_bundle
+    from .runtime.bundle import Bundle
+
+    plan = []
+    for path in sorted(Path(out_dir).iterdir()):
+        if (path / "manifest.json").is_file():
+            bundle = Bundle.load(path)
+            plan += [(path, p) for p in OPTIMIZE.get(bundle.task, []) if p not in bundle.variants]
+    failures = []
+    for path, precision in plan:
+        info(f"[bold]{path.name}[/]: {precision}")
+        try:
+            optimize_bundle(path, precision)
+        except CheckFailed as exc:
+            failures.append(str(exc))
+            warn(str(exc))
+    if failures:
+        raise CheckFailed(f"{len(failures)} variant(s) failed their gate and were not written")

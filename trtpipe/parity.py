@@ -268,7 +268,9 @@ def encoder_feeds(bundle: Bundle, n: int = 16, batch: int = 4, max_tokens: int =
     return feeds
 
 
-def decoder_prefill_feeds(bundle: Bundle, n: int = 8, batch: int = 4, max_tokens: int = 48) -> list[dict]:
+def decoder_prefill_feeds(
+    bundle: Bundle, n: int = 8, batch: int = 4, max_tokens: int = 48, texts: list[str] | None = None
+) -> list[dict]:
     """Left-padded batches of real prompts with an empty past (prefill)."""
     from .runtime.text import TextEncoder
 
@@ -276,7 +278,7 @@ def decoder_prefill_feeds(bundle: Bundle, n: int = 8, batch: int = 4, max_tokens
     model = bundle.model
     heads, dim, layers = model["num_heads"], model["head_dim"], model["num_layers"]
     pad = int(bundle.manifest["tokenizer"].get("pad_id", 0))
-    texts = parity_texts(n)
+    texts = texts if texts is not None else parity_texts(n)
     feeds = []
     for start in range(0, len(texts), batch):
         ids = [encoder.encode_prompt(t)[:max_tokens] for t in texts[start : start + batch]]

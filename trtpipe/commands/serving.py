@@ -1,3 +1,178 @@
-"""CLI commands: serving (registered on trtpipe.cli.app)."""
+"""CLI commands: serving (registered on trtpipe.cli.app) — `triton` writes a model repository, `triton-serve`
+runs it on loopback with the tritonserver of the nvidia-pytriton wheel."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..cli import JsonOpt, QuietOpt, _print_json, command
+from ..console import info, out, warn
+
+
+@command("triton")
+def triton_cmd(
+    bundles: Annotated[
+        list[str],
+        typer.Argument(help="bundle directories (NAME=BUNDLE to choose the model name)", show_default=False),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="model repository directory to write")],
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="Triton backend: python (text in, answers out; every task, generation too), onnxruntime or "
+            "tensorrt (the graph itself; encoders)",
+        ),
+    ] = "python",
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="max_batch_size: most rows Triton batches")
+    ] = 8,
+    instances: Annotated[int, typer.Option("--instances", help="model instances (copies) per model")] = 1,
+    dynamic_batching: Annotated[
+        bool,
+        typer.Option("--dynamic-batching/--no-dynamic-batching", help="let Triton merge concurrent requests"),
+    ] = True,
+    queue_delay_us: Annotated[
+        int,
+        typer.Option("--max-queue-delay-us", help="how long the batcher may hold a request to fill a batch"),
+    ] = 100,
+    device: Annotated[
+        str, typer.Option("--device", help="instance kind: auto, cpu (KIND_CPU) or gpu (KIND_GPU)")
+    ] = "auto",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="--backend python: trtpipe session inside Triton (ort-cpu, ort-cuda, ort-trt, trt)",
+        ),
+    ] = "ort-cpu",
+    variant: Annotated[
+        str | None, typer.Option("--variant", help="ONNX variant or engine precision (default fp32)")
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="--backend tensorrt: engine file in the bundle, when it has several"),
+    ] = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream", help="GPT-2: stream tokens (decoupled model; gRPC streaming / generate_stream)"
+        ),
+    ] = False,
+    python_path: Annotated[
+        str | None,
+        typer.Option(
+            "--python-path",
+            help="--backend python: comma-separated directories the model adds to sys.path before importing "
+            "trtpipe (e.g. a trtpipe checkout inside the Triton container)",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="--backend python: intra-op threads per instance (default: half the server's CPUs, shared "
+            "among the instances)",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing repository")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Write a Triton model repository from bundles (config.pbtxt checked against Triton's schema)."""
+    from ..serving.repository import MANIFEST, RepoOptions, write_repository
+
+    options = RepoOptions(
+        backend=backend,
+        max_batch=max_batch,
+        instances=instances,
+        dynamic_batching=dynamic_batching,
+        queue_delay_us=queue_delay_us,
+        device=device,
+        runtime=runtime,
+        variant=variant,
+        engine=engine,
+        stream=stream,
+        python_path=tuple(p.strip() for p in (python_path or "").split(",") if p.strip()),
+        threads=threads,
+    )
+    planned = write_repository(bundles, out_dir, options, overwrite=overwrite)
+    if as_json:
+        _print_json(
+            {
+                "repository": str(out_dir),
+                "models": {m.name: {"backend": m.backend, **m.summary} for m in planned},
+            }
+        )
+        return
+    for model in planned:
+        details = ", ".join(f"{k} {v}" for k, v in model.summary.items() if not isinstance(v, list))
+        out.print(f"{model.name}: {model.backend} backend — {details}")
+    if any(m.bundle.random_weights for m in planned):
+        warn("some bundles have random weights: their answers are meaningless (speed and parity only)")
+    info(
+        f"wrote {out_dir} ({len(planned)} model{'s' if len(planned) != 1 else ''}; see {out_dir / MANIFEST})"
+    )
+    if backend == "python":
+        info(
+            f"  next: trtpipe triton-serve {out_dir}   (loopback; or the Triton container, docs/readme/serving.md)"
+        )
+    else:
+        info(
+            f"  next: the Triton container with {out_dir} mounted (docs/readme/serving.md); the wheel's "
+            "tritonserver has the python backend only"
+        )
+
+
+@command("triton-serve")
+def triton_serve_cmd(
+    repositories: Annotated[
+        list[Path],
+        typer.Argument(help="model repositories (written by `trtpipe triton`)", show_default=False),
+    ],
+    http_port: Annotated[
+        int, typer.Option("--http-port", help="HTTP port on 127.0.0.1 (0: any free)")
+    ] = 8000,
+    grpc_port: Annotated[
+        int, typer.Option("--grpc-port", help="gRPC port on 127.0.0.1 (0: any free)")
+    ] = 8001,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Prometheus metrics on 127.0.0.1 (default: off)")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds to wait for the models to load")
+    ] = 300.0,
+    duration: Annotated[
+        float, typer.Option("--duration", help="stop after this many seconds (0: run until Ctrl-C)")
+    ] = 0.0,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Triton's verbose log")] = False,
+    quiet: QuietOpt = False,
+):
+    """Run Triton Inference Server (from the nvidia-pytriton wheel) on 127.0.0.1 for a model repository."""
+    from ..serving.server import start_server
+
+    info(f"starting tritonserver for {', '.join(map(str, repositories))} (loopback only)…")
+    server = start_server(
+        list(repositories),
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        timeout_s=timeout,
+        verbose=verbose,
+    )
+    try:
+        out.print(
+            f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}"
+            + (f"  metrics http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
+        )
+        models = sorted(p.name for r in repositories for p in r.iterdir() if (p / "config.pbtxt").is_file())
+        out.print(f"models: {', '.join(models)}")
+        info(f"  try: curl -s http://{server.http_url}/v2/models/{models[0] if models else 'NAME'}/config")
+        info("Ctrl-C stops the server" + (f"; stopping in {duration:g}s" if duration else ""))
+        server.serve(duration or None)
+    finally:
+        code = server.stop()
+        info(f"tritonserver stopped (exit {code})")

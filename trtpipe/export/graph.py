@@ -120,7 +120,7 @@ def tie_transposed_weights(model: onnx.ModelProto, min_elements: int = 4096) -> 
                     value=numpy_helper.from_array(np.array([-1, rows], np.int64)),
                 ),
                 helper.make_node("Reshape", [x, flat_shape], [f"{base}/x2d"]),
-                helper.make_node("Gemm", [f"{base}/x2d", a], [f"{base}/y2d"], transB=1),
+                helper.make_node("Gemm", [f"{base}/x2d", a], [f"{base}/y2d"], name=f"{base}/Gemm", transB=1),
                 helper.make_node("Shape", [x], [f"{base}/x_shape"]),
                 helper.make_node(
                     "Constant", [], [f"{base}/zero"], value=numpy_helper.from_array(np.array([0], np.int64))
@@ -156,6 +156,73 @@ def tie_transposed_weights(model: onnx.ModelProto, min_elements: int = 4096) -> 
         )
     del graph.initializer[:]
     graph.initializer.extend(survivors)
+    return saved
+
+
+def share_packed_weights(model: onnx.ModelProto) -> int:
+    """Where fusion packed Q, K and V of most layers into one [C, 3N] weight but left a layer unfused (ALBERT's
+    first layer reads the embedding projection, not a LayerNorm, so ORT's attention fusion skips it), that layer's
+    three MatMuls carry copies of the packed weight's column slices. Rewrite them as one MatMul on the packed
+    weight + Split, so the weights are stored once. Returns bytes saved."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    slices: dict[bytes, tuple[str, int, int]] = {}
+    for name, init in inits.items():
+        if len(init.dims) == 2 and init.dims[1] % 3 == 0 and init.dims[0] * init.dims[1] >= 3 * 4096:
+            array = numpy_helper.to_array(init)
+            width = array.shape[1] // 3
+            for part in range(3):
+                block = np.ascontiguousarray(array[:, part * width : (part + 1) * width])
+                slices[hashlib.sha256(block.tobytes()).digest() + str(block.shape).encode()] = (
+                    name,
+                    part,
+                    width,
+                )
+    if not slices:
+        return 0
+    by_input: dict[str, list[tuple[onnx.NodeProto, str, int]]] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            array = numpy_helper.to_array(inits[node.input[1]])
+            hit = slices.get(
+                hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest() + str(array.shape).encode()
+            )
+            if hit:
+                by_input.setdefault(node.input[0], []).append((node, hit[0], hit[1]))
+    saved = 0
+    for x, hits in by_input.items():
+        packed = {p for _, p, _ in hits}
+        parts = {part for _, _, part in hits}
+        if len(hits) != 3 or len(packed) != 1 or parts != {0, 1, 2}:
+            continue
+        packed_name = packed.pop()
+        ordered = sorted(hits, key=lambda h: h[2])
+        first = ordered[0][0]
+        base = f"{first.name or packed_name}/shared_qkv"
+        index = list(graph.node).index(first)
+        width = inits[packed_name].dims[1] // 3
+        split = numpy_helper.from_array(np.array([width] * 3, np.int64), f"{base}/split")
+        graph.initializer.append(split)
+        new = [
+            helper.make_node("MatMul", [x, packed_name], [f"{base}/qkv"], name=f"{base}/MatMul"),
+            helper.make_node(
+                "Split",
+                [f"{base}/qkv", split.name],
+                [h[0].output[0] for h in ordered],
+                axis=-1,
+                name=f"{base}/Split",
+            ),
+        ]
+        for node, _, _ in hits:
+            saved += int(np.prod(inits[node.input[1]].dims)) * 4
+            graph.node.remove(node)
+        for offset, node in enumerate(new):
+            graph.node.insert(index + offset, node)
+    if saved:
+        used = {i for node in graph.node for i in node.input}
+        keep = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
     return saved
 
 

@@ -1,0 +1,657 @@
+"""Scale-out on Triton: repositories from bundles, configs checked against Triton's own schema, bad input, the
+Python-backend model in process, and a real tritonserver on loopback answering like the runtime under load."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from typer.testing import CliRunner
+
+from trtpipe.cli import app
+from trtpipe.runtime import Generator, Sampling, UserError, load_pipeline
+from trtpipe.runtime.bundle import Bundle, write_manifest
+from trtpipe.serving import InvalidConfig, RepoOptions, validate_config, write_repository
+from trtpipe.serving.config import KNOWN_BACKENDS, KNOWN_PLATFORMS
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+TEXTS = [
+    "The film was a delight from start to finish.",
+    "Terrible service, cold food.",
+    "An average day at the office",
+    "Stock prices fell sharply on Monday.",
+    "Cats sleep for most of the day.",
+]
+PROMPTS = ["The list", "Hello there, how", "def main"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def read_config(path: Path):
+    return validate_config(path.read_text(), expected_name=path.parent.name)
+
+
+@pytest.fixture(scope="module")
+def classify(make_bundle):
+    return make_bundle("tiny-bert", "classify")
+
+
+@pytest.fixture(scope="module")
+def embed(make_bundle):
+    return make_bundle("tiny-bert", "embed")
+
+
+@pytest.fixture(scope="module")
+def gpt2(make_bundle):
+    return make_bundle("tiny-gpt2", "generate")
+
+
+# ------------------------------------------------------------------------------------------ configs / schema
+
+
+def test_python_repository_layout_and_configs_parse_with_tritons_schema(tmp_path, classify, embed, gpt2):
+    repo = tmp_path / "repo"
+    result = invoke("triton", classify, embed, gpt2, "--out", repo, "--max-batch", 16, "--instances", 2, "-q")
+    assert result.exit_code == 0, result.output
+    models = {p.name for p in repo.iterdir() if p.is_dir()}
+    assert models == {"tiny-bert-classify", "tiny-bert-embed", "tiny-gpt2-generate"}
+    pb = importlib.import_module("tritonclient.grpc.model_config_pb2")
+    for name in models:
+        config = read_config(repo / name / "config.pbtxt")
+        assert config.backend == "python" and config.backend in KNOWN_BACKENDS and not config.platform
+        assert config.max_batch_size == 16
+        assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+        assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+        assert config.instance_group[0].count == 2
+        assert not config.model_transaction_policy.decoupled
+        assert (repo / name / "1" / "model.py").is_file()
+        copied = Bundle.load(repo / name / "1" / "bundle")  # the runtime can load the copy, hashes and all
+        copied.model_path()
+        assert config.parameters["task"].string_value == copied.task
+    classify_cfg = read_config(repo / "tiny-bert-classify" / "config.pbtxt")
+    inputs = {i.name: i for i in classify_cfg.input}
+    assert inputs["text"].data_type == pb.TYPE_STRING and list(inputs["text"].dims) == [1]
+    assert inputs["text_pair"].optional
+    outputs = {o.name: list(o.dims) for o in classify_cfg.output}
+    assert outputs == {"label": [1], "score": [1], "scores": [2]}
+    embed_cfg = read_config(repo / "tiny-bert-embed" / "config.pbtxt")
+    assert [(o.name, list(o.dims)) for o in embed_cfg.output] == [("embedding", [32])]
+    record = json.loads((repo / "trtpipe-repository.json").read_text())
+    assert record["models"]["tiny-gpt2-generate"]["task"] == "generate"
+    assert record["models"]["tiny-bert-embed"]["bundle"] == str(embed.resolve())
+
+
+def test_stream_writes_a_decoupled_generation_model(tmp_path, gpt2, embed):
+    repo = tmp_path / "repo"
+    result = invoke("triton", f"gen={gpt2}", embed, "--out", repo, "--stream", "-q")
+    assert result.exit_code == 0, result.output
+    assert read_config(repo / "gen" / "config.pbtxt").model_transaction_policy.decoupled
+    assert not read_config(repo / "tiny-bert-embed" / "config.pbtxt").model_transaction_policy.decoupled
+
+
+def test_onnxruntime_backend_config_comes_from_the_manifest(tmp_path, classify, embed):
+    repo = tmp_path / "repo"
+    result = invoke(
+        "triton", classify, embed, "--backend", "onnxruntime", "--out", repo, "--no-dynamic-batching", "-q"
+    )
+    assert result.exit_code == 0, result.output
+    pb = importlib.import_module("tritonclient.grpc.model_config_pb2")
+    config = read_config(repo / "tiny-bert-embed" / "config.pbtxt")
+    assert (config.backend, config.platform) == ("onnxruntime", "onnxruntime_onnx")
+    assert KNOWN_PLATFORMS[config.platform] == config.backend
+    assert config.default_model_filename == "model.onnx"
+    assert not config.HasField("dynamic_batching")
+    assert config.max_batch_size == 8
+    assert {i.name: (i.data_type, list(i.dims)) for i in config.input} == {
+        name: (pb.TYPE_INT64, [-1]) for name in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    assert {o.name: list(o.dims) for o in config.output} == {
+        "last_hidden_state": [-1, 32],
+        "sentence_embedding": [32],
+    }
+    assert (repo / "tiny-bert-embed" / "1" / "model.onnx").read_bytes() == (embed / "model.onnx").read_bytes()
+    logits = read_config(repo / "tiny-bert-classify" / "config.pbtxt").output[0]
+    assert (logits.name, logits.data_type, list(logits.dims)) == ("logits", pb.TYPE_FP32, [2])
+
+
+def _add_engine(bundle_dir: Path, name: str, flavour: str, write_file: bool = True, **extra) -> None:
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    path = bundle_dir / "engines" / name
+    if write_file:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"not a real plan " + flavour.encode())
+    manifest["engines"][f"engines/{name}"] = {"flavour": flavour, "variant": "fp32", **extra}
+    write_manifest(bundle_dir, manifest)
+
+
+def test_tensorrt_backend_serves_the_trt10_plan_on_gpus(tmp_path, copy_bundle, classify):
+    bundle = copy_bundle(classify)
+    _add_engine(bundle, "fp32.rtx-sm89.plan", "rtx")
+    _add_engine(
+        bundle,
+        "fp32.trt10-h100-sm90.plan",
+        "trt10",
+        profiles=[{"input_ids": {"min": [1, 1], "opt": [8, 64], "max": [32, 128]}}],
+    )
+    repo = tmp_path / "repo"
+    result = invoke("triton", bundle, "--backend", "tensorrt", "--out", repo, "--max-batch", 32, "-q")
+    assert result.exit_code == 0, result.output
+    pb = importlib.import_module("tritonclient.grpc.model_config_pb2")
+    config = read_config(repo / bundle.name / "config.pbtxt")
+    assert (config.backend, config.platform) == ("tensorrt", "tensorrt_plan")
+    assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    assert config.default_model_filename == "model.plan"
+    assert (repo / bundle.name / "1" / "model.plan").read_bytes().endswith(b"trt10")
+    # the engine's profile caps the batch
+    result = invoke("triton", bundle, "--backend", "tensorrt", "--out", tmp_path / "r2", "--max-batch", 64)
+    assert result.exit_code == 2 and "--max-batch 32" in result.output
+
+
+def test_validate_config_rejects_what_triton_would(classify):
+    good = (
+        'name: "m" backend: "python" max_batch_size: 4 input { name: "text" data_type: TYPE_STRING dims: 1 } '
+        'output { name: "y" data_type: TYPE_FP32 dims: -1 } instance_group { count: 1 kind: KIND_CPU }'
+    )
+    assert validate_config(good, expected_name="m").max_batch_size == 4
+    bad = {
+        'name: "m" backend: "python" max_batch_size: 4 inputs { name: "x" }': "not a Triton ModelConfig",
+        good.replace("TYPE_STRING", "TYPE_TEXT"): "not a Triton ModelConfig",
+        good.replace('"python"', '"onnx"'): "unknown backend",
+        good.replace(
+            'backend: "python"', 'backend: "python" platform: "tensorrt_plan"'
+        ): "belongs to backend",
+        good + ' platform: "pytorch_plan"': "unknown platform",
+        good.replace("dims: -1", "dims: 0"): "invalid dims",
+        good.replace(
+            "max_batch_size: 4", "max_batch_size: 4 dynamic_batching { preferred_batch_size: 8 }"
+        ): "preferred",
+        good.replace("max_batch_size: 4", "max_batch_size: 0 dynamic_batching { }"): "max_batch_size ≥ 1",
+        good.replace('"python"', '"tensorrt"'): "GPUs only",
+        good.replace('"python"', '"onnxruntime"')
+        + " model_transaction_policy { decoupled: true }": "decoupled",
+        good.replace('name: "y"', 'name: "text" } output { name: "text"'): "duplicate output",
+    }
+    for text, message in bad.items():
+        with pytest.raises(InvalidConfig, match=message):
+            validate_config(text)
+    with pytest.raises(InvalidConfig, match="differs from its directory"):
+        validate_config(good, expected_name="other")
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("gpt2-onnxruntime", "--backend python"),
+        ("gpt2-tensorrt", "--backend python"),
+        ("exists", "--overwrite"),
+        ("no-engine", "trtpipe build"),
+        ("rtx-engine", "TensorRT 10"),
+        ("missing-engine-file", "trtpipe build"),
+        ("same-name", "NAME=BUNDLE"),
+        ("stream-without-gpt2", "--stream applies to GPT-2"),
+        ("bad-max-batch", "--max-batch"),
+        ("no-bundle", "trtpipe export"),
+        ("out-is-a-bundle", "would replace bundle"),
+        ("bad-variant", "trtpipe optimize"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    case, message, tmp_path, copy_bundle, classify, embed, gpt2
+):
+    repo = tmp_path / "out" / "repo"
+    repo.parent.mkdir()
+    args: list = ["--out", repo]
+    if case == "gpt2-onnxruntime":
+        args = [gpt2, "--backend", "onnxruntime", *args]
+    elif case == "gpt2-tensorrt":
+        args = [gpt2, "--backend", "tensorrt", *args]
+    elif case == "exists":
+        repo.mkdir()
+        (repo / "keep.txt").write_text("mine")
+        args = [embed, *args]
+    elif case == "no-engine":
+        args = [embed, "--backend", "tensorrt", *args]
+    elif case == "rtx-engine":
+        bundle = copy_bundle(embed)
+        _add_engine(bundle, "fp32.rtx-sm89.plan", "rtx")
+        args = [bundle, "--backend", "tensorrt", *args]
+    elif case == "missing-engine-file":
+        bundle = copy_bundle(embed)
+        _add_engine(bundle, "fp32.trt10-a100-sm80.plan", "trt10", write_file=False)
+        args = [bundle, "--backend", "tensorrt", *args]
+    elif case == "same-name":
+        twin = tmp_path / "elsewhere" / embed.name
+        shutil.copytree(embed, twin)
+        args = [embed, twin, *args]
+    elif case == "stream-without-gpt2":
+        args = [embed, "--stream", *args]
+    elif case == "bad-max-batch":
+        args = [embed, "--max-batch", 0, *args]
+    elif case == "no-bundle":
+        args = [tmp_path / "nope", *args]
+    elif case == "out-is-a-bundle":
+        bundle = copy_bundle(embed)
+        args = [bundle, "--out", bundle, "--overwrite"]
+    elif case == "bad-variant":
+        args = [embed, "--variant", "int8", *args]
+    before = {p: p.stat().st_mtime_ns for p in repo.rglob("*")} if repo.exists() else None
+    result = invoke("triton", *args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    if before is None:
+        assert not repo.exists()
+    else:
+        assert {p: p.stat().st_mtime_ns for p in repo.rglob("*")} == before
+    assert _leftovers(repo.parent) == []
+
+
+def test_overwrite_replaces_and_an_empty_dir_is_fine(tmp_path, embed, classify):
+    repo = tmp_path / "repo"
+    repo.mkdir()  # existing but empty: no --overwrite needed
+    assert invoke("triton", embed, "--out", repo, "-q").exit_code == 0
+    result = invoke("triton", classify, "--out", repo, "--overwrite", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny-bert-classify", "trtpipe-repository.json"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_failure_while_writing_leaves_nothing_half_written(tmp_path, embed, classify, monkeypatch):
+    from trtpipe.serving import repository
+
+    repo = tmp_path / "repo"
+    write_repository([str(embed)], repo, RepoOptions())
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    calls = []
+    link_or_copy = repository._link_or_copy
+
+    def failing_copy(source, target):
+        calls.append(source)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        link_or_copy(source, target)
+
+    monkeypatch.setattr(repository, "_link_or_copy", failing_copy)
+    with pytest.raises(OSError, match="disk full"):
+        write_repository([str(classify)], repo, RepoOptions(), overwrite=True)
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before  # the old repository, intact
+    with pytest.raises(OSError):
+        calls.clear()
+        write_repository([str(classify)], tmp_path / "fresh", RepoOptions())
+    assert not (tmp_path / "fresh").exists()
+    assert _leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------- the Python-backend model, in process
+
+
+class FakeTensor:
+    def __init__(self, name, array):
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self):
+        return self._name
+
+    def as_numpy(self):
+        return self._array
+
+
+class FakeError(Exception):
+    INVALID_ARG, INTERNAL = 3, 13
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+    def message(self):
+        return self.args[0]
+
+
+class FakeResponse:
+    def __init__(self, output_tensors=(), error=None):
+        self.outputs = {t.name(): t.as_numpy() for t in output_tensors}
+        self.error = error
+
+
+class FakeSender:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, response=None, flags=0):
+        self.sent.append((response, flags))
+
+
+class FakeRequest:
+    def __init__(self, **inputs):
+        self.inputs = {k: FakeTensor(k, v) for k, v in inputs.items()}
+        self.sender = FakeSender()
+
+    def get_response_sender(self):
+        return self.sender
+
+
+def _texts(*texts):
+    return np.array([[t.encode()] for t in texts], dtype=np.object_)
+
+
+@pytest.fixture
+def python_model(monkeypatch):
+    """trtpipe.serving.python_model imported against a stand-in for Triton's triton_python_backend_utils."""
+    fake = types.ModuleType("triton_python_backend_utils")
+    fake.Tensor, fake.TritonError, fake.InferenceResponse = FakeTensor, FakeError, FakeResponse
+    fake.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
+    fake.Logger = types.SimpleNamespace(log_info=print, log_warn=print, log_error=print)
+    fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.delitem(sys.modules, "trtpipe.serving.python_model", raising=False)
+    module = importlib.import_module("trtpipe.serving.python_model")
+    yield module
+    sys.modules.pop("trtpipe.serving.python_model", None)
+
+
+def _instance(module, repo: Path, name: str):
+    from google.protobuf import json_format
+
+    config = read_config(repo / name / "config.pbtxt")
+    args = {
+        "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+        "model_repository": str(repo / name),
+        "model_version": "1",
+        "model_name": name,
+    }
+    return module.BundleModel(args)
+
+
+def test_python_model_batches_requests_and_isolates_a_bad_one(python_model, tmp_path, classify):
+    repo = tmp_path / "repo"
+    write_repository([str(classify)], repo, RepoOptions())
+    model = _instance(python_model, repo, "tiny-bert-classify")
+    requests = [
+        FakeRequest(text=_texts(TEXTS[0], TEXTS[1])),
+        FakeRequest(text=_texts("")),  # empty: a UserError for this request only
+        FakeRequest(text=_texts(TEXTS[2]), text_pair=_texts(TEXTS[3])),
+        FakeRequest(text=np.array([[b"\xff\xfe"]], dtype=np.object_)),  # not UTF-8
+    ]
+    responses = model.execute(requests)
+    expected = load_pipeline(classify).classify([TEXTS[0], TEXTS[1]], top_k=None)
+    assert [v.decode() for v in responses[0].outputs["label"].ravel()] == [e["label"] for e in expected]
+    assert responses[0].outputs["scores"].shape == (2, 2)
+    for row, answer in enumerate(expected):
+        assert abs(responses[0].outputs["score"][row, 0] - answer["score"]) < 1e-5
+    assert responses[1].error.code == FakeError.INVALID_ARG and "empty" in responses[1].error.message()
+    pair = load_pipeline(classify).classify([TEXTS[2]], [TEXTS[3]], top_k=None)[0]
+    assert responses[2].outputs["label"][0, 0].decode() == pair["label"]
+    assert "UTF-8" in responses[3].error.message()
+
+
+@pytest.mark.parametrize("task", ["ner", "qa", "fill-mask"])
+def test_python_model_json_and_qa_answers_match_the_runtime(task, python_model, tmp_path, make_bundle):
+    bundle = make_bundle("tiny-bert", task)
+    repo = tmp_path / "repo"
+    write_repository([f"m={bundle}"], repo, RepoOptions())
+    model = _instance(python_model, repo, "m")
+    pipe = load_pipeline(bundle)
+    if task == "qa":
+        question, context = "Where did the cat sit?", "The cat sat on the mat in the house."
+        (response,) = model.execute([FakeRequest(question=_texts(question), context=_texts(context))])
+        expected = pipe.qa(question, context)
+        assert response.outputs["answer"][0, 0].decode() == expected["answer"]
+        assert (response.outputs["start"][0, 0], response.outputs["end"][0, 0]) == (
+            expected["start"],
+            expected["end"],
+        )
+        assert abs(response.outputs["score"][0, 0] - expected["score"]) < 1e-5
+        return
+    if task == "ner":
+        texts = ["Ada Lovelace lived in London.", "Grace Hopper worked at Harvard."]
+    else:
+        texts = ["Paris is the [MASK] of France.", "The [MASK] sat on the [MASK]."]
+    (response,) = model.execute([FakeRequest(text=_texts(*texts))])
+    if task == "ner":
+        got = [json.loads(v) for v in response.outputs["entities"].ravel()]
+        expected = pipe.ner(texts)
+    else:
+        got = [json.loads(v) for v in response.outputs["fills"].ravel()]
+        expected = pipe.fill_mask(texts, top_k=5)
+    assert got == json.loads(json.dumps(expected))  # same rows, same batch: the very same answers
+
+
+def test_python_model_generation_matches_the_runtime(python_model, tmp_path, gpt2):
+    repo = tmp_path / "repo"
+    write_repository([f"gen={gpt2}"], repo, RepoOptions())
+    write_repository([f"stream={gpt2}"], tmp_path / "repo2", RepoOptions(stream=True))
+    model = _instance(python_model, repo, "gen")
+    generator = Generator(gpt2)
+    requests = [
+        FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[8]], np.int32)),
+        FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[8]], np.int32)),
+        FakeRequest(
+            text=_texts(PROMPTS[2]),
+            max_new_tokens=np.array([[8]], np.int32),
+            temperature=np.array([[0.8]], np.float32),
+            top_k=np.array([[20]], np.int32),
+            seed=np.array([[7]], np.int64),
+        ),
+        FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[0]], np.int32)),
+    ]
+    responses = model.execute(requests)
+    for index in range(2):
+        expected = generator.generate(PROMPTS[index], max_new_tokens=8)[0]
+        assert responses[index].outputs["ids"][0].tolist() == expected.ids
+        assert responses[index].outputs["completion"][0, 0].decode() == expected.text
+    sampled = generator.generate(PROMPTS[2], 8, Sampling(temperature=0.8, top_k=20, seed=7))[0]
+    assert responses[2].outputs["ids"][0].tolist() == sampled.ids
+    assert "max_new_tokens" in responses[3].error.message()
+    streaming = _instance(python_model, tmp_path / "repo2", "stream")
+    request = FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[6]], np.int32))
+    assert streaming.execute([request]) is None
+    sent = request.sender.sent
+    assert sent[-1] == (None, 1)  # the final flag closes the stream
+    expected = generator.generate(PROMPTS[1], max_new_tokens=6)[0]
+    assert [int(r.outputs["ids"][0, 0]) for r, _ in sent[:-1]] == expected.ids
+    assert "".join(r.outputs["completion"][0, 0].decode() for r, _ in sent[:-1]) == expected.text
+    assert sent[-2][0].outputs["finish"][0, 0].decode() == expected.finish
+    two = FakeRequest(text=_texts(*PROMPTS[:2]))
+    streaming.execute([two])
+    assert two.sender.sent[0][1] == 1 and "one prompt per request" in two.sender.sent[0][0].error.message()
+
+
+# ------------------------------------------------------------------------------- a real server, on loopback
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory, classify, embed, gpt2):
+    """tritonserver from the nvidia-pytriton wheel on free loopback ports, serving python-backend models."""
+    from trtpipe.serving import start_server
+
+    root = tmp_path_factory.mktemp("triton")
+    probe = root / "empty"
+    probe.mkdir()
+    try:  # can the binary start on this machine at all? (an empty repository: no models involved)
+        start_server(probe, timeout_s=60).stop()
+    except UserError as exc:
+        pytest.skip(f"tritonserver cannot start on this machine: {exc}")
+    write_repository([str(classify), str(embed), str(gpt2)], root / "repo", RepoOptions(max_batch=8))
+    write_repository([f"tiny-gpt2-stream={gpt2}"], root / "stream", RepoOptions(stream=True))
+    server = start_server([root / "repo", root / "stream"], timeout_s=120)
+    try:
+        yield server, root
+    finally:
+        server.stop()
+
+
+def _http(server):
+    import tritonclient.http as http
+
+    return http, http.InferenceServerClient(server.http_url, network_timeout=60.0)
+
+
+def _bytes_input(module, name, texts):
+    tensor = module.InferInput(name, [len(texts), 1], "BYTES")
+    tensor.set_data_from_numpy(_texts(*texts))
+    return tensor
+
+
+def test_server_classifies_and_embeds_like_the_runtime(triton, classify, embed):
+    server, _ = triton
+    http, client = _http(server)
+    assert client.is_server_ready() and client.is_model_ready("tiny-bert-classify")
+    result = client.infer("tiny-bert-classify", [_bytes_input(http, "text", TEXTS)])
+    expected = load_pipeline(classify).classify(TEXTS, top_k=None)
+    labels = [v.decode() for v in result.as_numpy("label").ravel()]
+    assert labels == [e["label"] for e in expected]
+    names = [label for _, label in sorted(Bundle.load(classify).labels.items())]
+    want = np.array([[e["scores"][n] for n in names] for e in expected])
+    assert_close(result.as_numpy("scores"), want, atol=1e-5, rtol=0, what="scores")
+    assert_close(
+        result.as_numpy("score").ravel(), [e["score"] for e in expected], atol=1e-5, rtol=0, what="score"
+    )
+    result = client.infer("tiny-bert-embed", [_bytes_input(http, "text", TEXTS)])
+    assert_close(
+        result.as_numpy("embedding"), load_pipeline(embed).embed(TEXTS), atol=1e-5, rtol=0, what="embed"
+    )
+    try:
+        client.infer("tiny-bert-embed", [_bytes_input(http, "text", ["   "])])
+        raise AssertionError("empty text was accepted")
+    except Exception as exc:  # InferenceServerException, HTTP 400, the runtime's message
+        assert "empty" in str(exc) and "400" in str(exc)
+    client.close()
+
+
+def test_server_generates_like_the_runtime_over_http_and_grpc_streaming(triton, gpt2):
+    import tritonclient.grpc as grpc
+
+    server, _ = triton
+    http, client = _http(server)
+    generator = Generator(gpt2)
+    for prompt in PROMPTS:
+        steps = http.InferInput("max_new_tokens", [1, 1], "INT32")
+        steps.set_data_from_numpy(np.array([[12]], dtype=np.int32))
+        result = client.infer("tiny-gpt2-generate", [_bytes_input(http, "text", [prompt]), steps])
+        expected = generator.generate(prompt, max_new_tokens=12)[0]
+        assert result.as_numpy("ids")[0].tolist() == expected.ids
+        assert result.as_numpy("completion")[0, 0].decode() == expected.text
+        assert result.as_numpy("finish")[0, 0].decode() == expected.finish
+    client.close()
+    stream = grpc.InferenceServerClient(server.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)])
+    answers: queue.Queue = queue.Queue()
+    stream.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for index, prompt in enumerate(PROMPTS):
+            steps = grpc.InferInput("max_new_tokens", [1, 1], "INT32")
+            steps.set_data_from_numpy(np.array([[10]], dtype=np.int32))
+            stream.async_stream_infer(
+                "tiny-gpt2-stream",
+                [_bytes_input(grpc, "text", [prompt]), steps],
+                request_id=str(index),
+                enable_empty_final_response=True,
+            )
+        tokens: dict[str, list] = {str(i): [] for i in range(len(PROMPTS))}
+        finals = 0
+        while finals < len(PROMPTS):
+            result, error = answers.get(timeout=60)
+            assert error is None, error
+            response = result.get_response()
+            if response.parameters["triton_final_response"].bool_param:
+                finals += 1
+                continue
+            tokens[response.id].append(
+                (int(result.as_numpy("ids")[0, 0]), result.as_numpy("completion")[0, 0].decode())
+            )
+    finally:
+        stream.stop_stream()
+        stream.close()
+    for index, prompt in enumerate(PROMPTS):
+        expected = generator.generate(prompt, max_new_tokens=10)[0]
+        assert [i for i, _ in tokens[str(index)]] == expected.ids
+        assert "".join(t for _, t in tokens[str(index)]) == expected.text
+
+
+def test_server_under_concurrent_load(triton, classify, capsys):
+    from trtpipe.serving.load import run_load
+
+    server, root = triton
+    clients, requests = 8, 200
+    report = run_load(
+        server.http_url,
+        "tiny-bert-classify",
+        lambda c, i: [("text", _texts(TEXTS[(c + i) % len(TEXTS)]))],
+        clients=clients,
+        requests=requests,
+        outputs=["label", "score"],
+        timeout_s=90,
+    )
+    report["machine"] = f"{os.cpu_count()} CPUs, loopback, python backend (ort-cpu), max_batch 8"
+    (root / "load.json").write_text(json.dumps(report, indent=2))
+    with capsys.disabled():  # shown by `make test` too
+        print(
+            f"\ntriton load: {clients} clients × {requests} requests: {report['throughput_rps']} req/s, "
+            f"p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms ({root / 'load.json'})"
+        )
+    assert report["errors"] == 0, report["first_error"]
+    assert report["completed"] == clients * requests
+    assert report["throughput_rps"] > 0 and report["p99_ms"] >= report["p50_ms"]
+
+
+def test_a_model_that_fails_to_load_names_its_error(triton, tmp_path, embed):
+    from trtpipe.serving import start_server
+
+    repo = tmp_path / "repo"
+    write_repository([str(embed)], repo, RepoOptions())
+    onnx = repo / "tiny-bert-embed" / "1" / "bundle" / "model.onnx"
+    data = onnx.read_bytes()
+    onnx.unlink()  # a hard link to the session bundle: replace it, never write through it
+    onnx.write_bytes(data[: len(data) // 2])
+    log = tmp_path / "triton.log"
+    with pytest.raises(UserError, match="sha256") as failure:
+        start_server(repo, timeout_s=60, log_path=log)
+    print(failure.value)
+    assert "tiny-bert-embed" in str(failure.value) and str(log) in str(failure.value)
+    assert "sha256" in log.read_text()
+
+
+def test_triton_serve_cli_runs_and_stops_by_itself(triton, tmp_path, embed):
+    repo = tmp_path / "repo"
+    write_repository([str(embed)], repo, RepoOptions())
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "triton-serve",
+            repo,
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ready: HTTP http://127.0.0.1:" in result.stdout and "tiny-bert-embed" in result.stdout
+    assert "tritonserver stopped (exit 0)" in result.stderr

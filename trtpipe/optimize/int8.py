@@ -1,0 +1,324 @@
+"""int8: dynamic quantisation for the CPU (ORT, VNNI) and static symmetric QDQ for TensorRT.
+
+Dynamic int8 quantises only MatMuls with a constant weight (activation × activation MatMuls — QKᵀ and AV — stay
+fp32). Each weight MatMul gets the cheapest scheme the accuracy gate allows, on a ladder: per-tensor (fastest),
+per-channel (per output column), fp32. Nodes climb the ladder in order of an estimated quantisation error —
+weight rounding error plus the dynamic per-tensor activation error measured on calibration text — until the gate
+passes on the calibration set; the recorded gate is then computed on held-out text.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..console import progress
+from ..export import graph
+
+EXTRA = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
+def restore_sharing(model: onnx.ModelProto) -> None:
+    """ORT's quantizer rewrites Gemm(transB) as MatMul on a transposed copy (un-tying a tied MLM head) and gives
+    each node its own quantised weight (copies of ALBERT's shared layers): tie and deduplicate again."""
+    graph.tie_transposed_weights(model)
+    graph.dedupe_initializers(model)
+
+
+def weight_matmuls(model: onnx.ModelProto, gemm: bool = False) -> list[onnx.NodeProto]:
+    """Named MatMul (and with gemm=True, Gemm) nodes whose second input is a constant weight."""
+    inits = {i.name for i in model.graph.initializer}
+    ops = ("MatMul", "Gemm") if gemm else ("MatMul",)
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in ops and len(n.input) > 1 and n.input[1] in inits and n.name
+    ]
+
+
+def _weight_error(w: np.ndarray, per_channel: bool) -> float:
+    w = w.astype(np.float64)
+    scale = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()
+    scale = np.where(scale == 0, 1.0, scale) / 127.0
+    q = np.clip(np.round(w / scale), -127, 127) * scale
+    return float(np.sqrt(np.mean((w - q) ** 2)) / max(np.sqrt(np.mean(w**2)), 1e-12))
+
+
+def node_scores(model: onnx.ModelProto, feeds: list[dict], gemm: bool = False) -> dict[str, dict[str, float]]:
+    """Estimated relative output error of each weight MatMul under per-tensor and per-channel weights, with
+    dynamic uint8 per-tensor activations: e ≈ e_weight + e_activation."""
+    from .fp16 import TensorProbe
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = weight_matmuls(model, gemm)
+    graph_inputs = {i.name for i in model.graph.input}
+    probe_names = [n.input[0] for n in nodes if n.input[0] not in graph_inputs]
+    probe = TensorProbe(model, probe_names)
+    act_err: dict[str, list[float]] = {}
+    for feed in feeds:
+        values = probe.run(feed)
+        for node in nodes:
+            x = values.get(node.input[0])
+            if x is None:
+                x = feed.get(node.input[0])
+            if x is None:
+                continue
+            x = x.astype(np.float64)
+            lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+            scale = (hi - lo) / 255.0
+            rms = float(np.sqrt(np.mean(x**2))) or 1e-12
+            act_err.setdefault(node.name, []).append(scale / np.sqrt(12.0) / rms)
+    scores = {}
+    for node in nodes:
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute):
+            w = w.T  # output columns are rows of a transposed weight
+        e_x = float(np.mean(act_err.get(node.name, [0.0])))
+        scores[node.name] = {
+            "per-tensor": e_x + _weight_error(w, False),
+            "per-channel": e_x + _weight_error(w, True),
+        }
+    return scores
+
+
+def ladder(scores: dict[str, dict[str, float]]) -> list[dict[str, str]]:
+    """Plans from fastest to safest: each maps node name → per-tensor | per-channel | fp32."""
+    by_pt = sorted(scores, key=lambda n: -scores[n]["per-tensor"])
+    by_pc = sorted(scores, key=lambda n: -scores[n]["per-channel"])
+    n = len(by_pt)
+    plans = []
+    for fraction in (0, 1 / 6, 1 / 3, 1 / 2, 1):
+        worst = set(by_pt[: int(round(fraction * n))])
+        plans.append({name: ("per-channel" if name in worst else "per-tensor") for name in by_pt})
+    for fraction in (1 / 12, 1 / 6, 1 / 3, 1 / 2):
+        worst = set(by_pc[: max(1, int(round(fraction * n)))])
+        plans.append({name: ("fp32" if name in worst else "per-channel") for name in by_pc})
+    unique, seen = [], set()
+    for plan in plans:
+        key = tuple(sorted(plan.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(plan)
+    return unique
+
+
+def quiet_quantizer():
+    """ORT's quantizers log pre-processing advice on the root logger and per-node INFO lines; keep them quiet."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def silenced():
+        loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+    return silenced()
+
+
+def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str]) -> onnx.ModelProto:
+    """Quantise per the plan: per-channel nodes first, then per-tensor nodes (two ORT passes)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    per_channel = [n for n, scheme in plan.items() if scheme == "per-channel"]
+    per_tensor = [n for n, scheme in plan.items() if scheme == "per-tensor"]
+    with tempfile.TemporaryDirectory() as tmp, quiet_quantizer():
+        current = Path(tmp) / "in.onnx"
+        onnx.save(model, str(current))
+        for index, (nodes, channel) in enumerate(((per_channel, True), (per_tensor, False))):
+            if not nodes:
+                continue
+            target = Path(tmp) / f"pass{index}.onnx"
+            quantize_dynamic(
+                str(current),
+                str(target),
+                per_channel=channel,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                extra_options=EXTRA,
+            )
+            current = target
+        quantized = onnx.load(str(current))
+    restore_sharing(quantized)
+    return quantized
+
+
+def quantize_dynamic_gated(
+    model: onnx.ModelProto, calib_feeds: list[dict], passes: Callable[[onnx.ModelProto], bool]
+):
+    """Walk the ladder until `passes(quantized)` (the gate on calibration text). Returns (model, plan, report)."""
+    scores = node_scores(model, calib_feeds)
+    plans = ladder(scores)
+    tried = []
+    chosen = None
+    with progress() as bar:
+        task = bar.add_task("int8: searching per-node precision", total=len(plans))
+        for plan in plans:
+            quantized = apply_dynamic(model, plan)
+            counts = {
+                s: sum(1 for v in plan.values() if v == s) for s in ("per-tensor", "per-channel", "fp32")
+            }
+            ok = passes(quantized)
+            tried.append({**counts, "passed_calibration": ok})
+            bar.advance(task)
+            if ok:
+                chosen = (quantized, plan)
+                break
+    if chosen is None:
+        chosen = (quantized, plan)  # the safest plan; the held-out gate will report the failure
+    quantized, plan = chosen
+    report = {
+        "plans_tried": tried,
+        "scheme": {s: sorted(n for n, v in plan.items() if v == s) for s in ("per-channel", "fp32")},
+        "counts": {s: sum(1 for v in plan.values() if v == s) for s in ("per-tensor", "per-channel", "fp32")},
+        "scores_top": sorted(
+            ((n, round(v["per-tensor"], 4)) for n, v in scores.items()), key=lambda x: -x[1]
+        )[:8],
+    }
+    return quantized, plan, report
+
+
+# ------------------------------------------------------------------------------------------ static QDQ (TRT)
+
+
+class FeedReader:
+    """onnxruntime.quantization.CalibrationDataReader over prepared feeds, with a progress bar."""
+
+    def __init__(self, feeds: list[dict], input_names: set[str], bar=None, task=None):
+        self.feeds = feeds
+        self.names = input_names
+        self.index = 0
+        self.bar, self.task = bar, task
+
+    def get_next(self):
+        if self.index >= len(self.feeds):
+            return None
+        feed = {k: v for k, v in self.feeds[self.index].items() if k in self.names}
+        self.index += 1
+        if self.bar is not None:
+            self.bar.advance(self.task)
+        return feed
+
+    def rewind(self):
+        self.index = 0
+
+
+def quantize_qdq_gated(
+    source: Path, feeds: list[dict], method: str, passes: Callable[[onnx.ModelProto], bool]
+):
+    """Static QDQ; if the gate fails on calibration text, the weight MatMuls with the largest estimated error stay
+    fp32 (1/12, 1/6, 1/3, 1/2 of them) until it passes. Returns (model, report)."""
+    model = onnx.load(str(source))
+    scores = node_scores(model, feeds[:4], gemm=True)
+    order = sorted(scores, key=lambda n: -scores[n]["per-channel"])
+    tried = []
+    result = None
+    for fraction in (0, 1 / 12, 1 / 6, 1 / 3, 1 / 2):
+        excluded = order[: int(round(fraction * len(order)))]
+        quantized, report = quantize_qdq(source, feeds, method, exclude=excluded)
+        ok = passes(quantized)
+        tried.append({"fp32_nodes": len(excluded), "passed_calibration": ok})
+        result = (quantized, {**report, "fp32_nodes": excluded, "plans_tried": tried})
+        if ok:
+            break
+    return result
+
+
+def uniform_feeds(feeds: list[dict]) -> list[dict]:
+    """Histogram calibrators stack tensors across batches, so every feed must have one shape: keep the most common
+    batch size, pad sequences to the longest (left for GPT-2 prefill, right for encoders), and drop decode steps."""
+    prefill = [
+        f for f in feeds if "past_key_values.0.key" not in f or f["past_key_values.0.key"].shape[2] == 0
+    ]
+    sizes = [f["input_ids"].shape[0] for f in prefill]
+    batch = max(set(sizes), key=sizes.count)
+    chosen = [f for f in prefill if f["input_ids"].shape[0] == batch]
+    width = max(f["input_ids"].shape[1] for f in chosen)
+    out = []
+    for feed in chosen:
+        padded = {}
+        pad = width - feed["input_ids"].shape[1]
+        for name, value in feed.items():
+            if name in ("input_ids", "attention_mask", "token_type_ids", "position_ids") and pad:
+                spec = ((0, 0), (pad, 0)) if "past_key_values.0.key" in feed else ((0, 0), (0, pad))
+                value = np.pad(value, spec)
+            padded[name] = value
+        out.append(padded)
+    return out
+
+
+def quantize_qdq(
+    source: Path,
+    feeds: list[dict],
+    method: str = "minmax",
+    percentile: float = 99.999,
+    exclude: list[str] | None = None,
+) -> tuple[onnx.ModelProto, dict]:
+    """Static int8 QDQ, symmetric activations and per-channel symmetric weights, as TensorRT expects."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    model = onnx.load(str(source))
+    inputs = {i.name for i in model.graph.input}
+    inits = {i.name for i in model.graph.initializer}
+    # activation × activation MatMuls (QKᵀ, AV) stay fp32, as in the dynamic variant
+    act_matmuls = [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in inits and n.name
+    ]
+    # DedicatedQDQPair: only the quantised consumer reads the Q/DQ'd tensor; residual adds keep fp32 values
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "MatMulConstBOnly": True,
+        "QuantizeBias": False,
+        "CalibPercentile": percentile,
+        "DefaultTensorType": onnx.TensorProto.FLOAT,
+        "DedicatedQDQPair": True,
+        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+    }
+    if method != "minmax":
+        feeds = uniform_feeds(feeds)
+    with tempfile.TemporaryDirectory() as tmp, progress() as bar, quiet_quantizer():
+        task = bar.add_task(f"int8-qdq: calibrating ({method})", total=len(feeds))
+        target = Path(tmp) / "qdq.onnx"
+        quantize_static(
+            str(source),
+            str(target),
+            FeedReader(feeds, inputs, bar, task),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            calibrate_method=methods[method],
+            extra_options=extra,
+            nodes_to_exclude=list(exclude or []) + act_matmuls,
+        )
+        quantized = onnx.load(str(target))
+    restore_sharing(quantized)
+    counts = {
+        op: sum(1 for n in quantized.graph.node if n.op_type == op)
+        for op in ("QuantizeLinear", "DequantizeLinear")
+    }
+    return quantized, {
+        "method": method,
+        "calibration_batches": len(feeds),
+        "qdq_nodes": counts,
+        "symmetric": True,
+        "per_channel_weights": True,
+    }

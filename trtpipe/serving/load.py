@@ -1,0 +1,115 @@
+"""A bounded closed-loop load test against a Triton server: N clients, each sending M requests back to back.
+
+Throughput counts completed requests over wall time; latency percentiles are per request, client side (they
+include tritonclient's own encode/decode, which on a small machine shares the CPUs with the server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+Inputs = list[tuple[str, np.ndarray]]
+
+
+def _http_inputs(pairs: Inputs):
+    import tritonclient.http as http
+
+    out = []
+    for name, value in pairs:
+        datatype = "BYTES" if value.dtype == np.object_ else http_dtype(value.dtype)
+        tensor = http.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value, binary_data=True)
+        out.append(tensor)
+    return out
+
+
+def http_dtype(dtype: np.dtype) -> str:
+    from tritonclient.utils import np_to_triton_dtype
+
+    return np_to_triton_dtype(np.dtype(dtype))
+
+
+def run_load(
+    url: str,
+    model: str,
+    make_inputs: Callable[[int, int], Inputs],
+    clients: int = 8,
+    requests: int = 200,
+    outputs: list[str] | None = None,
+    timeout_s: float = 120.0,
+) -> dict:
+    """Run `clients` threads × `requests` HTTP requests (make_inputs(client, i) → [(name, array)]); stops at
+    `timeout_s` whatever is left. Returns counts, throughput and p50/p90/p99 latency in ms."""
+    import tritonclient.http as http
+
+    if not url.startswith(("127.0.0.1:", "localhost:", "[::1]:")):
+        raise ValueError(f"load tests target loopback only, not {url}")
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + timeout_s
+    start_gate = threading.Barrier(clients + 1, timeout=60)
+
+    def client(index: int) -> None:
+        try:
+            connection = http.InferenceServerClient(url, connection_timeout=30.0, network_timeout=60.0)
+            prepared = [_http_inputs(make_inputs(index, i)) for i in range(requests)]
+            wanted = (
+                [http.InferRequestedOutput(name, binary_data=True) for name in outputs] if outputs else None
+            )
+        except Exception as exc:
+            with lock:
+                errors.append(f"client setup: {exc.__class__.__name__}: {exc}")
+            start_gate.abort()  # nobody waits for a client that will never start
+            return
+        try:
+            start_gate.wait()
+            for i in range(requests):
+                if time.monotonic() > deadline:
+                    break
+                tick = time.perf_counter()
+                try:
+                    connection.infer(model, prepared[i], outputs=wanted)
+                except Exception as exc:  # counted and reported, the load goes on
+                    with lock:
+                        errors.append(f"{exc.__class__.__name__}: {exc}")
+                    continue
+                latencies[index].append(time.perf_counter() - tick)
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start_gate.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join(max(1.0, deadline - time.monotonic() + 30))
+    seconds = time.perf_counter() - began
+    done = np.array([t for per in latencies for t in per], dtype=np.float64) * 1000.0
+    pct = (lambda q: float(np.percentile(done, q))) if len(done) else (lambda q: float("nan"))
+    return {
+        "model": model,
+        "clients": clients,
+        "requests_per_client": requests,
+        "completed": int(len(done)),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": round(seconds, 3),
+        "throughput_rps": round(len(done) / seconds, 1) if seconds > 0 else 0.0,
+        "p50_ms": round(pct(50), 2),
+        "p90_ms": round(pct(90), 2),
+        "p99_ms": round(pct(99), 2),
+        "max_ms": round(float(done.max()), 2) if len(done) else float("nan"),
+    }
+
+
+__all__ = ["run_load"]
