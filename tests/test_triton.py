@@ -304,6 +304,16 @@ def test_a_failure_while_writing_leaves_nothing_half_written(tmp_path, embed, cl
     assert _leftovers(tmp_path) == []
 
 
+def test_the_launcher_refuses_numpy_2_naming_the_fix(monkeypatch):
+    import importlib.metadata
+
+    from trtpipe.serving import server
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.1.0")
+    with pytest.raises(UserError, match="numpy<2"):
+        server.find_triton()
+
+
 # --------------------------------------------------------------------- the Python-backend model, in process
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .console import QUIET, err, info, out, warn
 from .runtime.errors import CheckFailed, UserError
@@ -49,10 +50,10 @@ def command(*args, **kwargs):
             try:
                 return fn(*a, **kw)
             except UserError as exc:
-                err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+                err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
                 raise typer.Exit(2) from None
             except CheckFailed as exc:
-                err.print(f"[bold red]check failed:[/] {exc}", highlight=False)
+                err.print(f"[bold red]check failed:[/] {escape(str(exc))}", highlight=False)
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 err.print("[red]interrupted[/]")
@@ -383,6 +384,122 @@ def optimize_defaults_cmd(
     optimize_defaults(out_dir)
 
 
+# ------------------------------------------------------------------------------------------------ benchmarks
+
+
+def _ints(value: str, option: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, e.g. 1,8 (got {value!r})") from None
+    if not items or any(v < 1 for v in items):
+        raise UserError(f"{option} values must be ≥ 1 (got {value!r})")
+    return items
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@command("benchmark")
+def benchmark_cmd(
+    engine: Annotated[Path, typer.Option("--engine", help="the bundle to benchmark (directory)")],
+    backend: Annotated[
+        str, typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt | torch | all (comma list)")
+    ] = "ort-cpu",
+    variant: Annotated[str, typer.Option("--variant", help="variant name(s), comma list, or all")] = "fp32",
+    batch: Annotated[str, typer.Option("--batch", help="encoder batch sizes, e.g. 1,8")] = "1,8",
+    seq: Annotated[int, typer.Option("--seq", help="encoder sequence length (tokens)")] = 128,
+    prompt_len: Annotated[
+        str, typer.Option("--prompt-len", help="decoder prompt lengths, e.g. 32,512")
+    ] = "32,512",
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="decoder tokens to generate")] = 64,
+    threads: ThreadsOpt = 2,
+    warmup: Annotated[int, typer.Option("--warmup", help="warm-up runs per row")] = 2,
+    iters: Annotated[int, typer.Option("--iters", help="runs per row per round")] = 4,
+    rounds: Annotated[int, typer.Option("--rounds", help="interleaved rounds")] = 5,
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", help="time per row instead of --iters")
+    ] = None,
+    baseline: Annotated[
+        str,
+        typer.Option(
+            "--baseline",
+            help="peers in the same run: torch, optimum (encoders); torch, optimum, genai (GPT-2)",
+        ),
+    ] = "",
+    workload: Annotated[
+        Path | None, typer.Option("--workload", help="UTF-8 file of real texts: end-to-end task throughput")
+    ] = None,
+    workload_batch: Annotated[int, typer.Option("--workload-batch", help="batch size for --workload")] = 8,
+    memory: Annotated[
+        bool, typer.Option("--memory/--no-memory", help="peak RSS per row (a fresh process each)")
+    ] = True,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="report directory (JSON, CSV, Markdown, PNG)")
+    ] = Path("reports"),
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Benchmark a bundle on every backend / variant / shape asked, with peers side by side, on identical inputs."""
+    if workload is not None:
+        from .benchmark.workload import run_workload
+
+        report = run_workload(
+            engine,
+            _read_lines(workload),
+            batch_size=workload_batch,
+            threads=threads,
+            baselines=_names(baseline) or ["optimum"],
+            out_dir=out_dir,
+            rounds=rounds,
+        )
+    else:
+        from .benchmark.run import benchmark
+
+        report = benchmark(
+            engine,
+            _names(backend),
+            _names(variant),
+            _ints(batch, "--batch"),
+            seq,
+            _ints(prompt_len, "--prompt-len"),
+            new_tokens,
+            threads,
+            warmup,
+            iters,
+            seconds,
+            _names(baseline),
+            out_dir,
+            rounds=rounds,
+            memory=memory,
+        )
+    if as_json:
+        _print_json(report)
+
+
+@command("compare")
+def compare_cmd(
+    bundles: Annotated[list[Path], typer.Argument(help="bundles to compare (e.g. BERT, ALBERT and GPT-2)")],
+    threads: ThreadsOpt = 2,
+    seq: Annotated[
+        int, typer.Option("--seq", help="tokens per forward pass (encoders) / prompt (GPT-2)")
+    ] = 128,
+    memory: Annotated[
+        bool, typer.Option("--memory/--no-memory", help="peak RSS per model (a fresh process each)")
+    ] = True,
+    out_dir: Annotated[Path, typer.Option("--out", help="report directory")] = Path("reports"),
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """BERT vs ALBERT vs GPT-2, measured: parameters, unique weight bytes, bundle size per variant, latency, memory."""
+    from .benchmark.compare import compare
+
+    report = compare(bundles, threads=threads, seq=seq, memory=memory, out_dir=out_dir)
+    if as_json:
+        _print_json(report)
+
+
 # --------------------------------------------------------------------------------------------- generation
 
 
@@ -532,10 +649,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         if exc.ctx is not None and exc.ctx.command_path:
             where = f"{exc.ctx.command_path.replace('cli.py', 'trtpipe')} --help"
-        err.print(f"[bold red]error:[/] {exc.format_message()} (see `{where}`)", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())} (see `{where}`)", highlight=False)
         sys.exit(2)
     except click_exceptions.ClickException as exc:
-        err.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False)
         sys.exit(exc.exit_code)
     except BrokenPipeError:  # `trtpipe … | head`
         sys.stderr.close()

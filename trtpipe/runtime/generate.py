@@ -350,6 +350,10 @@ class Generator:
             from .trt import TrtDecoder
 
             self.runner = TrtDecoder.from_bundle(bundle, variant=base)
+        elif backend == "ort-cuda":
+            from .cuda import OrtCudaDecoder
+
+            self.runner = OrtCudaDecoder.from_bundle(bundle, variant=base, threads=threads)
         else:
             session = open_session(bundle, backend=backend, variant=self.variant, threads=threads)
             self.runner = DecoderRunner(bundle, session, self.inplace)
@@ -411,14 +415,16 @@ class Generator:
         stop_ids: list[int] | None = None,
         truncate: bool = False,
         stats: dict | None = None,
+        ignore_eos: bool = False,
     ) -> Iterator[Token]:
-        """Yield tokens as they are generated (rows of a batch interleaved, in step order)."""
+        """Yield tokens as they are generated (rows of a batch interleaved, in step order). ignore_eos generates
+        exactly max_new_tokens (benchmarks)."""
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
         sampling = sampling or Sampling()
         stop = [s for s in (stop or []) if s]
         stop_ids = set(stop_ids or [])
-        if self.eos_id is not None:
+        if self.eos_id is not None and not ignore_eos:
             stop_ids.add(int(self.eos_id))
         ids, _ = self.encode(prompts)
         ids = self._fit(ids, int(max_new_tokens), truncate)

@@ -7,6 +7,7 @@ span + score; long contexts in stride windows), fill-mask (top-k fills), embed (
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ class Pipeline:
     session: Session
     encoder: TextEncoder
     check_outputs: bool = False
+    padding: str = "bucketed"  # or "fixed" (benchmark baseline)
+    batch_times: list | None = None  # seconds per batch, when a benchmark asks for them
 
     @property
     def task(self) -> str:
@@ -75,11 +78,26 @@ class Pipeline:
         return outputs
 
     def _batched(self, encodings: list, batch_size: int):
-        """Yield (indices, batch, outputs) over length-bucketed batches padded to their own longest member."""
+        """Yield (indices, batch, outputs) over length-bucketed batches padded to their own longest member.
+        (`padding="fixed"` instead keeps input order and pads every batch to the max length: the naive baseline.)"""
         lengths = [len(e.ids) for e in encodings]
-        for group in length_buckets(lengths, batch_size):
-            batch = self.encoder.collate([encodings[i] for i in group])
-            yield group, batch, self._run(batch.feeds)
+        if self.padding == "fixed":
+            groups = [
+                list(range(i, min(i + batch_size, len(encodings))))
+                for i in range(0, len(encodings), batch_size)
+            ]
+        else:
+            groups = length_buckets(lengths, batch_size)
+        for group in groups:
+            started = time.perf_counter()
+            batch = self.encoder.collate(
+                [encodings[i] for i in group],
+                pad_to=self.bundle.max_length if self.padding == "fixed" else None,
+            )
+            outputs = self._run(batch.feeds)
+            if self.batch_times is not None:
+                self.batch_times.append(time.perf_counter() - started)
+            yield group, batch, outputs
 
     def _require(self, task: str) -> None:
         if self.task != task:

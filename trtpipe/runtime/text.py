@@ -122,10 +122,10 @@ class TextEncoder:
         first = tok.encode(question, context, add_special_tokens=True)
         return [first, *first.overflowing]
 
-    def collate(self, encodings: list) -> Batch:
-        """Pad a group of encodings to its longest member (dynamic padding)."""
+    def collate(self, encodings: list, pad_to: int | None = None) -> Batch:
+        """Pad a group of encodings to its longest member (dynamic padding), or to `pad_to`."""
         lengths = [len(e.ids) for e in encodings]
-        width = max(lengths)
+        width = max(max(lengths), pad_to or 0)
         rows = len(encodings)
         ids = np.full((rows, width), self.pad_id, dtype=np.int64)
         mask = np.zeros((rows, width), dtype=np.int64)

@@ -57,6 +57,7 @@ def find_triton() -> TritonInstall:
     root = Path(next(iter(spec.submodule_search_locations)))
     dist = root / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    _check_numpy()
     install = TritonInstall(
         binary=dist / "bin" / "tritonserver",
         python_backend=dist / "backends" / "python",
@@ -75,6 +76,24 @@ def find_triton() -> TritonInstall:
             "serve from a Python it supports"
         )
     return install
+
+
+def _check_numpy() -> None:
+    """The wheel's stub (Triton 2.51) exchanges tensors with numpy 1's ABI: under numpy 2 it garbles them
+    (BYTES lengths, output sizes), which is why nvidia-pytriton requires numpy<2."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("numpy").split(".")[0])
+    except PackageNotFoundError:
+        raise UserError(
+            "the Python backend needs numpy in the serving environment: pip install 'numpy<2'"
+        ) from None
+    if major >= 2:
+        raise UserError(
+            f"numpy {version('numpy')} is installed, but the nvidia-pytriton wheel's Python backend works with "
+            "numpy 1 only (its tensors arrive garbled under numpy 2): pip install 'numpy<2'"
+        )
 
 
 def _libpython_dir() -> Path | None:
@@ -151,7 +170,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise UserError(
-                    f"tritonserver exited with code {self.process.returncode} while loading "
+                    f"tritonserver exited with code {self.process.returncode} while starting up with "
                     f"{', '.join(map(str, self.repositories))}: "
                     f"{first_error(self.log())} (full log: {self.log_path})"
                 )
@@ -175,27 +194,35 @@ class TritonServer:
             )
 
     def stop(self, keep_log: bool = False) -> int | None:
+        """Stop the server and remove its temp files (the log stays with keep_log). Returns the exit code."""
+        self.terminate()
+        self.cleanup(keep_log)
+        return self.process.returncode
+
+    def terminate(self) -> None:
         """SIGTERM (Triton drains in-flight requests, unloads models and ends its stubs), then SIGKILL to the
-        server's process group (server + stubs) if it overstays. Returns the exit code."""
-        if not self._stopped:
-            self._stopped = True
-            if self.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=self.exit_timeout_s + 10)
-                except subprocess.TimeoutExpired:
-                    # still unreaped, so the group id is still the server's own
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait(timeout=10)
+        server's process group (server + stubs) if it overstays."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                # still unreaped, so the group id is still the server's own
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def cleanup(self, keep_log: bool = False) -> None:
         for name in ("backends", "bin"):
             shutil.rmtree(self.workdir / name, ignore_errors=True)
         with contextlib.suppress(OSError):
             if self.log_path.parent == self.workdir and not keep_log:
                 self.log_path.unlink()
             self.workdir.rmdir()  # stays only while it holds a log worth reading
-        return self.process.returncode
 
     def __enter__(self) -> TritonServer:
         return self
@@ -293,12 +320,15 @@ def start_server(
             server.wait_ready(timeout_s)
             return server
         except UserError:
-            server.stop(keep_log=True)
-            in_use = (
-                "address already in use" in server.log().lower() or "failed to start" in server.log().lower()
-            )
-            if not (in_use and attempt + 1 < attempts):
-                raise
+            server.terminate()
+            log = server.log().lower()
+            if attempt + 1 < attempts and ("already in use" in log or "failed to start" in log):
+                continue  # a free port was taken before the server bound it: pick others
+            server.cleanup(keep_log=True)
+            raise
+        except BaseException:  # interrupted while loading: never leave a server behind
+            server.stop()
+            raise
     raise AssertionError("unreachable")
 
 

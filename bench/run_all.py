@@ -1,0 +1,29 @@
+"""`make bench`: every benchmark script in turn; each rewrites its own generated section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["decode.py", "optimize.py", "workload.py", "compare.py", "demo_metrics.py", "soak.py"]
+
+
+def main() -> int:
+    failed = []
+    for script in SCRIPTS:
+        started = time.perf_counter()
+        print(f"== bench/{script}", flush=True)
+        code = subprocess.call([sys.executable, str(HERE / script), *sys.argv[1:]])
+        print(f"== bench/{script}: exit {code} in {time.perf_counter() - started:.0f}s", flush=True)
+        if code:
+            failed.append(script)
+    if failed:
+        print("failed: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Benchmarks: the statistics, the report files and schema, peers side by side, skipped backends, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from trtpipe.benchmark.stats import summarize
+from trtpipe.cli import app
+
+
+def test_percentiles_cov_and_throughput_on_synthetic_timings():
+    samples = [0.010] * 98 + [0.020, 0.110]  # seconds
+    stats = summarize(samples, items_per_sample=8)
+    assert stats["n"] == 100
+    assert stats["p50_ms"] == pytest.approx(10.0)
+    assert stats["p99_ms"] == pytest.approx(np.percentile(np.array(samples) * 1e3, 99))
+    assert stats["mean_ms"] == pytest.approx(11.1)
+    assert stats["sd_ms"] == pytest.approx(np.std(np.array(samples) * 1e3, ddof=1))
+    assert stats["cov"] == pytest.approx(stats["sd_ms"] / stats["mean_ms"])
+    assert stats["noisy"] is True  # one 110 ms outlier makes the CoV large
+    assert stats["qps"] == pytest.approx(8 / 0.0111)
+    steady = summarize([0.010, 0.0101, 0.0099, 0.010])
+    assert steady["noisy"] is False and steady["min_ms"] == pytest.approx(9.9)
+    assert summarize([])["n"] == 0
+
+
+def test_encoder_benchmark_writes_every_report(make_bundle, tmp_path):
+    path = make_bundle("tiny-bert", "embed")
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--engine",
+            str(path),
+            "--batch",
+            "1,2",
+            "--seq",
+            "16",
+            "--iters",
+            "2",
+            "--rounds",
+            "2",
+            "--warmup",
+            "1",
+            "--baseline",
+            "torch",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / f"benchmark-{path.name}.json").read_text())
+    assert report["schema"] == "trtpipe.benchmark/1"
+    assert {"cpu", "logical_cores", "threads", "versions"} <= set(report["env"])
+    labels = [(r["label"], r["batch"]) for r in report["encoder"]]
+    assert labels == [
+        ("trtpipe ort-cpu fp32", 1),
+        ("PyTorch eager", 1),
+        ("trtpipe ort-cpu fp32", 2),
+        ("PyTorch eager", 2),
+    ]
+    for row in report["encoder"]:
+        lat = row["latency"]
+        assert lat["n"] == 4 and lat["p50_ms"] > 0 and lat["p99_ms"] >= lat["p50_ms"]
+        assert row["peak_rss"] > 20 * 2**20  # measured in its own process
+    torch_rss = [r["peak_rss"] for r in report["encoder"] if r["backend"] == "torch"][0]
+    ours_rss = [r["peak_rss"] for r in report["encoder"] if r["backend"] == "ort-cpu"][0]
+    assert (
+        torch_rss > ours_rss
+    )  # the torch-free runtime is leaner, and rows do not inherit each other's memory
+    rows = list(csv.DictReader(open(out / f"benchmark-{path.name}.csv")))
+    assert len(rows) == 4 and float(rows[0]["p50_ms"]) > 0
+    assert (out / f"benchmark-{path.name}.md").read_text().count("\n|") >= 5
+    png = out / f"benchmark-{path.name}-latency.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_decoder_benchmark_with_peers(make_bundle, tmp_path):
+    path = make_bundle("tiny-gpt2", "generate")
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--engine",
+            str(path),
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "6",
+            "--rounds",
+            "1",
+            "--baseline",
+            "genai",
+            "--no-memory",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / f"benchmark-{path.name}.json").read_text())
+    rows = report["decoder"]
+    assert [r["kind"] for r in rows] == ["ours", "genai"]
+    for row in rows:
+        assert row["ttft"]["n"] == 1 and row["tpot"]["n"] == 5 and row["tokens_per_s"] > 0
+        assert len(row["tpot_by_past"]) == 5 and row["tpot_by_past"][0][0] == 9
+    assert rows[0]["ids"] == rows[1]["ids"]  # same greedy tokens: identical inputs, identical work
+    assert report["floors"][0]["tpot_floor_ms"] > 0 and report["floors"][0]["ttft_floor_ms"] > 0
+    assert (out / f"benchmark-{path.name}-tpot.png").stat().st_size > 5000
+
+
+def test_missing_backends_are_skipped_with_their_reason(make_bundle, tmp_path):
+    path = make_bundle("tiny-bert", "embed")
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--engine",
+            str(path),
+            "--backend",
+            "all",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+            "--iters",
+            "1",
+            "--rounds",
+            "1",
+            "--no-memory",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / f"benchmark-{path.name}.json").read_text())
+    skipped = " ".join(report["skipped"])
+    assert "ort-cuda" in skipped and "CUDAExecutionProvider" in skipped
+    assert "trt:" in skipped and "doctor" in skipped
+    assert any(r["backend"] == "ort-cpu" for r in report["encoder"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backend", "gpu"], "unknown backend 'gpu'"),
+        (["--variant", "int3"], "no variant 'int3'"),
+        (["--iters", "0"], "--iters"),
+        (["--seconds", "-1"], "--seconds must be > 0"),
+        (["--batch", "one"], "comma-separated integers"),
+        (["--batch", "0"], "must be ≥ 1"),
+        (["--out", "{file}/sub"], "cannot create the output directory"),
+    ],
+)
+def test_benchmark_bad_input(make_bundle, tmp_path, args, message):
+    path = make_bundle("tiny-bert", "embed")
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--engine",
+            str(path),
+            "--no-memory",
+            *[a.format(file=tmp_path / "afile") for a in args],
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_compare_bert_albert_gpt2(make_bundle, tmp_path):
+    paths = [
+        make_bundle("tiny-bert", "classify"),
+        make_bundle("tiny-albert", "classify"),
+        make_bundle("tiny-gpt2", "generate"),
+    ]
+    result = CliRunner().invoke(
+        app, ["compare", *map(str, paths), "--seq", "16", "--no-memory", "--out", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    rows = {r["family"]: r for r in report["rows"]}
+    assert rows["albert"]["unique_weight_bytes"] < rows["bert"]["unique_weight_bytes"]
+    assert rows["gpt2"]["tpot"]["p50_ms"] > 0 and rows["bert"]["forward"]["p50_ms"] > 0
+    assert any("ALBERT stores" in note for note in report["findings"])
+    assert (tmp_path / "compare.png").stat().st_size > 5000 and "| model |" in (
+        tmp_path / "compare.md"
+    ).read_text()
+
+
+def test_workload_bucketed_vs_fixed_vs_optimum(make_bundle, tmp_path):
+    from trtpipe.benchmark.workload import default_texts, run_workload
+
+    path = make_bundle("tiny-bert", "classify")
+    texts = default_texts(48)
+    report = run_workload(
+        path, texts, batch_size=8, threads=1, baselines=["optimum"], out_dir=tmp_path, rounds=1
+    )
+    rows = report["rows"]
+    assert [r["label"].split()[0] for r in rows] == ["trtpipe", "trtpipe", "Optimum"]
+    for row in rows:
+        assert row["agreement_with_first_row"] >= 0.99  # same labels from every pipeline
+        assert row["texts_per_s"] > 0
+    assert (tmp_path / f"workload-{path.name}.png").exists() and (
+        tmp_path / f"workload-{path.name}.csv"
+    ).exists()

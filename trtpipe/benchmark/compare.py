@@ -1,0 +1,250 @@
+"""`trtpipe compare`: BERT vs ALBERT vs GPT-2 side by side, measured — parameters, unique weight bytes, bundle size per
+variant, latency of a forward pass over the same number of tokens, GPT-2's time per token, and peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..console import info, out, progress
+from ..runtime.bundle import Bundle, temp_name
+from ..runtime.errors import UserError
+from .env import environment
+from .stats import summarize
+
+
+class _Forward:
+    """One forward pass over `seq` tokens of real text: an encoder batch of 1, or a GPT-2 prefill."""
+
+    def __init__(self, bundle: Bundle, seq: int, threads: int | None):
+        from ..runtime.session import open_session
+
+        self.bundle = bundle
+        self.session = open_session(bundle, threads=threads)
+        if bundle.is_decoder:
+            from .decode import prompt_ids
+
+            m = bundle.model
+            ids = np.asarray([prompt_ids(bundle, seq)], np.int64)
+            self.feed = {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "position_ids": np.arange(seq, dtype=np.int64)[None],
+            }
+            for layer in range(m["num_layers"]):
+                for kind in ("key", "value"):
+                    self.feed[f"past_key_values.{layer}.{kind}"] = np.zeros(
+                        (1, m["num_heads"], 0, m["head_dim"]), np.float32
+                    )
+        else:
+            from .encode import fixed_feeds
+
+            self.feed = fixed_feeds(bundle, 1, seq, count=1)[0]
+
+    def run(self):
+        self.session.run(self.feed)
+
+
+def _tpot(bundle: Bundle, seq: int, threads: int | None, steps: int = 16) -> dict:
+    from .decode import OursDecoder, prompt_ids
+
+    runner = OursDecoder(bundle, None, threads)
+    timed = runner.run(prompt_ids(bundle, seq), steps + 1)
+    return summarize(timed.steps)
+
+
+def compare(
+    bundle_paths: list[Path],
+    threads: int | None = 2,
+    seq: int = 128,
+    memory: bool = True,
+    out_dir: Path | None = None,
+    rounds: int = 5,
+    iters: int = 3,
+) -> dict:
+    if len(bundle_paths) < 2:
+        raise UserError(
+            "compare needs at least two bundles, e.g. bundles/bert-base-classify bundles/albert-base-classify"
+        )
+    bundles = [Bundle.load(p) for p in bundle_paths]
+    for bundle in bundles:
+        if seq > bundle.max_length:
+            raise UserError(f"--seq {seq} exceeds {bundle.name}'s max length {bundle.max_length}")
+    forwards = [_Forward(b, seq, threads) for b in bundles]
+    samples: dict[int, list[float]] = {i: [] for i in range(len(bundles))}
+    with progress() as bar:
+        task = bar.add_task("compare", total=rounds + 1)
+        for f in forwards:
+            f.run()
+        bar.advance(task)
+        for _ in range(rounds):  # interleaved: each round runs every model
+            for index, f in enumerate(forwards):
+                for _ in range(iters):
+                    started = time.perf_counter()
+                    f.run()
+                    samples[index].append(time.perf_counter() - started)
+            bar.advance(task)
+    rows = []
+    for index, bundle in enumerate(bundles):
+        m = bundle.model
+        fp32 = bundle.variants["fp32"]
+        row = {
+            "bundle": str(bundle.path),
+            "name": bundle.name,
+            "family": bundle.family,
+            "task": bundle.task,
+            "random_weights": bundle.random_weights,
+            "hidden_size": m.get("hidden_size"),
+            "layers": m.get("num_layers"),
+            "parameters": m.get("parameters"),
+            "unique_weight_bytes": m.get("parameter_bytes"),
+            "onnx_bytes": fp32["bytes"],
+            "onnx_over_params": fp32["bytes"] / max(1, m.get("parameter_bytes", 1)),
+            "variant_bytes": {name: v.get("bytes") for name, v in bundle.variants.items()},
+            "bundle_bytes": sum(p.stat().st_size for p in bundle.path.rglob("*") if p.is_file()),
+            "forward": summarize(samples[index]),
+            "tpot": None,
+            "peak_rss": None,
+        }
+        if bundle.is_decoder:
+            row["tpot"] = _tpot(bundle, seq, threads)
+        if memory:
+            from .memory import measure
+
+            spec = (
+                {"kind": "decode", "row": "ours", "prompt_len": seq, "new_tokens": 4}
+                if bundle.is_decoder
+                else {"kind": "encode", "row": "ours", "shape": [1, seq]}
+            )
+            row["peak_rss"] = measure({**spec, "bundle": str(bundle.path), "threads": threads})
+        rows.append(row)
+    report = {
+        "schema": "trtpipe.compare/1",
+        "seq": seq,
+        "threads": threads,
+        "env": environment(threads),
+        "rows": rows,
+        "findings": findings(rows),
+    }
+    print_compare(report)
+    if out_dir is not None:
+        write_compare(report, Path(out_dir))
+    return report
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """Plain sentences computed from the numbers (never assumed)."""
+    notes = []
+    by_family = {r["family"]: r for r in rows}
+    bert, albert = by_family.get("bert"), by_family.get("albert")
+    if bert and albert and bert["hidden_size"] == albert["hidden_size"]:
+        size = albert["unique_weight_bytes"] / bert["unique_weight_bytes"]
+        speed = albert["forward"]["p50_ms"] / bert["forward"]["p50_ms"]
+        notes.append(
+            f"ALBERT stores {size:.1%} of BERT's weight bytes ({albert['parameters'] / 1e6:.1f} M vs "
+            f"{bert['parameters'] / 1e6:.1f} M parameters) and takes {speed:.2f}× BERT's time per forward pass: "
+            "shared layers save memory and disk, not compute (every layer still runs)."
+        )
+    gpt = by_family.get("gpt2")
+    if gpt and gpt.get("tpot") and gpt["tpot"].get("p50_ms"):
+        notes.append(
+            f"GPT-2 processes the prompt in {gpt['forward']['p50_ms']:.1f} ms but then needs "
+            f"{gpt['tpot']['p50_ms']:.1f} ms per generated token: decoding re-reads every weight per token."
+        )
+    return notes
+
+
+def compare_markdown(report: dict) -> str:
+    lines = [
+        f"| model | family | params | unique weights MiB | model.onnx MiB | onnx/params | forward {report['seq']} tokens p50 ms | "
+        "GPT-2 TPOT p50 ms | peak RSS MiB | variants (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        variants = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in r["variant_bytes"].items() if v)
+        tpot = f"{r['tpot']['p50_ms']:.1f}" if r.get("tpot") else "–"
+        rss = f"{r['peak_rss'] / 2**20:.0f}" if r.get("peak_rss") else "–"
+        lines.append(
+            f"| {r['name']}{' (random)' if r['random_weights'] else ''} | {r['family']} | {r['parameters'] / 1e6:.1f} M | "
+            f"{r['unique_weight_bytes'] / 2**20:.1f} | {r['onnx_bytes'] / 2**20:.1f} | {r['onnx_over_params']:.3f} | "
+            f"{r['forward']['p50_ms']:.1f} | {tpot} | {rss} | {variants} |"
+        )
+    lines.append("")
+    lines += [f"- {note}" for note in report["findings"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_compare(report: dict) -> None:
+    from rich.markdown import Markdown
+
+    out.print(Markdown(compare_markdown(report)))
+
+
+def write_compare(report: dict, directory: Path) -> None:
+    import csv
+
+    from .report import check_out_dir
+
+    directory = check_out_dir(directory)
+    stem = directory / "compare"
+    for suffix, text in (
+        (".json", json.dumps(report, indent=2, default=str) + "\n"),
+        (".md", compare_markdown(report)),
+    ):
+        tmp = temp_name(stem.with_suffix(suffix))
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, stem.with_suffix(suffix))
+    tmp = temp_name(stem.with_suffix(".csv"))
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "name",
+                "family",
+                "parameters",
+                "unique_weight_bytes",
+                "onnx_bytes",
+                "forward_p50_ms",
+                "tpot_p50_ms",
+                "peak_rss",
+            ]
+        )
+        for r in report["rows"]:
+            writer.writerow(
+                [
+                    r["name"],
+                    r["family"],
+                    r["parameters"],
+                    r["unique_weight_bytes"],
+                    r["onnx_bytes"],
+                    r["forward"]["p50_ms"],
+                    (r.get("tpot") or {}).get("p50_ms"),
+                    r.get("peak_rss"),
+                ]
+            )
+    os.replace(tmp, stem.with_suffix(".csv"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    names = [r["name"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    panels = [
+        ("unique weights (MiB)", [r["unique_weight_bytes"] / 2**20 for r in rows]),
+        (f"forward, {report['seq']} tokens (ms, p50)", [r["forward"]["p50_ms"] for r in rows]),
+        ("peak RSS (MiB)", [(r.get("peak_rss") or 0) / 2**20 for r in rows]),
+    ]
+    for ax, (title, values) in zip(axes, panels):
+        ax.bar(names, values, color=["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"][: len(rows)])
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=15)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    info(f"reports: {stem}.json, .csv, .md, .png")

@@ -1,0 +1,208 @@
+"""Decoder benchmark: TTFT, TPOT (p50/p99), tokens/s for our runtime and its peers on the same real prompts, rounds
+interleaved so machine drift hits every row alike; plus the DRAM and prefill-compute floors measured in the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import corpus
+from ..console import progress, warn
+from ..runtime.bundle import Bundle
+from ..runtime.errors import UserError
+from .stats import summarize
+
+
+class OursDecoder:
+    def __init__(
+        self,
+        bundle: Bundle,
+        variant: str | None,
+        threads: int | None,
+        kv: str = "auto",
+        backend: str = "ort-cpu",
+    ):
+        from ..runtime.generate import Generator
+
+        self.generator = Generator(bundle, backend=backend, variant=variant, threads=threads, kv=kv)
+        kind = "in-place KV" if self.generator.inplace else "ping-pong KV"
+        self.label = f"trtpipe {variant or 'fp32'} ({kind})" + (
+            "" if backend == "ort-cpu" else f" [{backend}]"
+        )
+        self.variant_file = bundle.variants[self.generator.variant]["file"] if backend != "trt" else None
+        self.variant = variant
+
+    def run(self, prompt: list[int], new_tokens: int):
+        from .peers import Timed
+
+        stats: dict = {}
+        ids = [t.id for t in self.generator.stream([prompt], new_tokens, stats=stats, ignore_eos=True)]
+        return Timed(stats["ttft_s"], list(stats["step_s"]), ids)
+
+
+@dataclass
+class DecodeResult:
+    label: str
+    kind: str
+    prompt_len: int
+    new_tokens: int
+    ttft: dict = field(default_factory=dict)
+    tpot: dict = field(default_factory=dict)
+    tokens_per_s: float | None = None
+    tpot_by_past: list = field(default_factory=list)  # (past length, median ms) for the TPOT-vs-context plot
+    ids: list[int] = field(default_factory=list)
+    peak_rss: int | None = None
+    error: str | None = None
+    variant: str | None = None
+
+
+def make_rows(
+    bundle: Bundle,
+    variants: list[str],
+    baselines: list[str],
+    threads: int | None,
+    backend: str = "ort-cpu",
+    genai_variants: list[str] | None = None,
+) -> list:
+    rows = []
+    for variant in variants:
+        rows.append(
+            (
+                "ours",
+                lambda v=variant: OursDecoder(bundle, None if v == "fp32" else v, threads, backend=backend),
+            )
+        )
+    from . import peers
+
+    for name in baselines:
+        if name == "torch":
+            rows.append(("torch", lambda: peers.TorchDecoder(bundle, threads)))
+        elif name == "optimum":
+            rows.append(("optimum", lambda: peers.OptimumDecoder(bundle, threads)))
+        elif name == "genai":
+            for variant in genai_variants or ["fp32"]:
+                file = bundle.variants[variant]["file"]
+                rows.append(("genai", lambda f=file: peers.GenaiDecoder(bundle, threads, f)))
+        else:
+            raise UserError(f"unknown baseline {name!r}; choose from torch, optimum, genai")
+    return rows
+
+
+def prompt_ids(bundle: Bundle, length: int) -> list[int]:
+    """Real text, tokenized, cut to exactly `length` tokens."""
+    from ..runtime.text import TextEncoder
+
+    encoder = TextEncoder(bundle)
+    ids: list[int] = []
+    for sentence in corpus.sentences("all"):
+        ids += encoder.encode_prompt(sentence + " ")
+        if len(ids) >= length:
+            return ids[:length]
+    raise UserError(f"the offline corpus is too short for a {length}-token prompt")
+
+
+def run_decode(
+    bundle: Bundle, prompt_lens: list[int], new_tokens: int, rows: list, rounds: int = 3, warmup: int = 1
+) -> list[DecodeResult]:
+    if new_tokens < 2:
+        raise UserError("--new-tokens must be ≥ 2 to measure TPOT")
+    limit = bundle.limits["max_positions"]
+    for p in prompt_lens:
+        if p + new_tokens > limit:
+            raise UserError(f"prompt {p} + {new_tokens} new tokens exceeds the model's {limit} positions")
+    built = []
+    for kind, factory in rows:
+        try:
+            built.append((kind, factory(), None))
+        except (UserError, ImportError, OSError, RuntimeError) as exc:
+            warn(f"skipping {kind}: {str(exc).splitlines()[0][:200]}")
+            built.append((kind, None, str(exc).splitlines()[0][:200]))
+    results: list[DecodeResult] = []
+    with progress() as bar:
+        task = bar.add_task("decode benchmark", total=len(prompt_lens) * len(built) * (rounds + warmup))
+        for p in prompt_lens:
+            prompt = prompt_ids(bundle, p)
+            samples = {i: {"ttft": [], "steps": [], "ids": None} for i in range(len(built))}
+            for round_index in range(rounds + warmup):
+                for index, (kind, runner, error) in enumerate(built):
+                    bar.advance(task)
+                    if runner is None:
+                        continue
+                    timed = runner.run(prompt, new_tokens)
+                    if round_index < warmup:
+                        continue
+                    samples[index]["ttft"].append(timed.ttft)
+                    samples[index]["steps"].append(timed.steps)
+                    samples[index]["ids"] = timed.ids
+            for index, (kind, runner, error) in enumerate(built):
+                label = getattr(runner, "label", kind)
+                result = DecodeResult(
+                    label, kind, p, new_tokens, error=error, variant=getattr(runner, "variant", None)
+                )
+                if runner is not None:
+                    steps = [s for run in samples[index]["steps"] for s in run]
+                    result.ttft = summarize(samples[index]["ttft"])
+                    result.tpot = summarize(steps)
+                    total = [
+                        samples[index]["ttft"][r] + sum(samples[index]["steps"][r]) for r in range(rounds)
+                    ]
+                    result.tokens_per_s = new_tokens / float(np.median(total))
+                    per_step = np.median(np.array(samples[index]["steps"]), axis=0) * 1e3
+                    result.tpot_by_past = [(p + i + 1, float(v)) for i, v in enumerate(per_step)]
+                    result.ids = samples[index]["ids"]
+                results.append(result)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------- floors
+
+
+MATRIX_OPS = ("MatMul", "Gemm", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm")
+
+
+def weight_bytes_per_token(path) -> int:
+    """Bytes of the initializers every decode step must read: the inputs of matrix ops (weights, quantised weights,
+    scales); embedding tables that are only gathered from are not read in full."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    read: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in MATRIX_OPS or node.op_type in ("DequantizeLinear",):
+            read.update(name for name in node.input if name in inits)
+    total = 0
+    for name in read:
+        init = inits[name]
+        size = int(np.prod(init.dims)) if init.dims else 1
+        total += size * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    return total
+
+
+def floors(
+    bundle: Bundle, variant_file: str, prompt_len: int, new_tokens: int, bandwidth: float, gemm: float
+) -> dict:
+    """DRAM floor of TPOT ((weights + mean KV) / read bandwidth) and compute floor of TTFT (prefill FLOPs / GEMM rate)."""
+    m = bundle.model
+    layers, hidden, vocab = m["num_layers"], m["hidden_size"], bundle.limits["vocab_size"]
+    weights = weight_bytes_per_token(bundle.path / variant_file)
+    mean_past = prompt_len + new_tokens / 2
+    kv = 2 * layers * m["num_heads"] * m["head_dim"] * 4 * mean_past
+    matmul_params = 12 * layers * hidden * hidden  # qkv 3C², proj C², mlp 8C²
+    flops = 2 * matmul_params * prompt_len + 4 * layers * prompt_len**2 * hidden + 2 * hidden * vocab
+    return {
+        "weight_bytes": weights,
+        "kv_bytes_mean": kv,
+        "bandwidth_Bps": bandwidth,
+        "gemm_flops": gemm,
+        "tpot_floor_ms": (weights + kv) / bandwidth * 1e3,
+        "prefill_flops": flops,
+        "ttft_floor_ms": flops / gemm * 1e3,
+    }
+
+
+def measure_floors(threads: int) -> tuple[float, float]:
+    from .floors import dram_read_bandwidth, gemm_rate
+
+    return dram_read_bandwidth(threads), gemm_rate(threads)

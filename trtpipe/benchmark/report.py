@@ -1,0 +1,226 @@
+"""Benchmark reports: a rich table in the terminal, schema-versioned JSON, CSV, Markdown and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from ..console import out
+from ..runtime.bundle import temp_name
+from ..runtime.errors import UserError
+
+SCHEMA = "trtpipe.benchmark/1"
+
+
+def _plain(value):
+    if is_dataclass(value):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_out_dir(path: Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the output directory {path}: {exc.strerror}; choose another --out"
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"the output directory {path} is not writable; choose another --out")
+    return path
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = temp_name(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def flat_rows(report: dict) -> list[dict]:
+    rows = []
+    for row in report.get("encoder", []):
+        lat = row.get("latency") or {}
+        rows.append(
+            {
+                "kind": "encoder",
+                "label": row["label"],
+                "backend": row["backend"],
+                "variant": row["variant"],
+                "batch": row["batch"],
+                "seq": row["seq"],
+                "p50_ms": lat.get("p50_ms"),
+                "p90_ms": lat.get("p90_ms"),
+                "p99_ms": lat.get("p99_ms"),
+                "mean_ms": lat.get("mean_ms"),
+                "sd_ms": lat.get("sd_ms"),
+                "cov": lat.get("cov"),
+                "items_per_s": row.get("items_per_s"),
+                "peak_rss_mib": _mib(row.get("peak_rss")),
+                "error": row.get("error"),
+            }
+        )
+    for row in report.get("decoder", []):
+        ttft, tpot = row.get("ttft") or {}, row.get("tpot") or {}
+        rows.append(
+            {
+                "kind": "decoder",
+                "label": row["label"],
+                "prompt_len": row["prompt_len"],
+                "new_tokens": row["new_tokens"],
+                "ttft_ms": ttft.get("p50_ms"),
+                "tpot_p50_ms": tpot.get("p50_ms"),
+                "tpot_p99_ms": tpot.get("p99_ms"),
+                "tpot_cov": tpot.get("cov"),
+                "tokens_per_s": row.get("tokens_per_s"),
+                "peak_rss_mib": _mib(row.get("peak_rss")),
+                "error": row.get("error"),
+            }
+        )
+    return rows
+
+
+def _mib(value):
+    return None if value is None else round(value / 2**20, 1)
+
+
+def markdown(report: dict) -> str:
+    lines = []
+    if report.get("encoder"):
+        lines += [
+            "| row | batch × seq | p50 ms | p90 ms | p99 ms | mean ± sd ms | items/s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in flat_rows({"encoder": report["encoder"]}):
+            if r["error"]:
+                lines.append(f"| {r['label']} | {r['batch']}×{r['seq']} | skipped: {r['error']} ||||||")
+                continue
+            noisy = " ⚠" if (r["cov"] or 0) > 0.1 else ""
+            lines.append(
+                f"| {r['label']} | {r['batch']}×{r['seq']} | {fmt(r['p50_ms'])} | {fmt(r['p90_ms'])} | "
+                f"{fmt(r['p99_ms'])} | {fmt(r['mean_ms'])} ± {fmt(r['sd_ms'])}{noisy} | {fmt(r['items_per_s'], 1)} | "
+                f"{fmt(r['peak_rss_mib'], 0)} |"
+            )
+    if report.get("decoder"):
+        if lines:
+            lines.append("")
+        lines += [
+            "| row | prompt | TTFT ms | TPOT p50 ms | TPOT p99 ms | tokens/s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in flat_rows({"decoder": report["decoder"]}):
+            if r["error"]:
+                lines.append(f"| {r['label']} | {r['prompt_len']} | skipped: {r['error']} |||||")
+                continue
+            lines.append(
+                f"| {r['label']} | {r['prompt_len']} | {fmt(r['ttft_ms'], 1)} | {fmt(r['tpot_p50_ms'])} | "
+                f"{fmt(r['tpot_p99_ms'])} | {fmt(r['tokens_per_s'], 1)} | {fmt(r['peak_rss_mib'], 0)} |"
+            )
+    for skipped in report.get("skipped", []):
+        lines.append(f"\n- skipped: {skipped}")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(report: dict) -> None:
+    rows = flat_rows(report)
+    if not rows:
+        return
+    table = Table(title=f"benchmark · {report.get('bundle', '')}", show_edge=False)
+    keys = [k for k in rows[0] if k not in ("kind", "error")]
+    for key in keys:
+        table.add_column(key)
+    for row in rows:
+        if row.get("error"):
+            table.add_row(row["label"], *(["–"] * (len(keys) - 2)), f"skipped: {row['error']}"[:40])
+            continue
+        table.add_row(
+            *(
+                fmt(row.get(k), 1 if isinstance(row.get(k), float) and (row.get(k) or 0) > 100 else 2)
+                for k in keys
+            )
+        )
+    out.print(table)
+
+
+def plots(report: dict, directory: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    encoder = [r for r in report.get("encoder", []) if r.get("latency")]
+    if encoder:
+        fig, ax = plt.subplots(figsize=(9, 0.45 * len(encoder) + 1.5))
+        labels = [f"{r['label']} b{r['batch']}×{r['seq']}" for r in encoder]
+        y = range(len(encoder))
+        for key, color in (("p99_ms", "#d62728"), ("p90_ms", "#ff7f0e"), ("p50_ms", "#1f77b4")):
+            ax.barh(list(y), [r["latency"][key] for r in encoder], color=color, label=key.replace("_ms", ""))
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.set_xlabel("latency (ms)")
+        ax.legend()
+        ax.set_title(f"latency percentiles · {report.get('bundle', '')}")
+        fig.tight_layout()
+        path = directory / f"{stem}-latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    decoder = [r for r in report.get("decoder", []) if r.get("tpot_by_past")]
+    if decoder:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for r in decoder:
+            xs, ys = zip(*r["tpot_by_past"])
+            ax.plot(xs, ys, label=f"{r['label']} (prompt {r['prompt_len']})", linewidth=1)
+        for r in report.get("floors", []):
+            ax.axhline(r["tpot_floor_ms"], linestyle=":", color="gray")
+        values = [y for r in decoder for _, y in r["tpot_by_past"] if y > 0]
+        if values and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("TPOT (ms)")
+        ax.set_title("time per output token vs context length")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = directory / f"{stem}-tpot.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(report: dict, directory: Path, stem: str = "benchmark") -> list[Path]:
+    """JSON + CSV + Markdown + PNG, each written atomically."""
+    directory = check_out_dir(directory)
+    report = {"schema": SCHEMA, **_plain(report)}
+    paths = [directory / f"{stem}.json", directory / f"{stem}.csv", directory / f"{stem}.md"]
+    _write(paths[0], json.dumps(report, indent=2, default=str) + "\n")
+    rows = flat_rows(report)
+    if rows:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        tmp = temp_name(paths[1])
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, paths[1])
+    else:
+        _write(paths[1], "")
+    _write(paths[2], markdown(report))
+    return paths + plots(report, directory, stem)

@@ -1,0 +1,242 @@
+"""`trtpipe benchmark --engine BUNDLE`: plan the rows (backends × variants × shapes, plus peers), measure them side by
+side, add peak memory per row (fresh subprocess each) and the environment, write the reports."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict
+from pathlib import Path
+
+from ..console import info, warn
+from ..runtime.bundle import Bundle
+from ..runtime.errors import UserError
+from ..runtime.session import BACKENDS
+from .env import environment
+
+ALL_BACKENDS = (*BACKENDS, "torch")
+
+
+def backend_available(backend: str, bundle: Bundle) -> str | None:
+    """None when usable here, else the reason (reported as a skipped row)."""
+    if backend == "torch":
+        return (
+            None
+            if importlib.util.find_spec("torch")
+            else "torch is not installed (pip install trtpipe[export])"
+        )
+    if importlib.util.find_spec("onnxruntime") is None and backend.startswith("ort"):
+        return "onnxruntime is not installed (pip install trtpipe[cpu] or [gpu])"
+    if backend in ("ort-cuda", "ort-trt"):
+        import onnxruntime as ort
+
+        provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "TensorrtExecutionProvider"
+        if provider not in ort.get_available_providers():
+            return (
+                f"{provider} is not available (needs onnxruntime-gpu and an NVIDIA GPU; see `trtpipe doctor`)"
+            )
+    if backend == "trt":
+        from .env import gpus
+
+        if not gpus():
+            return "no NVIDIA GPU here (TensorRT engines run on a GPU; see `trtpipe doctor`)"
+        if not bundle.engines:
+            return f"no engine in the bundle (build one with `trtpipe build {bundle.path}`)"
+    return None
+
+
+def _variants_for(bundle: Bundle, backend: str, variants: list[str]) -> list[str]:
+    if variants == ["all"]:
+        if backend == "trt":
+            return sorted({e.get("variant", "fp32") for e in bundle.engines.values()})
+        names = [n for n in bundle.variants if n not in ("all-logits",) and not n.endswith("kv-inplace")]
+        if backend != "ort-cpu":
+            names = [n for n in names if not bundle.variants[n].get("ort_only")]
+        return names
+    for name in variants:
+        if backend != "trt" and name not in bundle.variants:
+            raise UserError(
+                f"bundle {bundle.path} has no variant {name!r} (has: {', '.join(sorted(bundle.variants))}); "
+                f"create it with `trtpipe optimize {bundle.path} --precision {name}`"
+            )
+    return variants
+
+
+def plan_backends(bundle: Bundle, backends: list[str]) -> tuple[list[str], list[str]]:
+    for name in backends:
+        if name not in (*ALL_BACKENDS, "all"):
+            raise UserError(f"unknown backend {name!r}; choose from: {', '.join(ALL_BACKENDS)}, all")
+    wanted = list(ALL_BACKENDS) if backends == ["all"] else backends
+    usable, skipped = [], []
+    for backend in wanted:
+        reason = backend_available(backend, bundle)
+        if reason:
+            skipped.append(f"{backend}: {reason}")
+            if backends != ["all"] and backend != "torch":
+                warn(f"backend {backend} skipped: {reason}")
+        else:
+            usable.append(backend)
+    return usable, skipped
+
+
+def benchmark(
+    bundle_path: str | Path,
+    backends: list[str],
+    variants: list[str],
+    batches: list[int],
+    seq: int,
+    prompt_lens: list[int],
+    new_tokens: int,
+    threads: int | None,
+    warmup: int,
+    iters: int,
+    seconds: float | None,
+    baselines: list[str],
+    out_dir: Path,
+    rounds: int = 5,
+    memory: bool = True,
+) -> dict:
+    bundle = Bundle.load(bundle_path)
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise UserError("--iters and --rounds must be ≥ 1 and --warmup ≥ 0")
+    if seconds is not None and seconds <= 0:
+        raise UserError(f"--seconds must be > 0 (got {seconds})")
+    if any(b < 1 for b in batches) or seq < 1 or any(p < 1 for p in prompt_lens):
+        raise UserError("--batch, --seq and --prompt-len values must be ≥ 1")
+    from .report import check_out_dir
+
+    check_out_dir(out_dir)
+    usable, skipped = plan_backends(bundle, backends)
+    report = {
+        "bundle": str(bundle.path),
+        "task": bundle.task,
+        "family": bundle.family,
+        "random_weights": bundle.random_weights,
+        "env": environment(threads),
+        "config": {
+            "backends": backends,
+            "variants": variants,
+            "batches": batches,
+            "seq": seq,
+            "prompt_lens": prompt_lens,
+            "new_tokens": new_tokens,
+            "threads": threads,
+            "warmup": warmup,
+            "iters": iters,
+            "seconds": seconds,
+            "rounds": rounds,
+            "baselines": baselines,
+        },
+        "skipped": skipped,
+        "encoder": [],
+        "decoder": [],
+        "floors": [],
+    }
+    try:
+        if bundle.is_decoder:
+            _decoder(
+                bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, report, memory
+            )
+        else:
+            _encoder(
+                bundle,
+                usable,
+                variants,
+                batches,
+                seq,
+                threads,
+                baselines,
+                rounds,
+                iters,
+                warmup,
+                seconds,
+                report,
+                memory,
+            )
+    except KeyboardInterrupt:
+        warn("interrupted: writing what was measured")
+        report["interrupted"] = True
+    from .report import print_table, write_report
+
+    paths = write_report(report, Path(out_dir), stem=f"benchmark-{bundle.name}")
+    print_table(report)
+    info("reports: " + ", ".join(str(p) for p in paths))
+    return report
+
+
+def _encoder(
+    bundle, usable, variants, batches, seq, threads, baselines, rounds, iters, warmup, seconds, report, memory
+):
+    from .encode import run_encode
+    from .memory import measure
+
+    specs = []
+    for backend in usable:
+        if backend == "torch":
+            continue
+        for variant in _variants_for(bundle, backend, variants):
+            specs.append(("ours", None if variant == "fp32" else variant, backend))
+    if "torch" in usable or "torch" in baselines:
+        specs.append(("torch", None, "torch"))
+    if "optimum" in baselines:
+        specs.append(("optimum", None, "optimum"))
+    for name in baselines:
+        if name not in ("torch", "optimum"):
+            raise UserError(f"unknown baseline {name!r}; encoders compare against torch and optimum")
+    shapes = [(b, seq) for b in batches]
+    results = run_encode(
+        bundle, specs, shapes, threads, rounds=rounds, iters=iters, warmup=warmup, seconds=seconds
+    )
+    for result in results:
+        if memory and result.error is None:
+            result.peak_rss = measure(
+                {
+                    "kind": "encode",
+                    "bundle": str(bundle.path),
+                    "row": result.kind,
+                    "variant": None if result.variant == "fp32" else result.variant,
+                    "backend": result.backend if result.kind == "ours" else "ort-cpu",
+                    "threads": threads,
+                    "shape": [result.batch, result.seq],
+                }
+            )
+        report["encoder"].append(asdict(result))
+
+
+def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, report, memory):
+    from .decode import floors, make_rows, measure_floors, run_decode
+    from .memory import measure
+
+    rows = []
+    for backend in usable:
+        if backend == "torch":
+            continue
+        names = _variants_for(bundle, backend, variants)
+        rows += make_rows(bundle, names, [], threads, backend=backend)
+    extra = [b for b in baselines]
+    if "torch" in usable and "torch" not in extra and "torch" in report["config"]["backends"]:
+        extra.append("torch")
+    rows += make_rows(bundle, [], extra, threads)
+    results = run_decode(bundle, prompt_lens, new_tokens, rows, rounds=rounds)
+    bandwidth, gemm = measure_floors(threads or 2)
+    for p in prompt_lens:
+        report["floors"].append(
+            {
+                "prompt_len": p,
+                "variant": "fp32",
+                **floors(bundle, "model.onnx", p, new_tokens, bandwidth, gemm),
+            }
+        )
+    for result in results:
+        if memory and result.error is None:
+            spec = {
+                "kind": "decode",
+                "bundle": str(bundle.path),
+                "row": result.kind,
+                "threads": threads,
+                "prompt_len": result.prompt_len,
+                "new_tokens": min(new_tokens, 8),
+            }
+            if result.kind == "ours":
+                spec["variant"] = result.variant
+            result.peak_rss = measure(spec)
+        report["decoder"].append(asdict(result))

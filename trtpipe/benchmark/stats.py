@@ -1,0 +1,39 @@
+"""Latency statistics: percentiles, mean ± sd, coefficient of variation, throughput."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+HIGH_COV = 0.10  # above this the machine was noisy: the row gets a warning
+
+
+def summarize(samples_s: list[float], items_per_sample: float = 1.0) -> dict:
+    """Stats of latency samples (seconds) in milliseconds; qps = items per second at the mean latency."""
+    values = np.asarray([s for s in samples_s if s is not None and math.isfinite(s)], dtype=np.float64)
+    if values.size == 0:
+        return {"n": 0}
+    ms = values * 1e3
+    mean = float(ms.mean())
+    sd = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
+    cov = sd / mean if mean > 0 else 0.0
+    return {
+        "n": int(ms.size),
+        "mean_ms": mean,
+        "sd_ms": sd,
+        "cov": cov,
+        "min_ms": float(ms.min()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "qps": items_per_sample / (mean / 1e3) if mean > 0 else 0.0,
+        "noisy": cov > HIGH_COV,
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
