@@ -48,7 +48,8 @@ def profile_step(bundle, variant_file: str, past: int, threads: int, steps: int 
         binding.bind_output("logits", "cpu")
         session.run_with_iobinding(binding)
     trace = session.end_profiling()
-    events = json.loads(open(trace).read())
+    with open(trace, encoding="utf-8") as handle:
+        events = json.load(handle)
     totals: dict[str, float] = {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

@@ -74,7 +74,8 @@ def test_encoder_benchmark_writes_every_report(make_bundle, tmp_path):
     assert (
         torch_rss > ours_rss
     )  # the torch-free runtime is leaner, and rows do not inherit each other's memory
-    rows = list(csv.DictReader(open(out / f"benchmark-{path.name}.csv")))
+    with open(out / f"benchmark-{path.name}.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and float(rows[0]["p50_ms"]) > 0
     assert (out / f"benchmark-{path.name}.md").read_text().count("\n|") >= 5
     png = out / f"benchmark-{path.name}-latency.png"

@@ -125,7 +125,7 @@ def run_decode(
             prompt = prompt_ids(bundle, p)
             samples = {i: {"ttft": [], "steps": [], "ids": None} for i in range(len(built))}
             for round_index in range(rounds + warmup):
-                for index, (kind, runner, error) in enumerate(built):
+                for index, (_, runner, _) in enumerate(built):
                     bar.advance(task)
                     if runner is None:
                         continue

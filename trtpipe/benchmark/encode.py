@@ -138,7 +138,7 @@ def run_encode(
         for batch, seq in shapes:
             feeds = fixed_feeds(bundle, batch, seq, count=max(iters, 2))
             samples: dict[int, list[float]] = {i: [] for i in range(len(built))}
-            for index, (_, _, _, row, _) in enumerate(built):
+            for _, _, _, row, _ in built:
                 if row is not None:
                     for feed in feeds[:warmup]:
                         row.run(feed)
