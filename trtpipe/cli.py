@@ -540,6 +540,7 @@ def generate_cmd(
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
     generator = Generator(bundle, backend=backend, variant=variant, threads=threads, kv=kv)
+    generator.check(prompts, max_new_tokens, truncate)
     if generator.bundle.random_weights and not as_json:
         warn(f"{generator.bundle.name} has random weights: the text is meaningless (speed and parity only)")
     started = time.perf_counter()

@@ -305,8 +305,10 @@ class Bundle:
             self._verified[rel] = key
 
     def model_path(self, variant: str | None = None, verify: bool = True) -> Path:
-        """Path of a variant's ONNX file, after checking every file of the variant against its sha256."""
+        """Path of a variant's ONNX file, after checking every file of the variant against its sha256 and every
+        external-data location inside the ONNX file against the bundle (confined, listed, hashed)."""
         entry = self.variant(variant)
+        path = self.file(entry["file"])
         if verify:
             name = variant or "fp32"
             fix = (
@@ -315,7 +317,33 @@ class Bundle:
                 else f"recreate it with `trtpipe optimize {self.path} --precision {name} --overwrite`"
             )
             self.verify_files(entry["sha256"], f"variant {name}", fix)
-        return self.file(entry["file"])
+            self.check_external_data(path, entry, fix)
+        return path
+
+    def check_external_data(self, path: Path, entry: dict, fix: str) -> None:
+        from .onnx_scan import ScanError, external_data_locations
+
+        try:
+            locations = external_data_locations(path)
+        except (ScanError, OSError, ValueError) as exc:
+            raise UserError(
+                f"bundle {self.path}: {path.name} is not a readable ONNX file ({exc}); {fix}"
+            ) from None
+        listed = {Path(rel).as_posix() for rel in entry["sha256"]}
+        for tensor, location in locations:
+            rel = (Path(entry["file"]).parent / location).as_posix()
+            try:
+                inside(self.path, rel)
+            except UserError:
+                raise UserError(
+                    f"bundle {self.path}: {path.name} stores tensor {tensor!r} in {location!r}, outside the "
+                    f"bundle; refusing to load it — {fix}"
+                ) from None
+            if Path(rel).as_posix() not in listed and Path(location).as_posix() not in listed:
+                raise UserError(
+                    f"bundle {self.path}: {path.name} reads external data {location!r}, which the manifest "
+                    f"does not list (so it is not hash-checked); {fix}"
+                )
 
     def reload(self) -> Bundle:
         return Bundle.load(self.path)

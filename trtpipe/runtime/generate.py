@@ -387,6 +387,13 @@ class Generator:
             ids.append(encoded)
         return ids, texts
 
+    def check(self, prompts, max_new_tokens: int, truncate: bool = False) -> None:
+        """Validate a request up front (UserError), before anything is printed or run."""
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
+            raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
+        ids, _ = self.encode(prompts)
+        self._fit(ids, int(max_new_tokens), truncate)
+
     def _fit(self, ids: list[list[int]], max_new_tokens: int, truncate: bool) -> list[list[int]]:
         room = self.max_positions - max_new_tokens
         if room < 1:

@@ -34,13 +34,17 @@ def perplexity(
         bundle = Bundle.load(bundle)
     if not bundle.is_decoder:
         raise UserError(f"{bundle.path} is a {bundle.task} bundle; perplexity needs a GPT-2 bundle")
+    if not isinstance(text, str) or not text.strip():
+        raise UserError("the text to score is empty; give a UTF-8 file with some text")
     encoder = TextEncoder(bundle)
     ids = encoder.encode_prompt(text)
     if len(ids) < 2:
         raise UserError("the text is shorter than two tokens; perplexity needs at least two")
     positions = bundle.limits["max_positions"]
+    if window is not None and window < 2:
+        raise UserError(f"--window must be ≥ 2 tokens (got {window})")
     window = min(window or positions, positions)
-    stride = stride or max(1, window // 2)
+    stride = max(1, window // 2) if stride is None else stride
     if not 1 <= stride <= window:
         raise UserError(f"--stride must be between 1 and the window ({window}), got {stride}")
     if "all-logits" in bundle.variants:

@@ -101,6 +101,11 @@ def check_feeds(feeds: dict, specs: list[dict], limits: dict | None = None) -> d
             if isinstance(dim, int) and dim != size:
                 raise UserError(f"input {name!r} axis {axis} is {size}, expected {dim} (shape {shape})")
             if isinstance(dim, str):
+                if size == 0 and dim != "past_sequence":
+                    raise UserError(
+                        f"input {name!r} has an empty {dim} axis (shape {list(value.shape)}); "
+                        "give at least one text / token"
+                    )
                 seen = dims.get(dim)
                 if seen is not None and seen[0] != size:
                     raise UserError(

@@ -1,0 +1,127 @@
+"""Read the external-data locations out of an ONNX file without the onnx package (the runtime stays lean).
+
+A minimal protobuf wire-format walk over ModelProto → GraphProto → TensorProto (initializers, sparse initializers
+and tensors inside node attributes, subgraphs included); raw weight bytes are skipped by length, never read.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+# field numbers from onnx.proto
+MODEL_GRAPH = 7
+GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_SPARSE_INITIALIZER = 1, 5, 15
+NODE_ATTRIBUTE = 5
+ATTR_T, ATTR_G, ATTR_TENSORS, ATTR_GRAPHS, ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
+SPARSE_VALUES, SPARSE_INDICES = 1, 2
+TENSOR_NAME, TENSOR_EXTERNAL_DATA = 8, 13
+ENTRY_KEY, ENTRY_VALUE = 1, 2
+
+
+class ScanError(ValueError):
+    pass
+
+
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ScanError("truncated or malformed protobuf varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """Yield (field number, wire type, value start, value end or varint value) over one message."""
+    pos = start
+    while pos < end:
+        tag, pos = _varint(buf, pos, end)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+            yield number, wire, value, None
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise ScanError("truncated protobuf field")
+            yield number, wire, pos, pos + length
+            pos += length
+        else:
+            raise ScanError(f"unsupported protobuf wire type {wire}")
+        if pos > end:
+            raise ScanError("truncated protobuf message")
+
+
+def _tensor(buf, start: int, end: int, out: list[tuple[str, str]]) -> None:
+    name = ""
+    for number, wire, a, b in _fields(buf, start, end):
+        if wire != 2:
+            continue
+        if number == TENSOR_NAME:
+            name = bytes(buf[a:b]).decode("utf-8", "replace")
+        elif number == TENSOR_EXTERNAL_DATA:
+            key = value = None
+            for n, w, x, y in _fields(buf, a, b):
+                if w == 2 and n == ENTRY_KEY:
+                    key = bytes(buf[x:y]).decode("utf-8", "replace")
+                elif w == 2 and n == ENTRY_VALUE:
+                    value = bytes(buf[x:y]).decode("utf-8", "replace")
+            if key == "location" and value is not None:
+                out.append((name, value))
+
+
+def _sparse(buf, start: int, end: int, out) -> None:
+    for number, wire, a, b in _fields(buf, start, end):
+        if wire == 2 and number in (SPARSE_VALUES, SPARSE_INDICES):
+            _tensor(buf, a, b, out)
+
+
+def _graph(buf, start: int, end: int, out, depth: int) -> None:
+    if depth > 32:
+        raise ScanError("subgraphs nested too deeply")
+    for number, wire, a, b in _fields(buf, start, end):
+        if wire != 2:
+            continue
+        if number == GRAPH_INITIALIZER:
+            _tensor(buf, a, b, out)
+        elif number == GRAPH_SPARSE_INITIALIZER:
+            _sparse(buf, a, b, out)
+        elif number == GRAPH_NODE:
+            for n, w, x, y in _fields(buf, a, b):
+                if w == 2 and n == NODE_ATTRIBUTE:
+                    _attribute(buf, x, y, out, depth)
+
+
+def _attribute(buf, start: int, end: int, out, depth: int) -> None:
+    for number, wire, a, b in _fields(buf, start, end):
+        if wire != 2:
+            continue
+        if number in (ATTR_T, ATTR_TENSORS):
+            _tensor(buf, a, b, out)
+        elif number in (ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS):
+            _sparse(buf, a, b, out)
+        elif number in (ATTR_G, ATTR_GRAPHS):
+            _graph(buf, a, b, out, depth + 1)
+
+
+def external_data_locations(path: str | Path) -> list[tuple[str, str]]:
+    """[(tensor name, location)] for every tensor stored outside the .onnx file."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ScanError("empty file")
+    out: list[tuple[str, str]] = []
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        for number, wire, a, b in _fields(buf, 0, size):
+            if number == MODEL_GRAPH and wire == 2:
+                _graph(buf, a, b, out, 0)
+    return out
