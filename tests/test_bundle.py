@@ -132,12 +132,14 @@ def test_corrupt_model_with_matching_hash_is_a_user_error(make_bundle, copy_bund
     from trtpipe.runtime.bundle import sha256_file
 
     path = copy_bundle(make_bundle("tiny-bert", "embed"))
-    (path / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
-    data = _manifest(path)
-    data["variants"]["fp32"]["sha256"]["model.onnx"] = sha256_file(path / "model.onnx")
-    (path / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(UserError, match="could not load .*corrupt or truncated"):
-        open_session(path)
+    for content, message in ((b"\x08\x07garbage" * 100, "not a readable ONNX file"),  # not protobuf at all
+                             (b"\x08\x07", "could not load .*corrupt or truncated")):  # protobuf, but no model
+        (path / "model.onnx").write_bytes(content)
+        data = _manifest(path)
+        data["variants"]["fp32"]["sha256"]["model.onnx"] = sha256_file(path / "model.onnx")
+        (path / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(UserError, match=message):
+            open_session(path)
 
 
 def test_second_writer_gets_a_clear_error(make_bundle, copy_bundle):

@@ -32,6 +32,8 @@ class TextEncoder:
         self._cls = Tokenizer
         self.path = bundle.tokenizer_file()
         self.info = bundle.manifest["tokenizer"]
+        if self.info.get("sha256"):
+            bundle.verify_files({self.info["file"]: self.info["sha256"]}, "tokenizer", "re-export the bundle")
         self.max_length = bundle.max_length
         self.input_names = bundle.input_names()
         self._lock = threading.Lock()
