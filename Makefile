@@ -38,7 +38,8 @@ install-gpu: ## GPU venv (.venv-gpu): onnxruntime-gpu + TensorRT 10 + cuda-pytho
 demo-models: $(STAMP) ## train the small demo models into models/ (skips those present; a few minutes)
 	$(PY) cli.py demo-models
 
-export: $(STAMP) ## install, then export + parity-check the default bundles into bundles/ (offline)
+export: $(STAMP) ## install, train the demo models if missing, export + parity-check the default bundles (offline)
+	$(PY) cli.py demo-models
 	$(PY) cli.py export-defaults --out $(BUNDLES)
 
 optimize: $(STAMP) ## add fp16 / int8 / int4 variants to the default bundles (gated)
@@ -50,7 +51,7 @@ engines: $(STAMP) ## build TensorRT engines for the default bundles (TensorRT-RT
 parity: $(STAMP) ## re-run parity on every bundle in bundles/
 	for b in $(BUNDLES)/*/; do $(PY) cli.py parity $$b || exit 1; done
 
-bench: $(STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈15 min on 2 cores)
+bench: $(STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈15 min on 2 cores, after make optimize)
 	$(PY) bench/run_all.py
 
 test: $(STAMP) ## run the test suite (CPU; GPU tests are skipped without a GPU)
