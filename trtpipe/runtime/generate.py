@@ -147,6 +147,8 @@ class KVCache:
         self.buffers = [[np.zeros(size, dtype=self.dtype) for _ in range(2 * layers)] for _ in range(copies)]
         self.current = 0  # ping-pong: which copy holds past
         self.length = 0
+        self.binding = None  # in place: the decode step's IOBinding, made once per request
+        self.step_logits: np.ndarray | None = None  # in place: the decode step's logits buffer
 
     @property
     def nbytes(self) -> int:
@@ -216,6 +218,15 @@ class DecoderRunner:
             cache.swap()
             return
         # feeds were built here from validated prompts (ids inside the vocabulary, lengths inside the positions)
+        if cache.inplace and batch == cache.batch and logits is cache.step_logits:
+            # in-place decode: the KV buffers and the logits buffer never move, so their bindings are made once
+            # per request and only the four small inputs are rebound each step
+            if cache.binding is None:
+                cache.binding = self._bind_inplace(cache, batch, row, logits)
+            for name, value in feeds.items():
+                cache.binding.bind_cpu_input(name, value)
+            self.session.session.run_with_iobinding(cache.binding)
+            return
         io = self.session.session.io_binding()
         for name, value in feeds.items():
             io.bind_cpu_input(name, value)
@@ -234,6 +245,16 @@ class DecoderRunner:
         io.bind_output("logits", "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
         self.session.session.run_with_iobinding(io)
         cache.swap()
+
+    def _bind_inplace(self, cache: KVCache, batch: int, row: int, logits: np.ndarray):
+        io = self.session.session.io_binding()
+        for index, past, present in cache.names():
+            buffer = cache.view(0, index, 0, batch, row)
+            io.bind_input(past, "cpu", 0, cache.dtype, list(buffer.shape), buffer.ctypes.data)
+            io.bind_output(present, "cpu", 0, cache.dtype, list(buffer.shape), buffer.ctypes.data)
+        out = logits.reshape(batch, 1, self.vocab)
+        io.bind_output("logits", "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+        return io
 
     def prefill(self, prompts: list[list[int]], cache: KVCache, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Run the prompts; returns (logits [B, V], attention mask [B, P]) — the mask is None in place."""
@@ -268,9 +289,11 @@ class DecoderRunner:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One step for every row. `lengths` = valid tokens per row before this step."""
         batch = len(tokens)
-        logits = np.empty((batch, self.vocab), dtype=np.float32)
         ids = np.asarray(tokens, dtype=np.int64).reshape(batch, 1)
         if self.inplace:
+            if cache.step_logits is None:
+                cache.step_logits = np.empty((batch, self.vocab), dtype=np.float32)
+            logits = cache.step_logits
             feeds = {
                 "input_ids": ids,
                 "position_ids": lengths.astype(np.int64).reshape(batch, 1),
@@ -278,7 +301,8 @@ class DecoderRunner:
                 "total_sequence_length": np.array(int(lengths.max()) + 1, dtype=np.int32),
             }
             self._run(feeds, cache, cache.capacity, 1, batch, 0, logits)
-            return logits, None
+            return logits.copy(), None
+        logits = np.empty((batch, self.vocab), dtype=np.float32)
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
         feeds = {
             "input_ids": ids,
