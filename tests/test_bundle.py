@@ -132,8 +132,10 @@ def test_corrupt_model_with_matching_hash_is_a_user_error(make_bundle, copy_bund
     from trtpipe.runtime.bundle import sha256_file
 
     path = copy_bundle(make_bundle("tiny-bert", "embed"))
-    for content, message in ((b"\x08\x07garbage" * 100, "not a readable ONNX file"),  # not protobuf at all
-                             (b"\x08\x07", "could not load .*corrupt or truncated")):  # protobuf, but no model
+    for content, message in (
+        (b"\x08\x07garbage" * 100, "not a readable ONNX file"),  # not protobuf at all
+        (b"\x08\x07", "could not load .*corrupt or truncated"),
+    ):  # protobuf, but no model
         (path / "model.onnx").write_bytes(content)
         data = _manifest(path)
         data["variants"]["fp32"]["sha256"]["model.onnx"] = sha256_file(path / "model.onnx")

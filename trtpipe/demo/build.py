@@ -37,6 +37,7 @@ SOURCE = (
 )
 CLASSIFY_EXAMPLE = "Return a new socket object."
 GENERATE_PROMPT = "The list"
+EVAL_BLOCK = 128  # held-out MLM windows: the same for every recipe phase
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,8 @@ class LMRecipe:
     steps: int
     lr: float
     warmup: int
-    long_steps: int = (
-        0  # encoders: the last steps use blocks of `positions` tokens (BERT: 90 % short, 10 % long)
-    )
+    long_steps: int = 0  # the last steps use blocks of `positions` tokens (BERT: 90 % short, 10 % long)
+    mask_rate: float = 0.15  # encoders: share of the tokens to predict
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,15 @@ RECIPES = {
     # ≈ 7 minutes on 2 CPU cores (bf16 autocast); sized by measured throughput, see docs/readme/demo.md.
     "full": Recipe(
         "full",
-        gpt=LMRecipe(8192, 256, 4, 4, 256, block=256, batch=8, steps=600, lr=2e-3, warmup=40),
+        gpt=LMRecipe(
+            8192, 256, 4, 4, 256, block=128, batch=8, steps=640, lr=1.2e-3, warmup=40, long_steps=64
+        ),
+        # Post-LN encoders sit on a unigram plateau at a higher lr or a short warmup: 1e-3 after 1/3 warmup
         encoder=LMRecipe(
-            8192, 256, 4, 4, 256, block=128, batch=32, steps=500, lr=1e-3, warmup=40, long_steps=50
+            8192, 256, 4, 4, 256, block=128, batch=16, steps=420, lr=1e-3, warmup=140, long_steps=42
         ),
         albert_embedding=128,
-        classify=ClassifyRecipe(epochs=4, batch=32, lr=2e-4, max_length=128),
+        classify=ClassifyRecipe(epochs=5, batch=32, lr=5e-4, max_length=64),
     ),
     # seconds: for tests and smoke runs
     "tiny": Recipe(
@@ -158,22 +161,27 @@ class Corpus:
 
     @functools.cached_property
     def texts(self) -> dict[str, list[str]]:
+        """Encoders: every paragraph (code examples give MLM easy local patterns to learn attention from)."""
         from . import data
 
         return {split: data.split_texts(split, self.recipe.corpus_limit) for split in ("train", "heldout")}
 
     @functools.cached_property
-    def fingerprint(self) -> str:
-        from .. import corpus
+    def prose(self) -> dict[str, list[str]]:
+        """GPT-2: prose paragraphs only, so that what it writes reads like the documentation's English."""
+        from . import data
 
-        return corpus.fingerprint(self.texts["train"] + self.texts["heldout"])
+        return {
+            split: data.split_texts(split, self.recipe.corpus_limit, prose=True)
+            for split in ("train", "heldout")
+        }
 
     @functools.cached_property
     def gpt_tokenizer(self):
         from .vocabs import gpt2_tokenizer
 
         r = self.recipe.gpt
-        return gpt2_tokenizer(r.vocab, self.texts["train"], r.positions)
+        return gpt2_tokenizer(r.vocab, self.prose["train"], r.positions)
 
     @functools.cached_property
     def encoder_tokenizer(self):
@@ -182,22 +190,25 @@ class Corpus:
         r = self.recipe.encoder
         return wordpiece_tokenizer(r.vocab, self.texts["train"], r.positions)
 
-    def stream(self, tokenizer, split: str, separator: int):
-        """One split as a single token stream, documents separated by `separator` ([N] int64)."""
+    def stream(self, tokenizer, texts: list[str], separator: int):
+        """Texts as a single token stream, documents separated by `separator` ([N] int64)."""
         import torch
 
         ids: list[int] = []
-        for enc in tokenizer.backend_tokenizer.encode_batch(self.texts[split], add_special_tokens=False):
+        for enc in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False):
             ids += enc.ids
             ids.append(separator)
         return torch.tensor(ids, dtype=torch.long)
 
-    def info(self, train_tokens: int, heldout_tokens: int) -> dict:
+    def info(self, texts: dict[str, list[str]], train_tokens: int, heldout_tokens: int) -> dict:
+        from .. import corpus
+
         return {
             "source": SOURCE,
+            "text": "prose paragraphs" if texts is self.prose else "all paragraphs (prose and code examples)",
             "python": platform.python_version(),
-            "fingerprint": self.fingerprint,
-            "split": "corpus.is_heldout(unit): sha1 of each paragraph / docstring, ~10 % held out",
+            "fingerprint": corpus.fingerprint(texts["train"] + texts["heldout"]),
+            "split": "corpus.is_heldout(unit): sha1 of each topic paragraph / docstring, ~10 % held out",
             "train_tokens": train_tokens,
             "heldout_tokens": heldout_tokens,
         }
@@ -226,7 +237,8 @@ def train_gpt2(recipe: Recipe, corpus: Corpus, bar) -> tuple:
     r = recipe.gpt
     tok = corpus.gpt_tokenizer
     eos = tok.eos_token_id
-    train_ids, heldout_ids = corpus.stream(tok, "train", eos), corpus.stream(tok, "heldout", eos)
+    train_ids = corpus.stream(tok, corpus.prose["train"], eos)
+    heldout_ids = corpus.stream(tok, corpus.prose["heldout"], eos)
     config = transformers.GPT2Config(
         vocab_size=len(tok),
         n_positions=r.positions,
@@ -243,23 +255,30 @@ def train_gpt2(recipe: Recipe, corpus: Corpus, bar) -> tuple:
     model = transformers.GPT2LMHeadModel(config)
     task_id = bar.add_task("demo-gpt2", total=r.steps)
     started = time.perf_counter()
-    batches = train.lm_batches(train_ids, r.block, r.batch, recipe.seed)
+    short = train.lm_batches(train_ids, r.block, r.batch, recipe.seed)
+    long = train.lm_batches(train_ids, r.positions, _long_batch(r), recipe.seed + 1)
     losses = train.train_loop(
-        model, batches, train.lm_loss, r.steps, r.lr, r.warmup, _progress_hook(bar, task_id, "demo-gpt2")
+        model,
+        _phases(r, short, long),
+        train.lm_loss,
+        r.steps,
+        r.lr,
+        r.warmup,
+        _progress_hook(bar, task_id, "demo-gpt2"),
     )
     seconds = time.perf_counter() - started
     bar.update(task_id, description="demo-gpt2  evaluating")
-    metrics = evaluate.perplexity(model, heldout_ids, r.block)
+    metrics = evaluate.perplexity(model, heldout_ids, r.positions)
     metrics["unigram_perplexity"] = evaluate.unigram_perplexity(train_ids, heldout_ids, len(tok))
     prompt = tok(GENERATE_PROMPT, return_tensors="pt")
     with torch.no_grad():
         generated = model.generate(**prompt, max_new_tokens=40, do_sample=False, pad_token_id=eos)
     sample = tok.decode(generated[0], skip_special_tokens=True)
     meta = {
-        "train": _train_info(r, r.block, losses, seconds),
+        "train": _train_info(r, losses, seconds),
         "metrics": metrics,
         "sample": {"prompt": GENERATE_PROMPT, "greedy": sample},
-        "corpus": corpus.info(len(train_ids), len(heldout_ids)),
+        "corpus": corpus.info(corpus.prose, len(train_ids), len(heldout_ids)),
     }
     return model, tok, meta
 
@@ -274,7 +293,8 @@ def train_mlm(family: str, recipe: Recipe, corpus: Corpus, bar) -> tuple:
     tok = corpus.encoder_tokenizer
     special = len(tok.all_special_ids)  # [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0..4
     sep, cls, mask = tok.sep_token_id, tok.cls_token_id, tok.mask_token_id
-    train_ids, heldout_ids = corpus.stream(tok, "train", sep), corpus.stream(tok, "heldout", sep)
+    train_ids = corpus.stream(tok, corpus.texts["train"], sep)
+    heldout_ids = corpus.stream(tok, corpus.texts["heldout"], sep)
     common = dict(
         vocab_size=len(tok),
         hidden_size=r.dim,
@@ -304,7 +324,7 @@ def train_mlm(family: str, recipe: Recipe, corpus: Corpus, bar) -> tuple:
     model = cls_model(config)
     task_id = bar.add_task(name, total=r.steps)
     hook = _progress_hook(bar, task_id, name)
-    ids = dict(cls_id=cls, sep_id=sep, mask_id=mask, special=special, vocab=len(tok))
+    ids = dict(cls_id=cls, sep_id=sep, mask_id=mask, special=special, vocab=len(tok), rate=r.mask_rate)
     started = time.perf_counter()
     short = train.mlm_batches(train_ids, r.block, r.batch, recipe.seed, **ids)
     long = train.mlm_batches(
@@ -315,13 +335,14 @@ def train_mlm(family: str, recipe: Recipe, corpus: Corpus, bar) -> tuple:
     losses = train.train_loop(model, batches, train.mlm_loss, r.steps, r.lr, r.warmup, hook)
     seconds = time.perf_counter() - started
     bar.update(task_id, description=f"{name}  evaluating")
-    inputs, labels = evaluate.fixed_masks(heldout_ids, r.block, special, mask, cls, sep, seed=1234)
+    block = min(EVAL_BLOCK, r.positions)
+    inputs, labels = evaluate.fixed_masks(heldout_ids, block, special, mask, cls, sep, seed=1234)
     metrics = evaluate.mlm_accuracy(model, inputs, labels)
     metrics["most_frequent_token_top1"] = evaluate.frequent_token_accuracy(train_ids, labels, special)
     meta = {
-        "train": _train_info(r, f"{r.block} (last {r.long_steps} steps: {r.positions})", losses, seconds),
+        "train": _train_info(r, losses, seconds),
         "metrics": metrics,
-        "corpus": corpus.info(len(train_ids), len(heldout_ids)),
+        "corpus": corpus.info(corpus.texts, len(train_ids), len(heldout_ids)),
     }
     return model, tok, meta
 
@@ -404,12 +425,25 @@ def train_classifier(name: str, out: Path, recipe: Recipe, bar) -> tuple:
     return model, tok, meta
 
 
-def _train_info(r: LMRecipe, block, losses: list[float], seconds: float) -> dict:
+def _long_batch(r: LMRecipe) -> int:
+    return max(1, r.batch * r.block // r.positions)  # same tokens per step in the long phase
+
+
+def _phases(r: LMRecipe, short, long):
+    """`steps - long_steps` batches of `block` tokens, then `long_steps` of `positions` (every position trained)."""
+    for _ in range(r.steps - r.long_steps):
+        yield next(short)
+    for _ in range(r.long_steps):
+        yield next(long)
+
+
+def _train_info(r: LMRecipe, losses: list[float], seconds: float) -> dict:
     tail = losses[-20:]
     return {
         "steps": r.steps,
         "batch": r.batch,
-        "block": block,
+        "block": r.block,
+        "long_phase": {"steps": r.long_steps, "block": r.positions, "batch": _long_batch(r)},
         "lr": r.lr,
         "warmup": r.warmup,
         "schedule": "AdamW (0.9, 0.98), weight decay 0.01 on matrices, linear warmup, cosine to lr/10, clip 1.0",
@@ -449,6 +483,9 @@ def train_demo_models(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; pass a directory with --out")
     names = resolve_names(only)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
     wanted = [n for n in DEMO_MODELS if n in names or n in {BASES.get(m) for m in names}]
     started = time.perf_counter()
     trained, skipped = [], []

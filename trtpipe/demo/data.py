@@ -95,21 +95,29 @@ def documents() -> tuple[tuple[str, ...], ...]:
     return tuple(d for d in docs if d)
 
 
-def split_texts(split: str, limit: int | None = None) -> list[str]:
-    """Text of one split, one string per document (its units of that split joined by blank lines)."""
+def is_prose(paragraph: str) -> bool:
+    """One unwrapped line of mostly letters and ≥ 4 words: not code, grammar, a table or a heading."""
+    return (
+        "\n" not in paragraph
+        and not paragraph[:1].isspace()
+        and len(paragraph.split()) >= 4
+        and sum(ch.isalpha() for ch in paragraph) >= 0.6 * len(paragraph)
+    )
+
+
+def split_texts(split: str, limit: int | None = None, prose: bool = False) -> list[str]:
+    """Pretraining text of one split, one string per document: the paragraphs of its units of that split, joined
+    by blank lines; with `prose`, only prose paragraphs (no code examples, grammar rules, tables or headings)."""
     if split not in ("train", "heldout"):
         raise ValueError(split)
     want = split == "heldout"
     texts = []
     for doc in documents()[:limit]:
         units = [u for u in doc if corpus.is_heldout(u) == want]
-        if units:
-            texts.append("\n\n".join(units))
+        paragraphs = [p for u in units for p in _PARAGRAPH.split(u) if not prose or is_prose(p)]
+        if paragraphs:
+            texts.append("\n\n".join(paragraphs))
     return texts
-
-
-def corpus_fingerprint() -> str:
-    return corpus.fingerprint(u for doc in documents() for u in doc)
 
 
 # --------------------------------------------------------------------------------------------- classification
@@ -134,7 +142,9 @@ def _family(module: str) -> str | None:
 def classification_data(per_class_cap: int | None = None) -> dict[str, tuple[Example, ...]]:
     """Balanced docstring → module-family examples: {"train": …, "heldout": …}, deterministic.
 
-    Docstrings that occur under two families are dropped; each split keeps the same number per class (the
+    Docstrings that occur under two families are dropped, and so is a held-out docstring that occurs verbatim inside
+    training text (the standard library repeats sentences: `FileHandler`'s docstring is part of a longer one), so
+    held-out accuracy is never measured on text a model saw; each split keeps the same number per class (the
     smallest class), chosen by sha1 so the selection never depends on file order; train order is shuffled by
     the trainer, held-out order is by label then hash.
     """
@@ -149,10 +159,13 @@ def classification_data(per_class_cap: int | None = None) -> dict[str, tuple[Exa
         found.setdefault(text, set()).add(family)
         module_of.setdefault(text, module)
     by_split: dict[str, dict[str, list[str]]] = {"train": {}, "heldout": {}}
+    seen_in_training = "\x00".join(split_texts("train"))
     for text, families in found.items():
         if len(families) != 1:
             continue
         split = "heldout" if corpus.is_heldout(text) else "train"
+        if split == "heldout" and text in seen_in_training:
+            continue
         by_split[split].setdefault(next(iter(families)), []).append(text)
     data = {}
     for split, groups in by_split.items():

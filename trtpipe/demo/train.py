@@ -109,6 +109,7 @@ def mlm_batches(
     mask_id: int,
     special: int,
     vocab: int,
+    rate: float = 0.15,
 ) -> Iterator[dict]:
     """Random windows of `block - 2` tokens wrapped as [CLS] … [SEP], masked for MLM."""
     generator = torch.Generator().manual_seed(seed)
@@ -117,7 +118,7 @@ def mlm_batches(
         starts = torch.randint(0, len(stream) - width, (batch,), generator=generator)
         body = torch.stack([stream[s : s + width] for s in starts.tolist()])
         ids = torch.cat([torch.full((batch, 1), cls_id), body, torch.full((batch, 1), sep_id)], dim=1)
-        inputs, labels = mask_tokens(ids, special, vocab, mask_id, generator)
+        inputs, labels = mask_tokens(ids, special, vocab, mask_id, generator, rate)
         yield {"input_ids": inputs, "labels": labels}
 
 
@@ -141,13 +142,20 @@ def mlm_loss(model, batch: dict) -> torch.Tensor:
 def classify_batches(
     encoded: list[list[int]], labels: list[int], batch: int, seed: int, pad_id: int
 ) -> Iterator[dict]:
-    """Epochs of shuffled mini-batches (a fresh seeded permutation each epoch), padded to their longest row."""
+    """Epochs of mini-batches in a fresh seeded order each epoch; rows of similar length share a batch (sorted
+    inside windows of 8 batches, batch order shuffled), so little compute goes to padding."""
     generator = torch.Generator().manual_seed(seed)
+    window = batch * 8
     while True:
         order = torch.randperm(len(encoded), generator=generator).tolist()
-        for start in range(0, len(order), batch):
-            yield pad_batch([encoded[i] for i in order[start : start + batch]], pad_id) | {
-                "labels": torch.tensor([labels[i] for i in order[start : start + batch]])
+        groups = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: len(encoded[i]))
+            groups += [chunk[i : i + batch] for i in range(0, len(chunk), batch)]
+        for index in torch.randperm(len(groups), generator=generator).tolist():
+            rows = groups[index]
+            yield pad_batch([encoded[i] for i in rows], pad_id) | {
+                "labels": torch.tensor([labels[i] for i in rows])
             }
 
 
