@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["decode.py", "optimize.py", "workload.py", "compare.py", "demo_metrics.py", "soak.py"]
+SCRIPTS = [
+    "decode.py",
+    "optimize.py",
+    "workload.py",
+    "compare.py",
+    "demo_metrics.py",
+    "soak.py",
+    "triton_load.py",
+]
 
 
 def main() -> int:

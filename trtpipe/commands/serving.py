@@ -117,12 +117,10 @@ def triton_cmd(
         f"wrote {out_dir} ({len(planned)} model{'s' if len(planned) != 1 else ''}; see {out_dir / MANIFEST})"
     )
     if backend == "python":
-        info(
-            f"  next: trtpipe triton-serve {out_dir}   (loopback; or the Triton container, docs/readme/serving.md)"
-        )
+        info(f"  next: trtpipe triton-serve {out_dir}   (loopback; or the Triton container, docs/serving.md)")
     else:
         info(
-            f"  next: the Triton container with {out_dir} mounted (docs/readme/serving.md); the wheel's "
+            f"  next: the Triton container with {out_dir} mounted (docs/serving.md); the wheel's "
             "tritonserver has the python backend only"
         )
 

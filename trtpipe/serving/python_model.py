@@ -32,7 +32,7 @@ def _threads(setting: str, config: dict) -> int | None:
     """Intra-op threads per instance. "auto": half the CPUs, shared among the model's instances (at least 1).
     The other half is for Triton's HTTP/gRPC threads, the batcher and the stubs' IPC, which ONNX Runtime's
     (spin-waiting) workers on every core compete with: on 2 cores, 1 thread per instance served 2.2x the
-    requests/s of 2 (docs/readme/serving.md)."""
+    requests/s of 2 (docs/serving.md)."""
     if setting in ("", "default"):
         return None
     if setting != "auto":

@@ -1,7 +1,7 @@
 """Run Triton Inference Server from the `nvidia-pytriton` wheel, on loopback, for as long as a `with` block.
 
 The wheel ships a CPU-capable `tritonserver` binary, the Python backend and one backend stub per Python version
-(it has no onnxruntime or tensorrt backend: those need the official container, see docs/readme/serving.md).
+(it has no onnxruntime or tensorrt backend: those need the official container, see docs/serving.md).
 `start_server` prepares a backend directory in a temp dir (the Python backend plus the stub for this Python),
 picks free ports, binds HTTP and gRPC to 127.0.0.1, waits until the server and every model are ready, and
 `stop` ends the server and its stubs.
