@@ -249,3 +249,40 @@ def test_existing_variant_lock_and_missing_source(make_bundle, copy_bundle):
     (path / "model.onnx").unlink()
     with pytest.raises(UserError, match="model.onnx .* is missing"):
         optimize_bundle(path, "fp16")
+
+
+def test_optimize_defaults_forces_random_weights_and_skips_refused_real_ones(
+    make_bundle, tmp_path, monkeypatch
+):
+    """`make optimize`: random-weight bundles get their variants with the gate recorded as forced; on real weights a
+    refused variant is not written and the run goes on."""
+    from trtpipe import defaults
+    from trtpipe.optimize import variants
+
+    out = tmp_path / "bundles"
+    out.mkdir()
+    random_bundle = out / "random"
+    real_bundle = out / "real"
+    shutil.copytree(make_bundle("tiny-bert", "fill-mask"), random_bundle)
+    shutil.copytree(make_bundle("tiny-bert", "fill-mask"), real_bundle)
+    manifest = json.loads((real_bundle / "manifest.json").read_text())
+    manifest["source"]["random_weights"] = False
+    (real_bundle / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setitem(defaults.OPTIMIZE, "fill-mask", ["int8"])
+    real_optimize = variants.optimize_bundle
+
+    def gate_refuses_real(path, precision, **kwargs):
+        if path.name == "real":
+            assert kwargs.get("force") is False
+            raise CheckFailed("int8 variant fails its accuracy gate")
+        return real_optimize(path, precision, **kwargs)
+
+    monkeypatch.setattr(variants, "optimize_bundle", gate_refuses_real)
+    result = defaults.optimize_defaults(out)
+    assert result == {"written": ["random int8"], "refused": ["real int8"]}
+    assert Bundle.load(random_bundle).variants["int8"]["gate"]["forced"] is True
+    assert "int8" not in Bundle.load(real_bundle).variants
+    assert defaults.optimize_defaults(out) == {
+        "written": [],
+        "refused": ["real int8"],
+    }  # present ones are kept
