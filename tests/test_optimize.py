@@ -286,3 +286,44 @@ def test_optimize_defaults_forces_random_weights_and_skips_refused_real_ones(
         "written": [],
         "refused": ["real int8"],
     }  # present ones are kept
+
+
+def test_weight_only_walks_its_rungs_until_the_calibration_gate_passes(make_bundle, monkeypatch):
+    from trtpipe.optimize import variants
+
+    bundle = Bundle.load(make_bundle("tiny-gpt2", "generate"))
+    verdicts = iter([False, False, True])
+    monkeypatch.setattr(variants, "_calibration_gate", lambda *a, **k: lambda model: next(verdicts))
+    model, report, _ = variants._weight_only_gated(
+        bundle, bundle.model_path("fp32"), "int4", ["some text"], 32, True, 4, force=False
+    )
+    assert [(t["block_size"], t["lm_head"], t["passed_calibration"]) for t in report["plans_tried"]] == [
+        (32, True, False),
+        (32, False, False),
+        (16, False, True),
+    ]
+    assert (report["block_size"], report["lm_head"]) == (16, False)
+    assert report["fp32_weight_matmuls_left"] >= 1  # the LM head stayed fp32
+    blocks = {
+        a.i
+        for n in model.graph.node
+        if n.op_type == "MatMulNBits"
+        for a in n.attribute
+        if a.name == "block_size"
+    }
+    assert blocks == {16}
+    # --force keeps exactly what was asked for: one rung, no search
+    model, report, _ = variants._weight_only_gated(
+        bundle, bundle.model_path("fp32"), "int4", ["some text"], 32, True, 4, force=True
+    )
+    assert [(t["block_size"], t["lm_head"]) for t in report["plans_tried"]] == [(32, True)]
+    assert variants.weight_only_rungs(16, False) == [(16, False)]
+
+
+def test_headroom_asks_for_part_of_the_allowed_error_to_spare():
+    from trtpipe.optimize.gate import GateResult
+
+    result = GateResult("int4", {"next_token_top1": 0.982}, {"next_token_top1": (">=", 0.97)})
+    assert result.passed and result.passed_with_headroom(1 / 3) and not result.passed_with_headroom(1 / 2)
+    zero = GateResult("fp16", {"logits_outside_tolerance": 0.0}, {"logits_outside_tolerance": ("<=", 0.0)})
+    assert zero.passed_with_headroom(1 / 2)

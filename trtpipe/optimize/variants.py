@@ -100,8 +100,10 @@ def optimize_bundle(
     with bundle_transaction(bundle.path) as (locked, stage):
         source = locked.model_path("fp32")
         model, report, plan = _build(
-            locked, source, precision, calib_texts, method, block_size, lm_head, accuracy_level
+            locked, source, precision, calib_texts, method, block_size, lm_head, accuracy_level, force
         )
+        if precision in ("int8-wo", "int4"):  # the rung the search settled on
+            block_size, lm_head = report["block_size"], report["lm_head"]
         target = locked.path / FILES[precision]
         tmp = stage(target)
         files = graph.save_onnx(model, tmp)
@@ -177,6 +179,7 @@ def _build(
     block_size: int,
     lm_head: bool,
     accuracy_level: int,
+    force: bool = False,
 ):
     model_info = bundle.model
     plan = None
@@ -207,17 +210,9 @@ def _build(
         )
         return model, report, plan
     if precision in ("int8-wo", "int4"):
-        from .weight_only import quantize_weight_only
-
-        with status(f"{precision}: MatMulNBits (block {block_size})"):
-            model, report = quantize_weight_only(
-                onnx.load(str(source)),
-                4 if precision == "int4" else 8,
-                block_size,
-                lm_head=lm_head,
-                accuracy_level=accuracy_level,
-            )
-        return model, report, plan
+        return _weight_only_gated(
+            bundle, source, precision, calib_texts, block_size, lm_head, accuracy_level, force
+        )
     from .int8 import quantize_dynamic_gated, weight_matmuls
     from .weight_only import untie_lm_head
 
@@ -229,8 +224,48 @@ def _build(
     return model, report, by_weight
 
 
-def _calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str]):
-    """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text)."""
+def weight_only_rungs(block_size: int, lm_head: bool) -> list[tuple[int, bool]]:
+    """Weight-only settings from the requested (smallest file, fastest) to the safest: the LM head back in fp32
+    (GPT-2's tied head is the one matrix whose error reaches every logit directly), then half the block size."""
+    rungs = [(block_size, lm_head), (block_size, False), (max(16, block_size // 2), False)]
+    return list(dict.fromkeys(rungs))
+
+
+def _weight_only_gated(
+    bundle: Bundle,
+    source: Path,
+    precision: str,
+    calib_texts: list[str],
+    block_size: int,
+    lm_head: bool,
+    accuracy_level: int,
+    force: bool,
+):
+    """MatMulNBits at the requested settings; when the calibration gate refuses them (and not `force`, which keeps
+    exactly what was asked for), the next rung of `weight_only_rungs`. The held-out gate has the last word."""
+    from .weight_only import quantize_weight_only
+
+    bits = 4 if precision == "int4" else 8
+    rungs = weight_only_rungs(block_size, lm_head)[: 1 if force else None]
+    passes = None if len(rungs) == 1 else _calibration_gate(bundle, precision, calib_texts, headroom=1 / 2)
+    source_model = onnx.load(str(source))
+    tried = []
+    for block, head in rungs:
+        with status(f"{precision}: MatMulNBits (block {block}, LM head {'quantised' if head else 'fp32'})"):
+            model, report = quantize_weight_only(
+                source_model, bits, block, lm_head=head, accuracy_level=accuracy_level
+            )
+        ok = passes(model) if passes else None
+        tried.append({"block_size": block, "lm_head": head, "passed_calibration": ok})
+        if ok is not False:
+            break
+    report["plans_tried"] = tried
+    return model, report, None
+
+
+def _calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str], headroom: float = 0.0):
+    """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text), with
+    `headroom` (GateResult.passed_with_headroom) for searches whose rungs are coarse."""
     texts = calib_texts[: 16 if bundle.is_decoder else 32]
 
     def passes(candidate: onnx.ModelProto) -> bool:
@@ -239,7 +274,7 @@ def _calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str]):
         )  # a killed run leaves a .tmp- file the next writer removes
         try:
             graph.save_onnx(candidate, path)
-            return gate.evaluate(bundle, path, precision, texts).passed
+            return gate.evaluate(bundle, path, precision, texts).passed_with_headroom(headroom)
         finally:
             path.unlink(missing_ok=True)
 
