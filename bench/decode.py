@@ -23,6 +23,7 @@ def profile_step(bundle, variant_file: str, past: int, threads: int, steps: int 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_profiling = True
+    REPORTS.mkdir(parents=True, exist_ok=True)  # ORT writes its profile there (a fresh clone has no reports/)
     options.profile_file_prefix = str(REPORTS / "ort-profile")
     session = ort.InferenceSession(
         str(bundle.path / variant_file), options, providers=["CPUExecutionProvider"]

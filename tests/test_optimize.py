@@ -121,6 +121,11 @@ def test_int8_dynamic_quantises_weight_matmuls_only(optimized, preset):
             assert node.input[1] not in inits or "lm_head" not in node.name
     entry = Bundle.load(optimized[preset]).variants["int8"]
     assert sum(entry["report"]["counts"].values()) > 0 and entry["report"]["plans_tried"]
+    fp32 = onnx.load(str(Bundle.load(optimized[preset]).model_path("fp32")))
+    fp32_inits = {i.name for i in fp32.graph.initializer}
+    weight_matmuls = sum(1 for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in fp32_inits)
+    quantized = ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0)
+    assert quantized >= weight_matmuls - entry["report"]["counts"]["fp32"]  # every layer, shared ones too
 
 
 @pytest.mark.parametrize("preset", [p for p, _ in FAMILIES])

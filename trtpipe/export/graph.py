@@ -4,6 +4,9 @@
   per layer, e.g. 119 MiB → 45 MiB for albert-base).
 - tie_transposed_weights: a MatMul against the transpose of another initializer (tied embeddings / LM heads that
   constant folding un-tied) becomes Gemm(transB=1) on the original, so the matrix is stored once.
+- bypass_weight_identities: `Identity(initializer)` nodes (how torch.onnx exports a parameter used again — ALBERT's
+  shared layer in layers 2..12) are removed and their consumers read the initializer itself, so quantizers and
+  fusion see every layer's weights as weights, not as activations.
 - set_io_shapes: every graph input/output gets exactly the named dims the manifest declares.
 """
 
@@ -46,6 +49,26 @@ def _rename_inputs(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
             for i, name in enumerate(node.input):
                 if name in mapping:
                     node.input[i] = mapping[name]
+
+
+def bypass_weight_identities(model: onnx.ModelProto) -> int:
+    """Remove Identity nodes of the main graph whose input is an initializer (and whose output is not a graph
+    output); their consumers, in subgraphs too, read the initializer directly. Returns the number removed."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    mapping: dict[str, str] = {}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            mapping[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    if mapping:
+        del graph.node[:]
+        graph.node.extend(keep)
+        _rename_inputs(model, mapping)
+    return len(mapping)
 
 
 def dedupe_initializers(model: onnx.ModelProto, min_bytes: int = 1024) -> int:

@@ -64,6 +64,7 @@ def _finish_onnx(
     from . import graph
 
     model = graph.load_onnx(raw_path)
+    graph.bypass_weight_identities(model)
     tied = graph.tie_transposed_weights(model)
     deduped = graph.dedupe_initializers(model)
     graph.set_io_shapes(model, inputs, outputs)

@@ -217,6 +217,7 @@ def _build(
     from .weight_only import untie_lm_head
 
     base = onnx.load(str(source))
+    graph.bypass_weight_identities(base)  # bundles exported before the export pass did this
     if bundle.is_decoder and lm_head:
         untie_lm_head(base)
     model, plan, report = quantize_dynamic_gated(base, feeds, _calibration_gate(bundle, "int8", calib_texts))
