@@ -196,10 +196,13 @@ def test_compare_bert_albert_gpt2(make_bundle, tmp_path):
     ).read_text()
 
 
-def test_workload_bucketed_vs_fixed_vs_optimum(make_bundle, tmp_path):
+@pytest.mark.parametrize("task", ["classify", "embed"])
+def test_workload_bucketed_vs_fixed_vs_optimum(make_bundle, tmp_path, task):
+    """Same outputs from every pipeline: labels, or (embed) sentence vectors — the Optimum pipeline's batched
+    feature-extraction rows come padded, and pooling the padding too once gave cosines of 0.4."""
     from trtpipe.benchmark.workload import default_texts, run_workload
 
-    path = make_bundle("tiny-bert", "classify")
+    path = make_bundle("tiny-bert", task)
     texts = default_texts(48)
     report = run_workload(
         path, texts, batch_size=8, threads=1, baselines=["optimum"], out_dir=tmp_path, rounds=1
@@ -207,7 +210,7 @@ def test_workload_bucketed_vs_fixed_vs_optimum(make_bundle, tmp_path):
     rows = report["rows"]
     assert [r["label"].split()[0] for r in rows] == ["trtpipe", "trtpipe", "Optimum"]
     for row in rows:
-        assert row["agreement_with_first_row"] >= 0.99  # same labels from every pipeline
+        assert row["agreement_with_first_row"] >= (0.9999 if task == "embed" else 0.99)
         assert row["texts_per_s"] > 0
     assert (tmp_path / f"workload-{path.name}.png").exists() and (
         tmp_path / f"workload-{path.name}.csv"

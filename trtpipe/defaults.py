@@ -149,7 +149,8 @@ def optimize_defaults(out_dir: Path) -> dict[str, list[str]]:
         info(f"[bold]{path.name}[/]: {precision}{note}")
         try:
             optimize_bundle(path, precision, force=random_weights)
-        except CheckFailed:
+        except CheckFailed as exc:
+            warn(str(exc))
             result["refused"].append(f"{path.name} {precision}")
         else:
             result["written"].append(f"{path.name} {precision}")

@@ -81,15 +81,17 @@ class OptimumPipeline:
 
     def run(self, texts: list[str], batch_size: int):
         kwargs = {"truncation": True, "max_length": self.max_length}
+        if (
+            self.task == "embed"
+        ):  # batched feature-extraction returns rows padded to the batch: pool real tokens
+            lengths = [len(ids) for ids in self.pipe.tokenizer(texts, **kwargs)["input_ids"]]
         started = time.perf_counter()
         if self.task == "embed":
             outputs = self.pipe(texts, batch_size=batch_size, tokenize_kwargs=kwargs)
             vectors = []
-            for (
-                out
-            ) in outputs:  # [1, S, C] token states → mean pool → L2 normalise (sentence-transformers style)
-                tokens = np.asarray(out[0], dtype=np.float32)
-                pooled = tokens.mean(axis=0)
+            for out, length in zip(outputs, lengths):
+                # [1, S, C] token states → mean pool over the text's own tokens → L2 normalise (sentence-transformers)
+                pooled = np.asarray(out[0], dtype=np.float32)[:length].mean(axis=0)
                 vectors.append(pooled / max(np.linalg.norm(pooled), 1e-12))
             result = np.stack(vectors)
         else:
