@@ -111,6 +111,26 @@ def test_checkpoint_directory_export_keeps_labels(tmp_path):
     assert bundle.variants["fp32"]["parity"]["ort-cpu"]["verdict"] == "pass"
 
 
+def test_a_missing_task_head_is_flagged_wherever_its_answers_show(tmp_path):
+    """A classification checkpoint exported for QA gets a random QA head: the manifest, `run` (line and --json) and
+    load_pipeline all say so."""
+    from typer.testing import CliRunner
+
+    from trtpipe.cli import app
+    from trtpipe.export import export_bundle
+    from trtpipe.runtime import load_pipeline
+
+    path = export_bundle(str(_save_checkpoint(tmp_path)), "qa", tmp_path / "qa")
+    bundle = Bundle.load(path)
+    assert bundle.random_head and not bundle.random_weights
+    args = ["run", str(path), "--question", "Who?", "--context", "Guido van Rossum created Python."]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "randomly initialised" in " ".join(result.output.split())
+    assert json.loads(CliRunner().invoke(app, [*args, "--json"]).output)["random_head"] is True
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        load_pipeline(path)
+
+
 def test_bin_checkpoint_loads_with_weights_only(tmp_path):
     from trtpipe.export import export_bundle
 

@@ -167,6 +167,10 @@ def _report_bundle(path: Path, as_json: bool) -> None:
     info(f"  parity vs PyTorch (ort-cpu, fp32): [bold]{verdict}[/]")
     if bundle.random_weights:
         warn(f"{bundle.name} has random weights: outputs are meaningless (speed and parity only)")
+    elif bundle.random_head:
+        warn(
+            f"{bundle.name}: randomly initialised {bundle.task} head (the checkpoint has none); fine-tune it first"
+        )
     hint = f'trtpipe generate {path} "Hello"' if bundle.is_decoder else f'trtpipe run {path} "some text"'
     info(f"  next: {hint}")
 
@@ -280,6 +284,7 @@ def run_cmd(
                 "bundle": str(bundle),
                 "task": task,
                 "random_weights": loaded.random_weights,
+                "random_head": loaded.random_head,
                 "inputs": items if task != "qa" else {"question": question, "context": context},
                 "result": result,
             }
@@ -287,6 +292,11 @@ def run_cmd(
         return
     if loaded.random_weights:
         warn(f"{loaded.name} has random weights: these outputs are meaningless")
+    elif loaded.random_head:
+        warn(
+            f"{loaded.name}: the {task} head is randomly initialised (the checkpoint has none): these answers are "
+            "meaningless until the model is fine-tuned for the task"
+        )
     print_task_result(task, items, result, question=question)
 
 

@@ -165,6 +165,8 @@ def _load_checkpoint(path: Path, task: str | None, name: str) -> Source:
     transformers.logging.set_verbosity_error()
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        if task == "qa" and config.num_labels != 2:
+            config.num_labels = 2  # a QA head scores start and end; a classifier's labels do not carry over
         kwargs = dict(
             config=config, local_files_only=True, output_loading_info=True, attn_implementation="eager"
         )

@@ -260,6 +260,12 @@ class Bundle:
         return bool(self.manifest.get("source", {}).get("random_weights"))
 
     @property
+    def random_head(self) -> bool:
+        """Real encoder weights under a task head the checkpoint did not have (initialised at random on export)."""
+        source = self.manifest.get("source", {})
+        return bool(source.get("random_head")) and not source.get("random_weights")
+
+    @property
     def name(self) -> str:
         return self.path.name
 

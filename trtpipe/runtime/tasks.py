@@ -331,6 +331,12 @@ def load_pipeline(
         warnings.warn(
             f"{bundle.name}: random weights — outputs are meaningless (speed and parity only)", stacklevel=2
         )
+    elif bundle.random_head:
+        warnings.warn(
+            f"{bundle.name}: the {bundle.task} head is randomly initialised (the checkpoint has none) — its "
+            "answers are meaningless until the model is fine-tuned for the task",
+            stacklevel=2,
+        )
     session = open_session(bundle, backend=backend, variant=variant, threads=threads)
     return Pipeline(bundle, session, TextEncoder(bundle), check_outputs=check_outputs)
 
