@@ -375,3 +375,21 @@ def test_mixed_schemes_on_a_shared_weight_would_leave_it_fp32_and_the_plan_preve
     plan = consistent_per_weight(mixed, {n.name: n.input[1] for n in nodes})
     ops = Counter(n.op_type for n in apply_dynamic(model, plan).graph.node)
     assert ops["DequantizeLinear"] == 0 and ops["MatMulInteger"] == len(nodes)
+
+
+def test_qdq_keeps_a_shared_weight_fp32_for_all_its_nodes_or_none(make_bundle):
+    from trtpipe.optimize.int8 import quantize_qdq_gated, weight_matmuls
+    from trtpipe.optimize.variants import calibration_feeds, read_texts
+
+    bundle = Bundle.load(make_bundle("tiny-albert", "classify"))
+    source = bundle.model_path("fp32")
+    feeds = calibration_feeds(bundle, read_texts(None, 8, "train"), batch=4)
+    model, report = quantize_qdq_gated(source, feeds, "minmax", lambda candidate: False)  # walk every rung
+    weight_of = {n.name: n.input[1] for n in weight_matmuls(onnx.load(str(source)), gemm=True)}
+    excluded = set(report["fp32_nodes"])
+    assert excluded, "the last rung keeps some MatMuls fp32"
+    for node in excluded:
+        assert {n for n, w in weight_of.items() if w == weight_of[node]} <= excluded
+    names = {i.name for i in model.graph.initializer}
+    for weight in {weight_of[n] for n in excluded}:  # kept fp32, and not also stored quantised for other nodes
+        assert weight in names and not any(n.startswith(weight) and n != weight for n in names), weight

@@ -235,7 +235,8 @@ def quantize_qdq_gated(
     source: Path, feeds: list[dict], method: str, passes: Callable[[onnx.ModelProto], bool]
 ):
     """Static QDQ; if the gate fails on calibration text, the weight MatMuls with the largest estimated error stay
-    fp32 (1/12, 1/6, 1/3, 1/2 of them) until it passes. Returns (model, report)."""
+    fp32 (1/12, 1/6, 1/3, 1/2 of them, with every node that shares their weight) until it passes. Returns
+    (model, report)."""
     model = onnx.load(str(source))
     with tempfile.TemporaryDirectory() as tmp:
         if graph.bypass_weight_identities(model):  # bundles exported before the export pass did this
@@ -243,10 +244,18 @@ def quantize_qdq_gated(
             onnx.save(model, str(source))
         scores = node_scores(model, feeds[:4], gemm=True)
         order = sorted(scores, key=lambda n: -scores[n]["per-channel"])
+        weight_of = {n.name: n.input[1] for n in weight_matmuls(model, gemm=True)}
         tried = []
         result = None
         for fraction in (0, 1 / 12, 1 / 6, 1 / 3, 1 / 2):
-            excluded = order[: int(round(fraction * len(order)))]
+            worst = order[: int(round(fraction * len(order)))]
+            # a weight stays fp32 for every node that shares it (ALBERT), or it would be stored twice
+            plan = consistent_per_weight(
+                {n: "fp32" if n in worst else "per-channel" for n in order}, weight_of
+            )
+            excluded = [n for n in order if plan[n] == "fp32"]
+            if tried and len(excluded) == tried[-1]["fp32_nodes"]:
+                continue  # sharing made this rung the same as the last one
             quantized, report = quantize_qdq(source, feeds, method, exclude=excluded)
             ok = passes(quantized)
             tried.append({"fp32_nodes": len(excluded), "passed_calibration": ok})
