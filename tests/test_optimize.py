@@ -285,12 +285,13 @@ def test_optimize_defaults_forces_random_weights_and_skips_refused_real_ones(
 
     monkeypatch.setattr(variants, "optimize_bundle", gate_refuses_real)
     result = defaults.optimize_defaults(out)
-    assert result == {"written": ["random int8"], "refused": ["real int8"]}
+    assert result == {"written": ["random int8"], "refused": ["real int8"], "skipped": []}
     assert Bundle.load(random_bundle).variants["int8"]["gate"]["forced"] is True
     assert "int8" not in Bundle.load(real_bundle).variants
     assert defaults.optimize_defaults(out) == {
         "written": [],
         "refused": ["real int8"],
+        "skipped": [],
     }  # present ones are kept
 
 
@@ -391,5 +392,37 @@ def test_qdq_keeps_a_shared_weight_fp32_for_all_its_nodes_or_none(make_bundle):
     for node in excluded:
         assert {n for n, w in weight_of.items() if w == weight_of[node]} <= excluded
     names = {i.name for i in model.graph.initializer}
-    for weight in {weight_of[n] for n in excluded}:  # kept fp32, and not also stored quantised for other nodes
+    for weight in {
+        weight_of[n] for n in excluded
+    }:  # kept fp32, and not also stored quantised for other nodes
         assert weight in names and not any(n.startswith(weight) and n != weight for n in names), weight
+
+
+def test_a_refused_variant_is_recorded_shown_and_not_redone_until_asked(make_bundle, tmp_path, monkeypatch):
+    from trtpipe import defaults
+    from trtpipe.optimize import gate
+
+    out = tmp_path / "bundles"
+    out.mkdir()
+    path = out / "real"
+    shutil.copytree(make_bundle("tiny-bert", "classify"), path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["source"]["random_weights"] = False
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setitem(defaults.OPTIMIZE, "classify", ["int8"])
+    real_thresholds = gate.thresholds
+    monkeypatch.setattr(gate, "thresholds", lambda task, precision: {"label_agreement": (">=", 1.01)})
+    with pytest.raises(CheckFailed, match="fails its accuracy gate"):
+        optimize_bundle(path, "int8")
+    bundle = Bundle.load(path)
+    assert "int8" not in bundle.variants and not list(path.glob("model.int8*"))
+    refused = bundle.manifest["refused"]["int8"]
+    assert (
+        refused["gate"]["verdict"] == "fail" and refused["fp32_sha256"] == bundle.variants["fp32"]["sha256"]
+    )
+    shown = " ".join(CliRunner().invoke(app, ["inspect", str(path)]).output.split())
+    assert "refused" in shown and "label_agreement" in shown
+    assert defaults.optimize_defaults(out) == {"written": [], "refused": [], "skipped": ["real int8"]}
+    monkeypatch.setattr(gate, "thresholds", real_thresholds)
+    assert defaults.optimize_defaults(out, retry_refused=True)["written"] == ["real int8"]
+    assert "int8" not in Bundle.load(path).manifest.get("refused", {})  # a pass clears the old refusal

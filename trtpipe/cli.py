@@ -386,12 +386,15 @@ def optimize_cmd(
 @command("optimize-defaults")
 def optimize_defaults_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="the bundles directory")] = Path("bundles"),
+    retry_refused: Annotated[
+        bool, typer.Option("--retry-refused", help="try again the variants whose gate refused them before")
+    ] = False,
     quiet: QuietOpt = False,
 ):
     """Add the default optimised variants to the default bundles (what `make optimize` runs)."""
     from .defaults import optimize_defaults
 
-    optimize_defaults(out_dir)
+    optimize_defaults(out_dir, retry_refused=retry_refused)
 
 
 # ------------------------------------------------------------------------------------------------ benchmarks

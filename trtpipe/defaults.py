@@ -126,24 +126,32 @@ OPTIMIZE = {
 }
 
 
-def optimize_defaults(out_dir: Path) -> dict[str, list[str]]:
+def optimize_defaults(out_dir: Path, retry_refused: bool = False) -> dict[str, list[str]]:
     """What `make optimize` runs: the OPTIMIZE variants each bundle lacks. On real weights (MiniLM, the demo models)
     every gate is enforced: a variant that fails is not written, reported, and the run goes on (the gate did its
     job). Random-weight bundles exist for speed, size and parity, and their near-uniform outputs make any gate
-    meaningless, so their variants are written with the gate measured and recorded as forced (`gate.forced`)."""
-    from .optimize.variants import optimize_bundle
+    meaningless, so their variants are written with the gate measured and recorded as forced (`gate.forced`).
+    A variant refused before (manifest `refused`, same fp32 model) is skipped unless `retry_refused`."""
+    from .optimize.variants import optimize_bundle, refusal_is_current
     from .runtime.bundle import Bundle
 
-    plan = []
+    plan, skipped = [], []
     for path in sorted(Path(out_dir).iterdir()):
         if (path / "manifest.json").is_file():
             bundle = Bundle.load(path)
-            plan += [
-                (path, p, bundle.random_weights)
-                for p in OPTIMIZE.get(bundle.task, [])
-                if p not in bundle.variants
-            ]
-    result: dict[str, list[str]] = {"written": [], "refused": []}
+            for precision in OPTIMIZE.get(bundle.task, []):
+                if precision in bundle.variants:
+                    continue
+                if not retry_refused and refusal_is_current(bundle, precision):
+                    skipped.append(f"{path.name} {precision}")
+                    continue
+                plan.append((path, precision, bundle.random_weights))
+    if skipped:
+        info(
+            f"[dim]refused before (same fp32 model), not retried: {', '.join(skipped)}; "
+            "`trtpipe optimize-defaults --retry-refused` tries again[/]"
+        )
+    result: dict[str, list[str]] = {"written": [], "refused": [], "skipped": skipped}
     for path, precision, random_weights in plan:
         note = " [dim](random weights: gate recorded, not enforced)[/]" if random_weights else ""
         info(f"[bold]{path.name}[/]: {precision}{note}")

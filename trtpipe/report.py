@@ -53,6 +53,14 @@ def print_inspect(bundle) -> None:
         variants.add_row(
             name, v["file"], _mib(v.get("bytes", 0)), str(v.get("made_from") or "-"), parity, gate_text
         )
+    for name, r in (m.get("refused") or {}).items():
+        failures = [
+            f"{metric} {r['gate']['metrics'].get(metric, float('nan')):.4g} (needs {op} {bound:g})"
+            for metric, (op, bound) in r["gate"].get("thresholds", {}).items()
+        ]
+        variants.add_row(
+            name, "[dim]not written[/]", "-", "fp32", "-", "[red]refused[/]: " + "; ".join(failures)
+        )
     out.print(variants)
     if m.get("engines"):
         engines = Table(title="engines", show_edge=False)

@@ -97,6 +97,64 @@ def optimize_bundle(
     calib_texts = read_texts(calibration, 64 if not bundle.is_decoder else 24, "train")
     held_out = read_texts(gate_texts, 32 if bundle.is_decoder else 64, "heldout")
     started = time.perf_counter()
+    try:
+        return _optimize_locked(
+            bundle,
+            precision,
+            calib_texts,
+            held_out,
+            force,
+            method,
+            block_size,
+            lm_head,
+            accuracy_level,
+            started,
+        )
+    except _Refused as refused:
+        record_refusal(bundle.path, precision, refused.result, refused.report)
+        raise CheckFailed(
+            f"{precision} variant of {bundle.path} fails its accuracy gate: "
+            + "; ".join(refused.result.failures())
+            + " — nothing written (pass --force to keep it anyway)"
+        ) from None
+
+
+class _Refused(Exception):
+    def __init__(self, result, report):
+        super().__init__("refused")
+        self.result, self.report = result, report
+
+
+def record_refusal(bundle_path: Path, precision: str, result, report) -> None:
+    """Note a refused variant in the manifest (`refused`), so `inspect` shows why it is missing and `make optimize`
+    does not redo the same work until the fp32 model changes."""
+    with bundle_transaction(bundle_path) as (locked, _):
+        locked.manifest.setdefault("refused", {})[precision] = {
+            "gate": result.to_dict(),
+            "report": report,
+            "fp32_sha256": locked.variants["fp32"]["sha256"],
+            "tools": tool_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+def refusal_is_current(bundle: Bundle, precision: str) -> bool:
+    refused = bundle.manifest.get("refused", {}).get(precision)
+    return bool(refused) and refused.get("fp32_sha256") == bundle.variants["fp32"].get("sha256")
+
+
+def _optimize_locked(
+    bundle: Bundle,
+    precision: str,
+    calib_texts: list[str],
+    held_out: list[str],
+    force: bool,
+    method: str,
+    block_size: int,
+    lm_head: bool,
+    accuracy_level: int,
+    started: float,
+) -> dict:
     with bundle_transaction(bundle.path) as (locked, stage):
         source = locked.model_path("fp32")
         model, report, plan = _build(
@@ -120,11 +178,7 @@ def optimize_bundle(
                 result = gate.evaluate(locked, tmp, "fp16", held_out)  # fusion is exact up to fp32 reordering
         passed = result.passed
         if not passed and not force:
-            raise CheckFailed(
-                f"{precision} variant of {locked.path} fails its accuracy gate: "
-                + "; ".join(result.failures())
-                + " — nothing written (pass --force to keep it anyway)"
-            )
+            raise _Refused(result, report)
         entry = {
             "file": target.name,
             "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
@@ -141,6 +195,7 @@ def optimize_bundle(
             "seconds": None,
         }
         locked.manifest["variants"][precision] = entry
+        locked.manifest.get("refused", {}).pop(precision, None)
         if locked.is_decoder and precision in ("int8", "int8-wo", "int4") and "kv-inplace" in locked.variants:
             twin = _kv_inplace_twin(
                 locked, precision, plan, block_size, lm_head, accuracy_level, stage, result
