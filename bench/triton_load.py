@@ -18,16 +18,10 @@ from pathlib import Path
 import numpy as np
 from common import BUNDLES, write_section
 
-TEXTS = [
-    "The film was a delight from start to finish.",
-    "Terrible service, cold food.",
-    "An average day at the office",
-    "Stock prices fell sharply on Monday.",
-    "Cats sleep for most of the day.",
-    "The new update made the app noticeably faster.",
-    "I would not recommend this hotel to anyone.",
-    "Rain is expected over the weekend in most regions.",
-]
+from trtpipe import corpus
+
+# one real held-out sentence per request, cycling through 16 of them (the offline corpus, as every other benchmark)
+TEXTS = list(corpus.sentences("heldout", max_words=30)[:16])
 PROMPTS = ["The list", "Hello there, how", "def main", "Once upon a time", "The weather today"]
 
 
