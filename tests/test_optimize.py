@@ -40,6 +40,14 @@ def optimized(make_bundle, tmp_path_factory):
     return out
 
 
+def _copy_as_real_weights(source, target):
+    """A copy of a tiny bundle that says it has real weights, so `make optimize` enforces its gates."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["source"]["random_weights"] = False
+    (target / "manifest.json").write_text(json.dumps(manifest))
+
+
 def _ops(path, name):
     bundle = Bundle.load(path)
     model = onnx.load(str(bundle.model_path(name)))
@@ -270,10 +278,7 @@ def test_optimize_defaults_forces_random_weights_and_skips_refused_real_ones(
     random_bundle = out / "random"
     real_bundle = out / "real"
     shutil.copytree(make_bundle("tiny-bert", "fill-mask"), random_bundle)
-    shutil.copytree(make_bundle("tiny-bert", "fill-mask"), real_bundle)
-    manifest = json.loads((real_bundle / "manifest.json").read_text())
-    manifest["source"]["random_weights"] = False
-    (real_bundle / "manifest.json").write_text(json.dumps(manifest))
+    _copy_as_real_weights(make_bundle("tiny-bert", "fill-mask"), real_bundle)
     monkeypatch.setitem(defaults.OPTIMIZE, "fill-mask", ["int8"])
     real_optimize = variants.optimize_bundle
 
@@ -405,10 +410,7 @@ def test_a_refused_variant_is_recorded_shown_and_not_redone_until_asked(make_bun
     out = tmp_path / "bundles"
     out.mkdir()
     path = out / "real"
-    shutil.copytree(make_bundle("tiny-bert", "classify"), path)
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["source"]["random_weights"] = False
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    _copy_as_real_weights(make_bundle("tiny-bert", "classify"), path)
     monkeypatch.setitem(defaults.OPTIMIZE, "classify", ["int8"])
     real_thresholds = gate.thresholds
     monkeypatch.setattr(gate, "thresholds", lambda task, precision: {"label_agreement": (">=", 1.01)})
