@@ -29,12 +29,8 @@ def main() -> None:
     ]
     version = None
     for result in results:
-        bundle = Bundle.load(result.bundle)
-        plan = Path(result.bundle) / result.file
-        if not plan.is_file():
-            plan = Path(result.bundle) / "engines" / Path(result.file).name
-        params = bundle.model["parameter_bytes"]
-        size = plan.stat().st_size
+        params = Bundle.load(result.bundle).model["parameter_bytes"]
+        size = result.entry["bytes"]  # the plan as written, recorded in the manifest entry
         version = result.entry.get("tensorrt_version", version)
         profiles = len(result.entry.get("profiles", [])) or 1
         name = Path(result.bundle).name + (f" ({profiles} profiles)" if profiles > 1 else "")

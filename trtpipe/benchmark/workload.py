@@ -81,9 +81,8 @@ class OptimumPipeline:
 
     def run(self, texts: list[str], batch_size: int):
         kwargs = {"truncation": True, "max_length": self.max_length}
-        if (
-            self.task == "embed"
-        ):  # batched feature-extraction returns rows padded to the batch: pool real tokens
+        if self.task == "embed":
+            # batched feature-extraction returns rows padded to the batch: pool each text's own tokens only
             lengths = [len(ids) for ids in self.pipe.tokenizer(texts, **kwargs)["input_ids"]]
         started = time.perf_counter()
         if self.task == "embed":

@@ -327,12 +327,8 @@ def train_mlm(family: str, recipe: Recipe, corpus: Corpus, bar) -> tuple:
     ids = dict(cls_id=cls, sep_id=sep, mask_id=mask, special=special, vocab=len(tok), rate=r.mask_rate)
     started = time.perf_counter()
     short = train.mlm_batches(train_ids, r.block, r.batch, recipe.seed, **ids)
-    long = train.mlm_batches(
-        train_ids, r.positions, max(1, r.batch * r.block // r.positions), recipe.seed + 1, **ids
-    )
-    phases = [(r.steps - r.long_steps, short), (r.long_steps, long)]
-    batches = (next(it) for count, it in phases for _ in range(count))
-    losses = train.train_loop(model, batches, train.mlm_loss, r.steps, r.lr, r.warmup, hook)
+    long = train.mlm_batches(train_ids, r.positions, _long_batch(r), recipe.seed + 1, **ids)
+    losses = train.train_loop(model, _phases(r, short, long), train.mlm_loss, r.steps, r.lr, r.warmup, hook)
     seconds = time.perf_counter() - started
     bar.update(task_id, description=f"{name}  evaluating")
     block = min(EVAL_BLOCK, r.positions)
