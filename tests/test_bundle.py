@@ -9,15 +9,9 @@ import shutil
 import pytest
 
 from trtpipe.runtime import Bundle, UserError, open_session
-from trtpipe.runtime.bundle import (
-    FORMAT_VERSION,
-    BundleLock,
-    bundle_transaction,
-    inside,
-    staged_bundle,
-    validate_manifest,
-    write_manifest,
-)
+from trtpipe.runtime.manifest import FORMAT_VERSION, validate_manifest
+from trtpipe.runtime.paths import inside
+from trtpipe.runtime.store import BundleLock, bundle_transaction, staged_bundle, write_manifest
 
 
 def _manifest(path):
@@ -129,7 +123,7 @@ def test_hash_mismatch_and_truncation_are_caught_before_loading(make_bundle, cop
 
 
 def test_corrupt_model_with_matching_hash_is_a_user_error(make_bundle, copy_bundle):
-    from trtpipe.runtime.bundle import sha256_file
+    from trtpipe.runtime.paths import sha256_file
 
     path = copy_bundle(make_bundle("tiny-bert", "embed"))
     for content, message in (

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from trtpipe import corpus
 from trtpipe.demo import DEMO_MODELS, is_current, train_demo_models
 from trtpipe.demo import data as demo_data
-from trtpipe.demo.build import META, METRICS, read_meta
+from trtpipe.demo.recipes import META, METRICS, read_meta
 from trtpipe.runtime.errors import UserError
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from trtpipe.cli import app
-from trtpipe.optimize import engine as engine_mod
-from trtpipe.optimize.engine import BuildOptions, build_engine, plan_build, up_to_date
-from trtpipe.optimize.memory import GIB, check_memory, estimate_memory, kv_cache_bytes
-from trtpipe.optimize.profiles import (
+from trtpipe.build import plan as plan_mod
+from trtpipe.build.builder import build_engine
+from trtpipe.build.memory import GIB, check_memory, estimate_memory, kv_cache_bytes
+from trtpipe.build.plan import BuildOptions, plan_build, up_to_date
+from trtpipe.build.profiles import (
     default_profiles,
     parse_shapes,
     profiles_from_flags,
@@ -23,9 +23,11 @@ from trtpipe.optimize.profiles import (
     shape_flags,
     validate_profiles,
 )
-from trtpipe.runtime.bundle import Bundle, sha256_file
+from trtpipe.cli import app
+from trtpipe.runtime.bundle import Bundle
 from trtpipe.runtime.errors import UserError
-from trtpipe.runtime.trt import Gpu, module_available
+from trtpipe.runtime.paths import sha256_file
+from trtpipe.runtime.trt.platform import Gpu, module_available
 
 runner = CliRunner()
 HAS_RTX = module_available("tensorrt_rtx")
@@ -299,7 +301,7 @@ def test_lint_table_flags_asymmetric_quantization():
     ]
     graph = helper.make_graph(nodes, "g", [x], [y], [scale, zero])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    from trtpipe.optimize.lint import lint_with_table
+    from trtpipe.build.lint import lint_with_table
 
     findings, nodes_seen, ops = lint_with_table(onnx.load_from_string(model.SerializeToString()))
     assert nodes_seen == 2 and ops == {"DequantizeLinear": 1, "QuantizeLinear": 1}
@@ -362,7 +364,7 @@ def test_memory_check_refuses_impossible_settings(decoder):
 
 
 def test_workspace_larger_than_the_gpu_is_one_line(encoder, monkeypatch):
-    monkeypatch.setattr(engine_mod, "nvidia_gpus", lambda: (H100,))
+    monkeypatch.setattr(plan_mod, "nvidia_gpus", lambda: (H100,))
     line = one_error_line(
         invoke("build", encoder, "--flavour", "rtx", "--workspace", "100", "--print-trtexec")
     )
@@ -377,7 +379,7 @@ def test_workspace_larger_than_the_gpu_is_one_line(encoder, monkeypatch):
 
 
 def test_print_trtexec_encoder(encoder, monkeypatch):
-    monkeypatch.setattr(engine_mod, "nvidia_gpus", lambda: (H100,))
+    monkeypatch.setattr(plan_mod, "nvidia_gpus", lambda: (H100,))
     result = invoke(
         "build",
         encoder,
@@ -516,11 +518,11 @@ def test_build_user_errors_are_one_line(encoder, args, message):
 
 
 def test_trt10_without_gpu_or_tensorrt_names_the_missing_piece(encoder, monkeypatch):
-    monkeypatch.setattr(engine_mod, "nvidia_gpus", lambda: ())
-    monkeypatch.setattr(engine_mod, "module_available", lambda name: name == "tensorrt")
+    monkeypatch.setattr(plan_mod, "nvidia_gpus", lambda: ())
+    monkeypatch.setattr(plan_mod, "module_available", lambda name: name == "tensorrt")
     line = one_error_line(invoke("build", encoder, "--flavour", "trt10"))
     assert "need an NVIDIA GPU" in line and "--flavour rtx" in line and "trtpipe doctor" in line
-    monkeypatch.setattr(engine_mod, "module_available", lambda name: False)
+    monkeypatch.setattr(plan_mod, "module_available", lambda name: False)
     line = one_error_line(invoke("build", encoder, "--flavour", "trt10"))
     assert "needs TensorRT 10" in line and "trtpipe doctor" in line
     line = one_error_line(invoke("build", encoder))
@@ -545,7 +547,7 @@ def test_build_defaults_on_an_empty_directory(tmp_path):
 
 
 def _trt10_or_rtx() -> str:
-    from trtpipe.runtime.trt import nvidia_gpus
+    from trtpipe.runtime.trt.platform import nvidia_gpus
 
     if module_available("tensorrt"):
         return "trt10"
@@ -592,8 +594,8 @@ def test_gpu_ort_cuda_decoder_matches_cpu(make_bundle):
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("needs onnxruntime-gpu")
-    from trtpipe.runtime.cuda import OrtCudaDecoder
     from trtpipe.runtime.generate import Generator
+    from trtpipe.runtime.ort_cuda import OrtCudaDecoder
 
     path = make_bundle("tiny-gpt2", "generate")
     reference = Generator(path, backend="ort-cpu", kv="pingpong")

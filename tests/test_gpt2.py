@@ -11,7 +11,10 @@ from typer.testing import CliRunner
 
 from trtpipe.cli import app
 from trtpipe.runtime import Bundle, Generator, Sampling, UserError, open_session
-from trtpipe.runtime.generate import KVCache, TextStream, generate_uncached, sample_next
+from trtpipe.runtime.generate import generate_uncached
+from trtpipe.runtime.kv import KVCache
+from trtpipe.runtime.sampling import sample_next
+from trtpipe.runtime.text import TextStream
 
 PROMPTS = [
     "The list of",
@@ -227,7 +230,7 @@ def test_repetition_penalty_matches_transformers():
     import torch
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-    from trtpipe.runtime.generate import apply_repetition_penalty
+    from trtpipe.runtime.sampling import apply_repetition_penalty
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, (2, 100)).astype(np.float32)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from trtpipe.cli import app
 from trtpipe.optimize.variants import optimize_bundle
 from trtpipe.runtime import Bundle, CheckFailed, UserError, load_pipeline, open_session
-from trtpipe.runtime.bundle import BundleLock
+from trtpipe.runtime.store import BundleLock
 
 FAMILIES = [("tiny-bert", "embed"), ("tiny-albert", "classify"), ("tiny-gpt2", "generate")]
 # On hidden-32 toys int4 and static int8 of a peaked LM head may miss their gate: that is the gate working.
@@ -270,8 +270,7 @@ def test_optimize_defaults_forces_random_weights_and_skips_refused_real_ones(
 ):
     """`make optimize`: random-weight bundles get their variants with the gate recorded as forced; on real weights a
     refused variant is not written and the run goes on."""
-    from trtpipe import defaults
-    from trtpipe.optimize import variants
+    from trtpipe.optimize import defaults, variants
 
     out = tmp_path / "bundles"
     out.mkdir()
@@ -288,7 +287,7 @@ def test_optimize_defaults_forces_random_weights_and_skips_refused_real_ones(
             raise CheckFailed("int8 variant fails its accuracy gate")
         return real_optimize(path, precision, **kwargs)
 
-    monkeypatch.setattr(variants, "optimize_bundle", gate_refuses_real)
+    monkeypatch.setattr(defaults, "optimize_bundle", gate_refuses_real)
     result = defaults.optimize_defaults(out)
     assert result == {"written": ["random int8"], "refused": ["real int8"], "skipped": []}
     assert Bundle.load(random_bundle).variants["int8"]["gate"]["forced"] is True
@@ -301,12 +300,12 @@ def test_optimize_defaults_forces_random_weights_and_skips_refused_real_ones(
 
 
 def test_weight_only_walks_its_rungs_until_the_calibration_gate_passes(make_bundle, monkeypatch):
-    from trtpipe.optimize import variants
+    from trtpipe.optimize import search
 
     bundle = Bundle.load(make_bundle("tiny-gpt2", "generate"))
     verdicts = iter([False, False, True])
-    monkeypatch.setattr(variants, "_calibration_gate", lambda *a, **k: lambda model: next(verdicts))
-    model, report, _ = variants._weight_only_gated(
+    monkeypatch.setattr(search, "calibration_gate", lambda *a, **k: lambda model: next(verdicts))
+    model, report, _ = search.weight_only_gated(
         bundle, bundle.model_path("fp32"), "int4", ["some text"], 32, True, 4, force=False
     )
     assert [(t["block_size"], t["lm_head"], t["passed_calibration"]) for t in report["plans_tried"]] == [
@@ -325,11 +324,11 @@ def test_weight_only_walks_its_rungs_until_the_calibration_gate_passes(make_bund
     }
     assert blocks == {16}
     # --force keeps exactly what was asked for: one rung, no search
-    model, report, _ = variants._weight_only_gated(
+    model, report, _ = search.weight_only_gated(
         bundle, bundle.model_path("fp32"), "int4", ["some text"], 32, True, 4, force=True
     )
     assert [(t["block_size"], t["lm_head"]) for t in report["plans_tried"]] == [(32, True)]
-    assert variants.weight_only_rungs(16, False) == [(16, False)]
+    assert search.weight_only_rungs(16, False) == [(16, False)]
 
 
 def test_headroom_asks_for_part_of_the_allowed_error_to_spare():
@@ -404,8 +403,7 @@ def test_qdq_keeps_a_shared_weight_fp32_for_all_its_nodes_or_none(make_bundle):
 
 
 def test_a_refused_variant_is_recorded_shown_and_not_redone_until_asked(make_bundle, tmp_path, monkeypatch):
-    from trtpipe import defaults
-    from trtpipe.optimize import gate
+    from trtpipe.optimize import defaults, gate
 
     out = tmp_path / "bundles"
     out.mkdir()

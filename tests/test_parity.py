@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from trtpipe.cli import app
 from trtpipe.parity import compare_arrays
-from trtpipe.runtime.bundle import sha256_file
+from trtpipe.runtime.paths import sha256_file
 
 
 def test_compare_reports_first_mismatch_and_stats():

@@ -29,7 +29,7 @@ from trtpipe.runtime import (
     open_session,
     perplexity,
 )
-from trtpipe.runtime.bundle import sha256_file
+from trtpipe.runtime.paths import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

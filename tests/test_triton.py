@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from trtpipe.cli import app
 from trtpipe.runtime import Generator, Sampling, UserError, load_pipeline
-from trtpipe.runtime.bundle import Bundle, write_manifest
+from trtpipe.runtime.bundle import Bundle
+from trtpipe.runtime.store import write_manifest
 from trtpipe.serving import InvalidConfig, RepoOptions, validate_config, write_repository
 from trtpipe.serving.config import KNOWN_BACKENDS, KNOWN_PLATFORMS
 

@@ -15,29 +15,24 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from trtpipe.build import builder as builder_mod
+from trtpipe.build import plan as plan_mod
+from trtpipe.build.memory import GIB
+from trtpipe.build.plan import BuildOptions, plan_build
+from trtpipe.build.progress import BuildProgress
 from trtpipe.cli import app
-from trtpipe.optimize import engine as engine_mod
-from trtpipe.optimize.engine import BuildOptions, plan_build
-from trtpipe.optimize.memory import GIB
-from trtpipe.runtime import trt as trt_mod
-from trtpipe.runtime.bundle import Bundle, bundle_transaction
+from trtpipe.runtime.bundle import Bundle
 from trtpipe.runtime.errors import UserError
 from trtpipe.runtime.generate import Generator
 from trtpipe.runtime.ort import OrtSession
-from trtpipe.runtime.trt import (
-    DECODE,
-    PREFILL,
-    Environment,
-    Gpu,
-    TrtDecoder,
-    TrtSession,
-    check_engine,
-    choose_engine,
-    io_capacities,
-    rebuild_command,
-    select_profile,
-    shape_problem,
-)
+from trtpipe.runtime.paths import sha256_file
+from trtpipe.runtime.store import bundle_transaction
+from trtpipe.runtime.trt import compat as trt_mod
+from trtpipe.runtime.trt.compat import Environment, check_engine, choose_engine, rebuild_command
+from trtpipe.runtime.trt.decoder import TrtDecoder
+from trtpipe.runtime.trt.platform import Gpu
+from trtpipe.runtime.trt.profiles import DECODE, PREFILL, io_capacities, select_profile, shape_problem
+from trtpipe.runtime.trt.session import TrtSession
 
 runner = CliRunner()
 RTX4090 = Gpu(0, "NVIDIA GeForce RTX 4090", "8.9", 24 * GIB, "560.35")
@@ -258,13 +253,13 @@ class FakeContext:
 def add_engine_entry(path: Path, flavour: str = "rtx", **options) -> tuple[str, dict]:
     """A manifest entry and a stand-in plan file, as `trtpipe build` would write them (no TensorRT needed)."""
     plan = plan_build(path, BuildOptions(flavour=flavour, **options), need_library=False)
-    state = engine_mod._Progress(bar=None)
-    entry = engine_mod._entry(plan, 0.0, state)
+    state = BuildProgress(bar=None)
+    entry = builder_mod._entry(plan, 0.0, state)
     entry["tensorrt_version"] = "1.7.1.116" if flavour == "rtx" else "10.13.0.35"
     with bundle_transaction(path) as (bundle, stage):
         tmp = stage(bundle.path / plan.file)
         tmp.write_bytes(b"not a real plan")
-        entry["sha256"], entry["bytes"] = engine_mod.sha256_file(tmp), tmp.stat().st_size
+        entry["sha256"], entry["bytes"] = sha256_file(tmp), tmp.stat().st_size
         bundle.manifest.setdefault("engines", {})[plan.file] = entry
     return plan.file, entry
 
@@ -404,9 +399,9 @@ def test_guard_refuses_stale_engines_with_the_rebuild_command(decoder):
 
 def test_guard_for_tensorrt_10_plans(encoder, monkeypatch):
     bundle = Bundle.load(encoder)
-    monkeypatch.setattr(engine_mod, "nvidia_gpus", lambda: (H100,))
+    monkeypatch.setattr(plan_mod, "nvidia_gpus", lambda: (H100,))
     plan = plan_build(bundle, BuildOptions(flavour="trt10"), need_library=False)
-    entry = engine_mod._entry(plan, 0.0, engine_mod._Progress(None))
+    entry = builder_mod._entry(plan, 0.0, BuildProgress(None))
     entry["tensorrt_version"] = "10.13.0.35"
     assert plan.file == "engines/fp32.trt10-nvidia-h100-80gb-hbm3-sm90.plan"
     check_engine(bundle, plan.file, entry, Environment("trt10", "10.13.0.35", H100))
@@ -466,7 +461,7 @@ def test_backend_trt_errors_name_the_missing_piece(encoder, monkeypatch):
 def test_choose_engine_picks_a_matching_plan(encoder, decoder, monkeypatch, tmp_path):
     monkeypatch.setattr(trt_mod, "nvidia_gpus", lambda: (RTX4090,))
     monkeypatch.setattr(trt_mod, "module_available", lambda name: name == "tensorrt_rtx")
-    monkeypatch.setattr(trt_mod, "_installed_version", lambda flavour: "1.7.1.116")
+    monkeypatch.setattr(trt_mod, "installed_version", lambda flavour: "1.7.1.116")
     file, entry = choose_engine(Bundle.load(decoder), "fp32")
     assert entry["flavour"] == "rtx" and file.endswith(".plan")
     monkeypatch.setattr(trt_mod, "nvidia_gpus", lambda: (H100,))

@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
-from .runtime.trt import Gpu, _run_nvidia_smi, nvidia_gpus
+from .runtime.trt.platform import Gpu, nvidia_gpus, run_nvidia_smi
 
 PACKAGES = (
     "numpy",
@@ -94,7 +94,7 @@ def ort_providers() -> list[str]:
 
 def driver_cuda_version() -> str | None:
     """The newest CUDA the driver supports ("CUDA Version: 12.8" in nvidia-smi's header)."""
-    text = _run_nvidia_smi([])
+    text = run_nvidia_smi([])
     match = re.search(r"CUDA Version:\s*([\d.]+)", text or "")
     return match.group(1) if match else None
 

@@ -1,4 +1,6 @@
-"""Supported model families and offline presets: plain data, one spec per family (no registries, no imports)."""
+"""The one spec table: model kinds (encoder, decoder) with the sizes each stage uses, families with their tasks,
+heads, config classes and fusions, and the offline presets. Plain data (no registries, no imports): generic code
+asks this table instead of branching on a family name."""
 
 from __future__ import annotations
 
@@ -11,18 +13,59 @@ ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
+class KindSpec:
+    """What depends on the kind of model (encoder or decoder), not its family: the sizes each stage uses."""
+
+    name: str  # "encoder" | "decoder"
+    tasks: tuple[str, ...]
+    special_tokens: bool  # texts are encoded with [CLS]/[SEP] (encoders); prompts without (decoders)
+    gate_texts: int  # held-out texts an accuracy gate reads
+    calibration_texts: int  # texts read to calibrate int8 ranges
+    qdq_calibration_texts: int  # of those, the ones static QDQ calibration runs through the model
+    profile_batch: tuple[int, int, int]  # TensorRT profile batch (min, opt, max) when none is given
+    device_kv_copies: int  # K/V copies an engine keeps on the device (ping-pong) for the memory estimate
+
+
+KINDS: dict[str, KindSpec] = {
+    # the runtime batches up to 32 texts (length-bucketed); generation serves a few streams at once
+    "encoder": KindSpec("encoder", ENCODER_TASKS, True, 64, 64, 32, (1, 8, 32), 0),
+    "decoder": KindSpec("decoder", DECODER_TASKS, False, 32, 24, 16, (1, 1, 8), 2),
+}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     family: str
+    display: str  # how people write it: BERT, ALBERT, GPT-2
     model_types: tuple[str, ...]  # Hugging Face config.model_type values of this family
     kind: str  # "encoder" | "decoder"
     tasks: tuple[str, ...]
     heads: dict[str, str]  # task -> transformers class
+    config_class: str  # transformers config class for presets
     fusion_type: str  # onnxruntime.transformers optimizer model_type
+    fuse_attention: bool  # False: fusion leaves the attention core (GPT-2's past/present concat) as is
+    expected_fusions: dict[
+        str, tuple[int, int]
+    ]  # fused op(s) -> (per layer, plus): how many fusion must make
+    shared_layers: bool = False  # one set of layer weights reused by every layer (ALBERT)
+
+    @property
+    def kind_spec(self) -> KindSpec:
+        return KINDS[self.kind]
+
+    def fusions_for(self, layers: int) -> dict[str, int]:
+        return {ops: per * layers + plus for ops, (per, plus) in self.expected_fusions.items()}
 
 
+_ENCODER_FUSIONS = {
+    "Attention|MultiHeadAttention": (1, 0),
+    "SkipLayerNormalization": (2, 0),
+    "FastGelu|BiasGelu|Gelu": (1, 0),
+}
 MODELS: dict[str, ModelSpec] = {
     "bert": ModelSpec(
         "bert",
+        "BERT",
         ("bert",),
         "encoder",
         ENCODER_TASKS,
@@ -33,10 +76,14 @@ MODELS: dict[str, ModelSpec] = {
             "qa": "BertForQuestionAnswering",
             "fill-mask": "BertForMaskedLM",
         },
+        "BertConfig",
         "bert",
+        True,
+        _ENCODER_FUSIONS,
     ),
     "albert": ModelSpec(
         "albert",
+        "ALBERT",
         ("albert",),
         "encoder",
         ENCODER_TASKS,
@@ -47,9 +94,24 @@ MODELS: dict[str, ModelSpec] = {
             "qa": "AlbertForQuestionAnswering",
             "fill-mask": "AlbertForMaskedLM",
         },
+        "AlbertConfig",
         "bert",
+        True,
+        _ENCODER_FUSIONS,
+        shared_layers=True,
     ),
-    "gpt2": ModelSpec("gpt2", ("gpt2",), "decoder", DECODER_TASKS, {"generate": "GPT2LMHeadModel"}, "gpt2"),
+    "gpt2": ModelSpec(
+        "gpt2",
+        "GPT-2",
+        ("gpt2",),
+        "decoder",
+        DECODER_TASKS,
+        {"generate": "GPT2LMHeadModel"},
+        "GPT2Config",
+        "gpt2",
+        False,
+        {"SkipLayerNormalization": (2, -1), "FastGelu|BiasGelu|Gelu": (1, 0)},
+    ),
 }
 
 # Placeholder label sets for presets whose task head is randomly initialised (flagged as such in every output).
@@ -80,6 +142,16 @@ _BERT_BASE = dict(
     vocab_size=30522,
     max_position_embeddings=512,
 )
+_TINY_ENCODER = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=30522,
+    max_position_embeddings=128,
+    initializer_range=0.2,  # peaked outputs: token-exact tests never hinge on near-ties
+)
+_TRAINED_BPE = dict(bos_token_id=0, eos_token_id=0)  # <|endoftext|> is id 0 in the BPE trained here
 PRESETS: dict[str, Preset] = {
     "minilm": Preset(
         "minilm",
@@ -114,7 +186,7 @@ PRESETS: dict[str, Preset] = {
         "gpt2-bpe-50257",
         "GPT-2 124M architecture, seeded random weights",
         "generate",
-        dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
+        dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024, **_TRAINED_BPE),
     ),
     "tiny-bert": Preset(
         "tiny-bert",
@@ -123,15 +195,7 @@ PRESETS: dict[str, Preset] = {
         "minilm",
         "test model: hidden 32, 2 layers, 4 heads",
         "classify",
-        dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=30522,
-            max_position_embeddings=128,
-            initializer_range=0.2,  # peaked outputs: token-exact tests never hinge on near-ties
-        ),
+        _TINY_ENCODER,
     ),
     "tiny-albert": Preset(
         "tiny-albert",
@@ -140,16 +204,7 @@ PRESETS: dict[str, Preset] = {
         "minilm",
         "test model: hidden 32, 2 layers, 4 heads",
         "classify",
-        dict(
-            embedding_size=16,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            vocab_size=30522,
-            max_position_embeddings=128,
-            initializer_range=0.2,  # peaked outputs: token-exact tests never hinge on near-ties
-        ),
+        {"embedding_size": 16, **_TINY_ENCODER},
     ),
     "tiny-gpt2": Preset(
         "tiny-gpt2",
@@ -158,7 +213,15 @@ PRESETS: dict[str, Preset] = {
         "gpt2-bpe-2048",
         "test model: hidden 32, 2 layers, 4 heads",
         "generate",
-        dict(n_embd=32, n_layer=2, n_head=4, vocab_size=2048, n_positions=256, initializer_range=0.2),
+        dict(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            vocab_size=2048,
+            n_positions=256,
+            initializer_range=0.2,
+            **_TRAINED_BPE,
+        ),
     ),
     "demo-gpt2": Preset(
         "demo-gpt2", "gpt2", "demo", "demo", "small GPT-2 trained in-project on Python docs", "generate"

@@ -3,15 +3,14 @@ variant, latency of a forward pass over the same number of tokens, GPT-2's time 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..console import info, out, progress
-from ..runtime.bundle import Bundle, temp_name
+from ..models import MODELS
+from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
 from .env import environment
 from .stats import summarize
@@ -137,24 +136,36 @@ def compare(
 
 
 def findings(rows: list[dict]) -> list[str]:
-    """Plain sentences computed from the numbers (never assumed)."""
+    """Plain sentences computed from the numbers (never assumed): a model whose layers share one set of weights
+    (ALBERT) against an unshared encoder of the same width (BERT), and a decoder's prompt vs per-token cost."""
     notes = []
-    by_family = {r["family"]: r for r in rows}
-    bert, albert = by_family.get("bert"), by_family.get("albert")
-    if bert and albert and bert["hidden_size"] == albert["hidden_size"]:
-        size = albert["unique_weight_bytes"] / bert["unique_weight_bytes"]
-        speed = albert["forward"]["p50_ms"] / bert["forward"]["p50_ms"]
+    specs = {r["family"]: MODELS[r["family"]] for r in rows}
+    encoders = [r for r in rows if specs[r["family"]].kind == "encoder"]
+    for shared in (r for r in encoders if specs[r["family"]].shared_layers):
+        plain = next(
+            (
+                r
+                for r in encoders
+                if not specs[r["family"]].shared_layers and r["hidden_size"] == shared["hidden_size"]
+            ),
+            None,
+        )
+        if plain is None:
+            continue
+        name, other = specs[shared["family"]].display, specs[plain["family"]].display
+        size = shared["unique_weight_bytes"] / plain["unique_weight_bytes"]
+        speed = shared["forward"]["p50_ms"] / plain["forward"]["p50_ms"]
         notes.append(
-            f"ALBERT stores {size:.1%} of BERT's weight bytes ({albert['parameters'] / 1e6:.1f} M vs "
-            f"{bert['parameters'] / 1e6:.1f} M parameters) and takes {speed:.2f}× BERT's time per forward pass: "
+            f"{name} stores {size:.1%} of {other}'s weight bytes ({shared['parameters'] / 1e6:.1f} M vs "
+            f"{plain['parameters'] / 1e6:.1f} M parameters) and takes {speed:.2f}× {other}'s time per forward pass: "
             "shared layers save memory and disk, not compute (every layer still runs)."
         )
-    gpt = by_family.get("gpt2")
-    if gpt and gpt.get("tpot") and gpt["tpot"].get("p50_ms"):
-        notes.append(
-            f"GPT-2 processes the prompt in {gpt['forward']['p50_ms']:.1f} ms but then needs "
-            f"{gpt['tpot']['p50_ms']:.1f} ms per generated token: decoding re-reads every weight per token."
-        )
+    for row in rows:
+        if specs[row["family"]].kind == "decoder" and row.get("tpot") and row["tpot"].get("p50_ms"):
+            notes.append(
+                f"{specs[row['family']].display} processes the prompt in {row['forward']['p50_ms']:.1f} ms but then "
+                f"needs {row['tpot']['p50_ms']:.1f} ms per generated token: decoding re-reads every weight per token."
+            )
     return notes
 
 
@@ -185,48 +196,34 @@ def print_compare(report: dict) -> None:
 
 
 def write_compare(report: dict, directory: Path) -> None:
-    import csv
-
-    from .report import check_out_dir
+    from .report import check_out_dir, write_tables
 
     directory = check_out_dir(directory)
     stem = directory / "compare"
-    for suffix, text in (
-        (".json", json.dumps(report, indent=2, default=str) + "\n"),
-        (".md", compare_markdown(report)),
-    ):
-        tmp = temp_name(stem.with_suffix(suffix))
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, stem.with_suffix(suffix))
-    tmp = temp_name(stem.with_suffix(".csv"))
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "name",
-                "family",
-                "parameters",
-                "unique_weight_bytes",
-                "onnx_bytes",
-                "forward_p50_ms",
-                "tpot_p50_ms",
-                "peak_rss",
-            ]
-        )
-        for r in report["rows"]:
-            writer.writerow(
-                [
-                    r["name"],
-                    r["family"],
-                    r["parameters"],
-                    r["unique_weight_bytes"],
-                    r["onnx_bytes"],
-                    r["forward"]["p50_ms"],
-                    (r.get("tpot") or {}).get("p50_ms"),
-                    r.get("peak_rss"),
-                ]
-            )
-    os.replace(tmp, stem.with_suffix(".csv"))
+    header = [
+        "name",
+        "family",
+        "parameters",
+        "unique_weight_bytes",
+        "onnx_bytes",
+        "forward_p50_ms",
+        "tpot_p50_ms",
+        "peak_rss",
+    ]
+    rows = [
+        [
+            r["name"],
+            r["family"],
+            r["parameters"],
+            r["unique_weight_bytes"],
+            r["onnx_bytes"],
+            r["forward"]["p50_ms"],
+            (r.get("tpot") or {}).get("p50_ms"),
+            r.get("peak_rss"),
+        ]
+        for r in report["rows"]
+    ]
+    write_tables(stem, report, compare_markdown(report), header, rows)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,27 @@ def source_model(bundle: Bundle):
     return TorchSession.from_bundle(bundle).source
 
 
-def hf_checkpoint(bundle: Bundle) -> Path:
-    """A save_pretrained directory of the bundle's source model (+ tokenizer), for peers that load checkpoints."""
-    target = cache_root() / _key(bundle, "hf")
-    if (target / "config.json").is_file():
+def _cached(bundle: Bundle, what: str, marker: str, make: Callable[[Path], None]) -> Path:
+    """A directory of the peer cache, made once by `make(tmp)` and renamed into place when `marker` is in it (a
+    killed run leaves only a temp dir behind)."""
+    target = cache_root() / _key(bundle, what)
+    if (target / marker).is_file():
         return target
-    source = source_model(bundle)
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    source.model.save_pretrained(tmp)
-    source.tokenizer.save_pretrained(tmp)
+    make(tmp)
     os.replace(tmp, target)
     return target
+
+
+def hf_checkpoint(bundle: Bundle) -> Path:
+    """A save_pretrained directory of the bundle's source model (+ tokenizer), for peers that load checkpoints."""
+
+    def make(tmp: Path) -> None:
+        source = source_model(bundle)
+        source.model.save_pretrained(tmp)
+        source.tokenizer.save_pretrained(tmp)
+
+    return _cached(bundle, "hf", "config.json", make)
 
 
 # --------------------------------------------------------------------------------------------- optimum
@@ -65,46 +76,42 @@ OPTIMUM_CLASSES = {
 
 def optimum_export(bundle: Bundle) -> Path:
     """Optimum's own ONNX export of the same weights (what its users run), cached."""
-    target = cache_root() / _key(bundle, "optimum")
-    if (target / "config.json").is_file():
-        return target
-    try:
-        import optimum.onnxruntime as ortm
-    except ImportError:
-        raise UserError("the Optimum baseline needs optimum-onnx: pip install trtpipe[export]") from None
-    cls = getattr(ortm, OPTIMUM_CLASSES[bundle.task])
-    kwargs = {"use_cache": True} if bundle.is_decoder else {}
-    model = cls.from_pretrained(str(hf_checkpoint(bundle)), export=True, **kwargs)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        src = hf_checkpoint(bundle) / name
-        if src.exists():
-            shutil.copy(src, tmp / name)
-    os.replace(tmp, target)
-    return target
+
+    def make(tmp: Path) -> None:
+        try:
+            import optimum.onnxruntime as ortm
+        except ImportError:
+            raise UserError("the Optimum baseline needs optimum-onnx: pip install trtpipe[export]") from None
+        cls = getattr(ortm, OPTIMUM_CLASSES[bundle.task])
+        kwargs = {"use_cache": True} if bundle.is_decoder else {}
+        model = cls.from_pretrained(str(hf_checkpoint(bundle)), export=True, **kwargs)
+        model.save_pretrained(tmp)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            src = hf_checkpoint(bundle) / name
+            if src.exists():
+                shutil.copy(src, tmp / name)
+
+    return _cached(bundle, "optimum", "config.json", make)
 
 
 def optimum_int8(bundle: Bundle) -> Path:
     """Optimum's own dynamic int8 recipe (AutoQuantizationConfig.avx512_vnni, per-tensor) on its own export, cached."""
-    target = cache_root() / _key(bundle, "optimum-int8-vnni")
-    if (target / "model_quantized.onnx").is_file():
-        return target
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
-    source = optimum_export(bundle)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    quantizer = ORTQuantizer.from_pretrained(str(source), file_name="model.onnx")
-    quantizer.quantize(
-        save_dir=str(tmp),
-        quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False),
-    )
-    for file in source.iterdir():
-        if file.suffix != ".onnx" and file.is_file() and not (tmp / file.name).exists():
-            shutil.copy(file, tmp / file.name)
-    os.replace(tmp, target)
-    return target
+    def make(tmp: Path) -> None:
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        source = optimum_export(bundle)
+        quantizer = ORTQuantizer.from_pretrained(str(source), file_name="model.onnx")
+        quantizer.quantize(
+            save_dir=str(tmp),
+            quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False),
+        )
+        for file in source.iterdir():
+            if file.suffix != ".onnx" and file.is_file() and not (tmp / file.name).exists():
+                shutil.copy(file, tmp / file.name)
+
+    return _cached(bundle, "optimum-int8-vnni", "model_quantized.onnx", make)
 
 
 def optimum_model(bundle: Bundle, threads: int | None, quantized: bool = False):

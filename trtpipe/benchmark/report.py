@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.table import Table
 
 from ..console import out
-from ..runtime.bundle import temp_name
 from ..runtime.errors import UserError
+from ..runtime.store import temp_name
 
 SCHEMA = "trtpipe.benchmark/1"
 
@@ -40,10 +40,26 @@ def check_out_dir(path: Path) -> Path:
     return path
 
 
-def _write(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     tmp = temp_name(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    tmp = temp_name(path)
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_tables(stem: Path, report: dict, markdown_text: str, header: list[str], rows: list[list]) -> None:
+    """stem.json (the whole report), stem.md and stem.csv (one line per row), each written atomically."""
+    write_text(stem.with_suffix(".json"), json.dumps(report, indent=2, default=str) + "\n")
+    write_text(stem.with_suffix(".md"), markdown_text)
+    write_csv(stem.with_suffix(".csv"), header, rows)
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -210,17 +226,12 @@ def write_report(report: dict, directory: Path, stem: str = "benchmark") -> list
     directory = check_out_dir(directory)
     report = {"schema": SCHEMA, **_plain(report)}
     paths = [directory / f"{stem}.json", directory / f"{stem}.csv", directory / f"{stem}.md"]
-    _write(paths[0], json.dumps(report, indent=2, default=str) + "\n")
+    write_text(paths[0], json.dumps(report, indent=2, default=str) + "\n")
     rows = flat_rows(report)
     if rows:
         keys = list(dict.fromkeys(k for row in rows for k in row))
-        tmp = temp_name(paths[1])
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, paths[1])
+        write_csv(paths[1], keys, [[row.get(k, "") for k in keys] for row in rows])
     else:
-        _write(paths[1], "")
-    _write(paths[2], markdown(report))
+        write_text(paths[1], "")
+    write_text(paths[2], markdown(report))
     return paths + plots(report, directory, stem)

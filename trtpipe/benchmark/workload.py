@@ -204,40 +204,23 @@ def workload_markdown(report: dict) -> str:
 
 
 def _write_workload(report: dict, directory: Path, name: str) -> None:
-    import csv
-    import json
-    import os
-
-    from ..runtime.bundle import temp_name
-    from .report import check_out_dir
+    from .report import check_out_dir, write_tables
 
     directory = check_out_dir(directory)
     stem = directory / f"workload-{name}"
-    for suffix, text in (
-        (".json", json.dumps(report, indent=2, default=str) + "\n"),
-        (".md", workload_markdown(report)),
-    ):
-        tmp = temp_name(stem.with_suffix(suffix))
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, stem.with_suffix(suffix))
-    tmp = temp_name(stem.with_suffix(".csv"))
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["label", "texts_per_s", "batch_p50_ms", "batch_p99_ms", "speedup_of_bucketed", "agreement"]
-        )
-        for r in report["rows"]:
-            writer.writerow(
-                [
-                    r["label"],
-                    r["texts_per_s"],
-                    r["batch_latency"].get("p50_ms"),
-                    r["batch_latency"].get("p99_ms"),
-                    r["speedup_of_bucketed"],
-                    r["agreement_with_first_row"],
-                ]
-            )
-    os.replace(tmp, stem.with_suffix(".csv"))
+    header = ["label", "texts_per_s", "batch_p50_ms", "batch_p99_ms", "speedup_of_bucketed", "agreement"]
+    rows = [
+        [
+            r["label"],
+            r["texts_per_s"],
+            r["batch_latency"].get("p50_ms"),
+            r["batch_latency"].get("p99_ms"),
+            r["speedup_of_bucketed"],
+            r["agreement_with_first_row"],
+        ]
+        for r in report["rows"]
+    ]
+    write_tables(stem, report, workload_markdown(report), header, rows)
     import matplotlib
 
     matplotlib.use("Agg")

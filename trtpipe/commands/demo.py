@@ -1,4 +1,4 @@
-"""CLI commands: demo (registered on trtpipe.cli.app)."""
+"""CLI: `demo-models` trains the small demo models (GPT-2, BERT, ALBERT, two classifiers) on the offline docs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..cli import JsonOpt, QuietOpt, _print_json, app, command  # noqa: F401
 from ..console import info, out
+from ._common import JsonOpt, QuietOpt, command, print_json
 
 
 @command("demo-models")
@@ -38,7 +38,7 @@ def demo_models_cmd(
 
     result = train_demo_models(out_dir, force=force, only=only, recipe=recipe)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     table = Table(title=f"demo models in {result['out']}", show_edge=False)
     for column in ("model", "parameters", "held-out", "baseline", "train s"):

@@ -1,5 +1,5 @@
-"""CLI commands: serving (registered on trtpipe.cli.app) — `triton` writes a model repository, `triton-serve`
-runs it on loopback with the tritonserver of the nvidia-pytriton wheel."""
+"""CLI, scale-out: `triton` writes a Triton model repository from bundles; `triton-serve` runs it on loopback with
+the tritonserver of the nvidia-pytriton wheel."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..cli import JsonOpt, QuietOpt, _print_json, command
 from ..console import info, out, warn
+from ._common import JsonOpt, QuietOpt, command, print_json
 
 
 @command("triton")
@@ -101,7 +101,7 @@ def triton_cmd(
     )
     planned = write_repository(bundles, out_dir, options, overwrite=overwrite)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "repository": str(out_dir),
                 "models": {m.name: {"backend": m.backend, **m.summary} for m in planned},

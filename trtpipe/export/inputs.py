@@ -7,7 +7,6 @@ unpickle of untrusted files.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..models import (
     supported_families,
 )
 from ..runtime.errors import UserError
+from ..runtime.paths import read_json
 
 DEMO_DIR_ENV = "TRTPIPE_MODELS"
 
@@ -78,10 +78,7 @@ def library_versions() -> dict:
 
 
 def _head_class(spec: ModelSpec, task: str):
-    if task not in spec.tasks:
-        raise UserError(
-            f"task {task!r} is not available for {spec.family}; {spec.family} supports: {', '.join(spec.tasks)}"
-        )
+    _check_task(spec, task)
     import transformers
 
     return getattr(transformers, spec.heads[task])
@@ -115,12 +112,7 @@ def _config_family(path: Path) -> tuple[dict, ModelSpec]:
         raise UserError(
             f"{path} has no config.json: pass a Hugging Face checkpoint directory (save_pretrained output)"
         )
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"{cfg_path} is not valid JSON ({exc.__class__.__name__}); fix or re-save the checkpoint"
-        ) from None
+    raw = read_json(cfg_path, f"{cfg_path} is not valid JSON ({{error}}); fix or re-save the checkpoint")
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     spec = family_for_model_type(model_type or "")
     if spec is None:
@@ -239,18 +231,11 @@ def _random_preset(preset: Preset, spec: ModelSpec, task: str, seed: int) -> Sou
     from .vocab import gpt2_tokenizer_dir, minilm_dir
 
     transformers.logging.set_verbosity_error()
-    config_cls = {
-        "bert": transformers.BertConfig,
-        "albert": transformers.AlbertConfig,
-        "gpt2": transformers.GPT2Config,
-    }[preset.family]
-    config = config_cls(**preset.config)
+    config = getattr(transformers, spec.config_class)(**preset.config)
     if task in PRESET_LABELS:
         names = PRESET_LABELS[task]
         config.id2label = dict(enumerate(names))
         config.label2id = {n: i for i, n in enumerate(names)}
-    if preset.family == "gpt2":
-        config.bos_token_id = config.eos_token_id = 0  # <|endoftext|> is id 0 in the trained BPE
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = _head_class(spec, task)(config).eval()

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from .. import __version__
 from ..console import info, status
-from ..runtime.bundle import FORMAT_VERSION, file_hashes, sha256_file, staged_bundle, write_manifest
 from ..runtime.errors import UserError
+from ..runtime.manifest import FORMAT_VERSION
+from ..runtime.paths import sha256_file
+from ..runtime.store import file_hashes, staged_bundle, write_manifest
 from .inputs import Source, library_versions, load_source, weights_sha256
 
 MIN_OPSET = 17

@@ -1,4 +1,5 @@
-"""ORT transformer fusion (onnxruntime.transformers' optimizer): bert model type for BERT and ALBERT, gpt2 for GPT-2.
+"""ORT transformer fusion (onnxruntime.transformers' optimizer), with the model type and the fusions to expect
+taken from the family's spec (bert for BERT and ALBERT, gpt2 for GPT-2).
 
 Fusion packs Q, K and V of each layer into one weight per Attention node, so ALBERT's twelve layers — which share
 one set of weights — would each get their own copy (Optimum's O2 grows albert-base from 42 to 116 MiB). The graph
@@ -14,6 +15,7 @@ import onnx
 
 from ..console import warn
 from ..export import graph
+from ..models import ModelSpec
 
 FUSED_OPS = (
     "EmbedLayerNormalization",
@@ -28,29 +30,18 @@ FUSED_OPS = (
 )
 
 
-def expected_fusions(family: str, layers: int) -> dict[str, int]:
-    if family == "gpt2":
-        return {"SkipLayerNormalization": 2 * layers - 1, "FastGelu|BiasGelu|Gelu": layers}
-    return {
-        "Attention|MultiHeadAttention": layers,
-        "SkipLayerNormalization": 2 * layers,
-        "FastGelu|BiasGelu|Gelu": layers,
-    }
-
-
 def fuse(
-    source: Path, family: str, num_heads: int, hidden_size: int, layers: int
+    source: Path, spec: ModelSpec, num_heads: int, hidden_size: int, layers: int
 ) -> tuple[onnx.ModelProto, dict]:
     """Return (fused model, report) where report has fused-op counts, missing fusions and bytes deduplicated."""
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    model_type = "gpt2" if family == "gpt2" else "bert"
+    model_type = spec.fusion_type
     options = FusionOptions(model_type)
-    if family == "gpt2":
-        # The interop graph's attention core (past/present concat) is left as is; the in-place KV variant replaces it.
-        options.enable_attention = False
+    # GPT-2's attention core (past/present concat) is left as is; the in-place KV variant replaces it.
+    options.enable_attention = spec.fuse_attention
     optimized = optimizer.optimize_model(
         str(source),
         model_type=model_type,
@@ -66,7 +57,7 @@ def fuse(
         if node.op_type in counts:
             counts[node.op_type] += 1
     missing = []
-    for ops, want in expected_fusions(family, layers).items():
+    for ops, want in spec.fusions_for(layers).items():
         have = sum(counts.get(op, 0) for op in ops.split("|"))
         if have < want:
             missing.append(f"{ops}: {have} of {want}")

@@ -191,7 +191,7 @@ def _decoder_metrics(
     max_tokens: int = 24,
     greedy_prompts: int = 4,
 ) -> dict:
-    from ..runtime.generate import DecoderRunner
+    from ..runtime.decoder import DecoderRunner
 
     encoder = TextEncoder(bundle)
     ref = DecoderRunner(bundle, _open(reference_path, bundle), inplace=False)
@@ -262,7 +262,7 @@ def evaluate(
     candidate_specs: list | None = None,
 ) -> GateResult:
     """Compare a candidate ONNX file with the bundle's fp32 variant on held-out text."""
-    texts = texts or gate_texts(32 if bundle.is_decoder else 64)
+    texts = texts or gate_texts(bundle.kind.gate_texts)
     reference_path = bundle.model_path("fp32")
     if bundle.is_decoder:
         metrics = _decoder_metrics(bundle, reference_path, candidate_path, texts, candidate_specs)

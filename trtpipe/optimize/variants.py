@@ -10,15 +10,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from .. import __version__, corpus
 from ..console import info, status, warn
 from ..export import graph
-from ..runtime.bundle import Bundle, bundle_transaction, file_hashes, temp_name
+from ..runtime.bundle import Bundle
 from ..runtime.errors import CheckFailed, UserError
+from ..runtime.store import bundle_transaction, file_hashes
 from . import gate
+from .search import calibration_gate, weight_only_gated
+from .twins import kv_inplace_twin, twin_agreement
 
 PRECISIONS = ("fused", "fp16", "int8", "int8-qdq", "int8-wo", "int4")
 FILES = {p: f"model.{p}.onnx" for p in PRECISIONS}
@@ -57,7 +59,7 @@ def calibration_feeds(bundle: Bundle, texts: list[str], batch: int = 4, max_toke
     """Real-text feeds: encoder batches, or GPT-2 prefill batches plus the decode step that follows each."""
     if not bundle.is_decoder:
         return gate.encoder_batches(bundle, texts, batch=batch, max_tokens=max_tokens)
-    from ..parity import decode_step_feeds, decoder_prefill_feeds
+    from ..parity.tensors import decode_step_feeds, decoder_prefill_feeds
     from ..runtime.ort import OrtSession
 
     session = OrtSession(bundle.model_path("fp32"), specs=bundle.manifest["inputs"], limits=bundle.limits)
@@ -94,8 +96,8 @@ def optimize_bundle(
     bundle = Bundle.load(bundle_path)
     if precision in bundle.variants and not overwrite:
         raise UserError(f"{bundle.path} already has the {precision} variant; pass --overwrite to rebuild it")
-    calib_texts = read_texts(calibration, 64 if not bundle.is_decoder else 24, "train")
-    held_out = read_texts(gate_texts, 32 if bundle.is_decoder else 64, "heldout")
+    calib_texts = read_texts(calibration, bundle.kind.calibration_texts, "train")
+    held_out = read_texts(gate_texts, bundle.kind.gate_texts, "heldout")
     started = time.perf_counter()
     try:
         return _optimize_locked(
@@ -197,10 +199,10 @@ def _optimize_locked(
         locked.manifest["variants"][precision] = entry
         locked.manifest.get("refused", {}).pop(precision, None)
         if locked.is_decoder and precision in ("int8", "int8-wo", "int4") and "kv-inplace" in locked.variants:
-            twin = _kv_inplace_twin(
+            twin = kv_inplace_twin(
                 locked, precision, plan, block_size, lm_head, accuracy_level, stage, result
             )
-            locked.manifest["variants"][f"{precision}.kv-inplace"] = twin
+            locked.manifest["variants"][f"{precision}.kv-inplace"] = {**twin, "tools": tool_versions()}
         entry["seconds"] = round(time.perf_counter() - started, 1)
     if f"{precision}.kv-inplace" in Bundle.load(bundle.path).variants:
         worst, top1 = twin_agreement(bundle.path, precision)
@@ -244,7 +246,7 @@ def _build(
         with status("fusing (onnxruntime.transformers optimizer)"):
             model, report = fuse(
                 source,
-                bundle.family,
+                bundle.spec,
                 model_info["num_heads"],
                 model_info["hidden_size"],
                 model_info["num_layers"],
@@ -261,11 +263,11 @@ def _build(
         from .int8 import quantize_qdq_gated
 
         model, report = quantize_qdq_gated(
-            source, feeds, method, _calibration_gate(bundle, "int8-qdq", calib_texts)
+            source, feeds, method, calibration_gate(bundle, "int8-qdq", calib_texts)
         )
         return model, report, plan
     if precision in ("int8-wo", "int4"):
-        return _weight_only_gated(
+        return weight_only_gated(
             bundle, source, precision, calib_texts, block_size, lm_head, accuracy_level, force
         )
     from .int8 import quantize_dynamic_gated, weight_matmuls
@@ -275,142 +277,6 @@ def _build(
     graph.bypass_weight_identities(base)  # bundles exported before the export pass did this
     if bundle.is_decoder and lm_head:
         untie_lm_head(base)
-    model, plan, report = quantize_dynamic_gated(base, feeds, _calibration_gate(bundle, "int8", calib_texts))
+    model, plan, report = quantize_dynamic_gated(base, feeds, calibration_gate(bundle, "int8", calib_texts))
     by_weight = {node.input[1]: plan[node.name] for node in weight_matmuls(base) if node.name in plan}
     return model, report, by_weight
-
-
-def weight_only_rungs(block_size: int, lm_head: bool) -> list[tuple[int, bool]]:
-    """Weight-only settings from the requested (smallest file, fastest) to the safest: the LM head back in fp32
-    (GPT-2's tied head is the one matrix whose error reaches every logit directly), then half the block size."""
-    rungs = [(block_size, lm_head), (block_size, False), (max(16, block_size // 2), False)]
-    return list(dict.fromkeys(rungs))
-
-
-def _weight_only_gated(
-    bundle: Bundle,
-    source: Path,
-    precision: str,
-    calib_texts: list[str],
-    block_size: int,
-    lm_head: bool,
-    accuracy_level: int,
-    force: bool,
-):
-    """MatMulNBits at the requested settings; when the calibration gate refuses them (and not `force`, which keeps
-    exactly what was asked for), the next rung of `weight_only_rungs`. The held-out gate has the last word."""
-    from .weight_only import quantize_weight_only
-
-    bits = 4 if precision == "int4" else 8
-    rungs = weight_only_rungs(block_size, lm_head)[: 1 if force else None]
-    passes = None if len(rungs) == 1 else _calibration_gate(bundle, precision, calib_texts, headroom=1 / 2)
-    source_model = onnx.load(str(source))
-    tried = []
-    for block, head in rungs:
-        with status(f"{precision}: MatMulNBits (block {block}, LM head {'quantised' if head else 'fp32'})"):
-            model, report = quantize_weight_only(
-                source_model, bits, block, lm_head=head, accuracy_level=accuracy_level
-            )
-        ok = passes(model) if passes else None
-        tried.append({"block_size": block, "lm_head": head, "passed_calibration": ok})
-        if ok is not False:
-            break
-    report["plans_tried"] = tried
-    return model, report, None
-
-
-def _calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str], headroom: float = 0.0):
-    """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text), with
-    `headroom` (GateResult.passed_with_headroom) for searches whose rungs are coarse."""
-    texts = calib_texts[: 16 if bundle.is_decoder else 32]
-
-    def passes(candidate: onnx.ModelProto) -> bool:
-        path = temp_name(
-            bundle.path / FILES[precision]
-        )  # a killed run leaves a .tmp- file the next writer removes
-        try:
-            graph.save_onnx(candidate, path)
-            return gate.evaluate(bundle, path, precision, texts).passed_with_headroom(headroom)
-        finally:
-            path.unlink(missing_ok=True)
-
-    return passes
-
-
-def _kv_inplace_twin(
-    bundle: Bundle, precision: str, plan, block_size: int, lm_head: bool, accuracy_level: int, stage, result
-) -> dict:
-    """The same weights in the in-place KV graph (quantised with the same settings), checked against the standard
-    graph of this precision through the runtime's own decoding loop."""
-    source = onnx.load(str(bundle.model_path("kv-inplace")))
-    if precision == "int8":
-        from .int8 import apply_dynamic, weight_matmuls
-        from .weight_only import untie_lm_head
-
-        if lm_head:
-            untie_lm_head(source)
-        # the same scheme per weight matrix (node names differ between the two graphs, weights do not)
-        model = apply_dynamic(source, {n.name: plan.get(n.input[1], "fp32") for n in weight_matmuls(source)})
-    else:
-        from .weight_only import quantize_weight_only
-
-        model, _ = quantize_weight_only(
-            source,
-            4 if precision == "int4" else 8,
-            block_size,
-            lm_head=lm_head,
-            accuracy_level=accuracy_level,
-        )
-    name = f"{precision}.kv-inplace"
-    target = bundle.path / f"model.{name}.onnx"
-    tmp = stage(target)
-    graph.save_onnx(model, tmp)
-    base = bundle.variants["kv-inplace"]
-    return {
-        "file": target.name,
-        "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
-        "bytes": tmp.stat().st_size,
-        "made_from": "kv-inplace",
-        "precision": precision,
-        "ort_only": True,
-        "kv": "inplace",
-        "inputs": base["inputs"],
-        "outputs": base["outputs"],
-        "tools": tool_versions(),
-        "gate": {**result.to_dict(), "note": f"same weights and settings as the {precision} variant"},
-        "parity": {},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def twin_agreement(bundle_path: str | Path, precision: str, steps: int = 8) -> tuple[float, float]:
-    """(max abs logit difference, top-1 agreement) of `<precision>.kv-inplace` vs `<precision>` through the
-    decoding loop, teacher-forced with the standard graph's greedy tokens."""
-    from ..runtime.generate import Generator
-
-    fast = Generator(bundle_path, variant=precision)
-    slow = Generator(bundle_path, variant=precision, kv="pingpong")
-    worst, agree, total = 0.0, 0, 0
-    for text in corpus.sample(3, split="heldout"):
-        ids = fast.encoder.encode_prompt(text)[:16]
-        logits, forced = [], None
-        for gen in (slow, fast):
-            runner = gen.runner
-            cache = runner.new_cache(1, len(ids) + steps)
-            step, mask = runner.prefill([ids], cache, gen.pad_id)
-            lengths = np.array([len(ids)])
-            rows = [step[0].copy()]
-            tokens = forced or []
-            for index in range(steps):
-                token = tokens[index] if forced else int(rows[-1].argmax())
-                if not forced:
-                    tokens.append(token)
-                step, mask = runner.decode(np.array([token]), lengths, cache, mask)
-                lengths += 1
-                rows.append(step[0].copy())
-            forced = tokens
-            logits.append(np.stack(rows))
-        worst = max(worst, float(np.abs(logits[0] - logits[1]).max()))
-        agree += int((logits[0].argmax(-1) == logits[1].argmax(-1)).sum())
-        total += len(logits[0])
-    return worst, agree / max(total, 1)

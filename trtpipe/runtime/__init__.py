@@ -7,9 +7,11 @@ vectors = pipe.embed(["a sentence", "another one"])
 
 from .bundle import Bundle
 from .errors import CheckFailed, UserError
-from .generate import Completion, Generator, Sampling, Token
+from .feeds import check_feeds
+from .generate import Completion, Generator, Token
+from .sampling import Sampling
 from .score import perplexity
-from .session import BACKENDS, Session, check_feeds, open_session
+from .session import BACKENDS, Session, open_decoder, open_session
 from .tasks import Pipeline, load_pipeline
 from .text import TextEncoder
 
@@ -27,6 +29,7 @@ __all__ = [
     "UserError",
     "check_feeds",
     "load_pipeline",
+    "open_decoder",
     "open_session",
     "perplexity",
 ]

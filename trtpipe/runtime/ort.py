@@ -8,7 +8,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
-from .session import check_feeds
+from .feeds import check_feeds
 
 _PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",

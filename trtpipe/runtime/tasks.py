@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..models import ENCODER_TASKS
 from .bundle import Bundle
 from .errors import UserError
 from .session import Session, open_session
 from .text import TextEncoder, length_buckets
-
-ENCODER_TASKS = ("embed", "classify", "ner", "qa", "fill-mask")
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -341,4 +340,4 @@ def load_pipeline(
     return Pipeline(bundle, session, TextEncoder(bundle), check_outputs=check_outputs)
 
 
-__all__ = ["Pipeline", "load_pipeline", "softmax", "check_finite", "ENCODER_TASKS"]
+__all__ = ["Pipeline", "load_pipeline", "softmax", "check_finite"]

@@ -149,6 +149,79 @@ class TextEncoder:
         return list(self.plain.encode(text, add_special_tokens=False).ids)
 
 
+class TextStream:
+    """Incremental detokenisation for byte-level BPE: emits text only once it forms whole UTF-8 characters."""
+
+    def __init__(self, encoder: TextEncoder):
+        self.encoder = encoder
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def put(self, token: int) -> str:
+        self.ids.append(int(token))
+        before = self.encoder.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = self.encoder.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+
+class StopText:
+    """One row's new text as it streams: detokenised incrementally (`TextStream`), cut at the first stop string,
+    and held back while its tail could still begin one. `push` returns (text to emit, finish reason or None)."""
+
+    def __init__(self, encoder: TextEncoder, stop: list[str], stop_ids: set[int]):
+        self.stream = TextStream(encoder)
+        self.stop = stop
+        self.stop_ids = stop_ids
+        self.text = ""
+        self.held = ""  # text withheld because it may begin a stop string
+
+    def push(self, token: int, last: bool) -> tuple[str, str | None]:
+        finish = None
+        if token in self.stop_ids:
+            finish = "eos"
+            delta, self.held = self.held, ""
+        else:
+            delta = self.stream.put(token)
+            pending = self.held + delta
+            self.text += delta
+            cut = _find_stop(self.text, self.stop)
+            if cut is not None:
+                finish = "stop"
+                emitted = len(self.text) - len(pending)
+                delta = self.text[emitted:cut] if cut > emitted else ""
+                self.text = self.text[:cut]
+                self.held = ""
+            else:
+                keep = min(_stop_prefix_len(self.text, self.stop), len(pending))
+                delta = pending[: len(pending) - keep] if keep else pending
+                self.held = pending[len(pending) - keep :] if keep else ""
+        if finish is None and last:
+            finish = "length"
+            delta += self.held
+            self.held = ""
+        return delta, finish
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    cuts = [text.find(s) for s in stops if s in text]
+    return min(cuts) if cuts else None
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string (held back from the stream)."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
 def check_texts(texts, what: str = "text") -> None:
     if isinstance(texts, str):
         raise UserError(f"expected a list of {what}s, got a single string")

@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..runtime.bundle import Bundle, sha256_file, staged_bundle
+from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
 from ..runtime.session import BACKENDS
+from ..runtime.store import staged_bundle
 from .config import Scheduling, batchable, build_config, graph_io, python_io, render_config
+from .engines import check_profile, pick_engine
 
 TRITON_BACKENDS = ("python", "onnxruntime", "tensorrt")
 VERSION = "1"  # Triton serves the highest numbered version directory; we write one
@@ -208,8 +210,8 @@ def _plan(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
         filename = entry["file"]
         summary = {"variant": variant, "files": sorted(entry["sha256"])}
     else:
-        engine, entry = _pick_engine(bundle, options)
-        _check_profile(bundle, engine, entry, scheduling.max_batch)
+        engine, entry = pick_engine(bundle, options.variant, options.engine)
+        check_profile(bundle, engine, entry, scheduling.max_batch)
         files = [(bundle.file(engine), "model.plan")]
         filename = "model.plan"
         summary = {"engine": engine, "flavour": entry.get("flavour")}
@@ -251,82 +253,6 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
     if decoupled:
         summary["decoupled"] = True
     return PlannedModel(name, bundle, "python", render_config(config), bundle_copy=True, summary=summary)
-
-
-def _pick_engine(bundle: Bundle, options: RepoOptions) -> tuple[str, dict]:
-    """The TensorRT 10 engine to serve: --engine, or the only trt10 engine of the variant."""
-    variant = options.variant or "fp32"
-    build = f"trtpipe build {bundle.path}"
-    engines = bundle.engines
-    if options.engine:
-        if options.engine not in engines:
-            listed = ", ".join(sorted(engines)) or "none"
-            raise UserError(
-                f"bundle {bundle.path} has no engine {options.engine!r} (has: {listed}); build it with `{build}`"
-            )
-        candidates = {options.engine: engines[options.engine]}
-    else:
-        candidates = {
-            f: e for f, e in engines.items() if e.get("variant", Path(f).name.split(".")[0]) == variant
-        }
-    trt10 = {f: e for f, e in candidates.items() if e.get("flavour") == "trt10"}
-    if not trt10:
-        if candidates:
-            flavours = ", ".join(sorted({str(e.get("flavour")) for e in candidates.values()}))
-            raise UserError(
-                f"bundle {bundle.path} has only {flavours} engines for {variant}; Triton's tensorrt backend loads "
-                f"TensorRT 10 plans only (rtx plans need the TensorRT-RTX runtime): build a trt10 engine with "
-                f"`{build}` on a machine with the serving GPU, or use --backend onnxruntime"
-            )
-        raise UserError(
-            f"bundle {bundle.path} has no TensorRT engine for variant {variant}; build one with `{build}` "
-            "(on a machine with the serving GPU), or use --backend onnxruntime"
-        )
-    if len(trt10) > 1:
-        raise UserError(
-            f"bundle {bundle.path} has {len(trt10)} TensorRT 10 engines for {variant} ({', '.join(sorted(trt10))}); "
-            "choose the one built for the serving GPU with --engine FILE"
-        )
-    engine, entry = next(iter(trt10.items()))
-    path = bundle.file(engine)
-    if not path.is_file():
-        raise UserError(
-            f"bundle {bundle.path}: engine {engine} is listed but missing; rebuild it with `{build}`"
-        )
-    if isinstance(entry.get("sha256"), str) and sha256_file(path) != entry["sha256"]:
-        raise UserError(
-            f"bundle {bundle.path}: engine {engine} does not match its sha256; rebuild it with `{build}`"
-        )
-    return engine, entry
-
-
-def _profile_max_batch(entry: dict) -> int | None:
-    """The largest batch every optimisation profile accepts, where the manifest records profile shapes
-    (any {"min": [...], "opt": [...], "max": [B, ...]} under `profiles`)."""
-    found: list[int] = []
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            shape = node.get("max")
-            if isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape):
-                found.append(shape[0])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(entry.get("profiles"))
-    return min(found) if found else None
-
-
-def _check_profile(bundle: Bundle, engine: str, entry: dict, max_batch: int) -> None:
-    limit = _profile_max_batch(entry)
-    if limit is not None and max_batch > limit:
-        raise UserError(
-            f"engine {engine} of {bundle.path} accepts batches up to {limit}, below --max-batch {max_batch}; "
-            f"pass --max-batch {limit}, or rebuild the engine with a larger profile (`trtpipe build {bundle.path}`)"
-        )
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -1,4 +1,4 @@
-"""Human-readable terminal output (rich tables) for the CLI. JSON output bypasses this module."""
+"""Rich terminal rendering of results: bundle inspection, task answers and parity reports."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from .console import out
-
-
-def _mib(n: int | float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+from ..console import out
+from ._common import mib
 
 
 def print_inspect(bundle) -> None:
@@ -25,7 +22,7 @@ def print_inspect(bundle) -> None:
     )
     out.print(
         f"source: {src.get('preset') or src.get('path') or src.get('name')}  "
-        f"params {model.get('parameters', 0):,} ({_mib(model.get('parameter_bytes', 0))})  "
+        f"params {model.get('parameters', 0):,} ({mib(model.get('parameter_bytes', 0))})  "
         f"layers {model.get('num_layers')} hidden {model.get('hidden_size')} heads {model.get('num_heads')}  "
         f"max length {bundle.max_length}"
     )
@@ -51,7 +48,7 @@ def print_inspect(bundle) -> None:
         gate = v.get("gate") or {}
         gate_text = gate.get("verdict", "-") + (" (forced)" if gate.get("forced") else "") if gate else "-"
         variants.add_row(
-            name, v["file"], _mib(v.get("bytes", 0)), str(v.get("made_from") or "-"), parity, gate_text
+            name, v["file"], mib(v.get("bytes", 0)), str(v.get("made_from") or "-"), parity, gate_text
         )
     for name, r in (m.get("refused") or {}).items():
         failures = [

@@ -89,7 +89,7 @@ class LintReport:
 def parse_onnx(trt, onnx_path: Path, logger) -> tuple[object, object, object, list[Finding]]:
     """Parse with TensorRT's ONNX parser into a strongly typed network. Returns (builder, network, parser,
     findings); keep all three alive together (the parser refers to the network, the network to the builder)."""
-    from ..runtime.trt import native_stdout_to_stderr
+    from ..runtime.trt.platform import native_stdout_to_stderr
 
     builder = trt.Builder(logger)
     flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -110,7 +110,7 @@ def parse_onnx(trt, onnx_path: Path, logger) -> tuple[object, object, object, li
 
 
 def lint_with_parser(trt, onnx_path: Path) -> list[Finding]:
-    from ..runtime.trt import trt_logger
+    from ..runtime.trt.platform import trt_logger
 
     _, _, _, findings = parse_onnx(trt, onnx_path, trt_logger(trt))
     return findings
@@ -231,7 +231,7 @@ def lint_with_table(model, table: str = DEFAULT_TABLE) -> tuple[list[Finding], i
 
 def parser_flavour(requested: str | None = None) -> str | None:
     """Which installed TensorRT can parse here: rtx works without a GPU; trt10's builder needs one."""
-    from ..runtime.trt import FLAVOURS, module_available, nvidia_gpus
+    from ..runtime.trt.platform import FLAVOURS, module_available, nvidia_gpus
 
     if requested:
         if requested not in FLAVOURS:
@@ -251,7 +251,7 @@ def lint_bundle(
     table: bool = False,
 ) -> LintReport:
     """Lint a variant: with TensorRT's parser where installed (or `flavour`), else (or with table=True) the table."""
-    from ..runtime.trt import FLAVOUR_NAMES, import_flavour
+    from ..runtime.trt.platform import FLAVOUR_NAMES, import_flavour
 
     bundle = bundle_path if isinstance(bundle_path, Bundle) else Bundle.load(bundle_path)
     variant = variant or "fp32"

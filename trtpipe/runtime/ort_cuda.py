@@ -11,38 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kv
 from .bundle import Bundle
 from .errors import UserError
+from .kv import DeviceKVCache
 from .ort import OrtSession
 
 _NP = {"float32": np.float32, "float16": np.float16}
-
-
-class DeviceCache:
-    """Ping-pong K/V buffers (OrtValues on the GPU), sized to `capacity` positions."""
-
-    inplace = False
-
-    def __init__(self, values: list[list], batch: int, heads: int, head_dim: int, capacity: int, dtype):
-        self.values = values  # [copy][2 * layer + kind] → OrtValue of B·H·capacity·D elements
-        self.batch, self.heads, self.head_dim, self.capacity = batch, heads, head_dim, capacity
-        self.dtype = np.dtype(dtype)
-        self.current = 0
-        self.length = 0
-
-    @property
-    def nbytes(self) -> int:
-        per = self.batch * self.heads * self.capacity * self.head_dim * self.dtype.itemsize
-        return per * sum(len(copy) for copy in self.values)
-
-    def ptr(self, copy: int, index: int) -> int:
-        return self.values[copy][index].data_ptr()
-
-    def shape(self, length: int) -> list[int]:
-        return [self.batch, self.heads, length, self.head_dim]
-
-    def swap(self) -> None:
-        self.current = 1 - self.current
 
 
 class OrtCudaDecoder:
@@ -62,11 +37,7 @@ class OrtCudaDecoder:
         self.vocab = bundle.limits["vocab_size"]
         specs = {s["name"]: s for s in (session.specs or bundle.manifest["inputs"])}
         self.kv_dtype = _NP.get(specs.get("past_key_values.0.key", {}).get("dtype", "float32"), np.float32)
-        self.kv_names = [
-            (2 * layer + k, f"past_key_values.{layer}.{kind}", f"present.{layer}.{kind}")
-            for layer in range(self.layers)
-            for k, kind in enumerate(("key", "value"))
-        ]
+        self.kv_names = kv.kv_names(self.layers)
 
     @classmethod
     def from_bundle(
@@ -77,7 +48,7 @@ class OrtCudaDecoder:
         )
         return cls(bundle, session)
 
-    def new_cache(self, batch: int, capacity: int) -> DeviceCache:
+    def new_cache(self, batch: int, capacity: int) -> DeviceKVCache:
         size = batch * self.heads * capacity * self.head_dim
         values = [
             [
@@ -86,27 +57,29 @@ class OrtCudaDecoder:
             ]
             for _ in range(2)
         ]
-        return DeviceCache(values, batch, self.heads, self.head_dim, capacity, self.kv_dtype)
+        pointers = [[value.data_ptr() for value in copy] for copy in values]
+        return DeviceKVCache(
+            pointers, batch, self.heads, self.head_dim, capacity, self.kv_dtype, owners=values
+        )
 
     def _run(
-        self, feeds: dict[str, np.ndarray], cache: DeviceCache, past_len: int, new_len: int
+        self, feeds: dict[str, np.ndarray], cache: DeviceKVCache, past_len: int, new_len: int
     ) -> np.ndarray:
         batch = cache.batch
         io = self.session.session.io_binding()
         for name, value in feeds.items():
             io.bind_cpu_input(name, np.ascontiguousarray(value))
-        src, dst = cache.current, 1 - cache.current
         for index, past, present in self.kv_names:
             io.bind_input(
-                past, "cuda", self.device_id, self.kv_dtype, cache.shape(past_len), cache.ptr(src, index)
+                past, "cuda", self.device_id, self.kv_dtype, list(cache.shape(past_len)), cache.past(index)
             )
             io.bind_output(
                 present,
                 "cuda",
                 self.device_id,
                 self.kv_dtype,
-                cache.shape(past_len + new_len),
-                cache.ptr(dst, index),
+                list(cache.shape(past_len + new_len)),
+                cache.present(index),
             )
         logits = np.empty((batch, 1, self.vocab), dtype=self.session.output_dtypes.get("logits", np.float32))
         io.bind_output("logits", "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data)
@@ -117,43 +90,29 @@ class OrtCudaDecoder:
         return logits.reshape(batch, self.vocab).astype(np.float32, copy=False)
 
     def prefill(
-        self, prompts: list[list[int]], cache: DeviceCache, pad_id: int
+        self, prompts: list[list[int]], cache: DeviceKVCache, pad_id: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded prompts → (logits [B, V], attention mask [B, P])."""
-        batch = len(prompts)
-        width = max(len(ids) for ids in prompts)
+        feeds = kv.left_padded(prompts, pad_id)
+        width = feeds["input_ids"].shape[1]
         if width > cache.capacity:
             raise UserError(
                 f"a prompt of {width} tokens does not fit the cache of {cache.capacity} positions"
             )
-        input_ids = np.full((batch, width), pad_id, dtype=np.int64)
-        mask = np.zeros((batch, width), dtype=np.int64)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = ids
-            mask[row, width - len(ids) :] = 1
-        positions = np.clip(mask.cumsum(-1) - 1, 0, None).astype(np.int64)
-        logits = self._run(
-            {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}, cache, 0, width
-        )
+        logits = self._run(feeds, cache, 0, width)
         cache.length = width
-        return logits, mask
+        return logits, feeds["attention_mask"]
 
     def decode(
-        self, tokens: np.ndarray, lengths: np.ndarray, cache: DeviceCache, mask: np.ndarray
+        self, tokens: np.ndarray, lengths: np.ndarray, cache: DeviceKVCache, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """One token per row; `lengths` is implied by the mask."""
         del lengths
-        batch = len(tokens)
         if cache.length + 1 > cache.capacity:
             raise UserError(
                 f"the KV cache holds {cache.capacity} positions; this step needs {cache.length + 1}"
             )
-        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        feeds = {
-            "input_ids": np.asarray(tokens, dtype=np.int64).reshape(batch, 1),
-            "attention_mask": mask,
-            "position_ids": (mask.sum(-1, keepdims=True) - 1).astype(np.int64),
-        }
+        feeds = kv.next_step(tokens, mask)
         logits = self._run(feeds, cache, cache.length, 1)
         cache.length += 1
-        return logits, mask
+        return logits, feeds["attention_mask"]

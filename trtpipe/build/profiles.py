@@ -17,11 +17,10 @@ from pathlib import Path
 
 from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
+from ..runtime.paths import read_json
 
 SELECTORS = ("min", "opt", "max")
 PROFILE_FORMAT = 1
-ENCODER_BATCH = (1, 8, 32)  # the runtime batches up to 32 texts (length-bucketed)
-DECODER_BATCH = (1, 1, 8)
 
 
 def input_specs(bundle: Bundle, variant: str | None = None) -> list[dict]:
@@ -60,7 +59,7 @@ def encoder_dims(
     bundle: Bundle, batch: tuple[int, int, int] | None = None, sequence: tuple[int, int, int] | None = None
 ) -> dict[str, tuple[int, int, int]]:
     limit = bundle.max_length
-    batch = batch or ENCODER_BATCH
+    batch = batch or bundle.kind.profile_batch
     sequence = sequence or (1, min(128, limit), limit)
     return {"batch": _clamp_triple(*batch), "sequence": _clamp_triple(*sequence)}
 
@@ -73,7 +72,7 @@ def decoder_dims(
 ) -> tuple[dict, dict]:
     """(prefill dims, decode dims). total = past + 1 during decode, so past spans total − 1."""
     limit = bundle.max_length
-    batch = _clamp_triple(*(batch or DECODER_BATCH))
+    batch = _clamp_triple(*(batch or bundle.kind.profile_batch))
     prompt = _clamp_triple(*(prompt or (1, min(64, limit), limit)))
     total = _clamp_triple(*(total or (2, min(128, limit), limit)))
     prefill = {"batch": batch, "sequence": prompt, "total_sequence": prompt, "past_sequence": (0, 0, 0)}
@@ -318,12 +317,9 @@ def read_profile_file(path: Path, bundle: Bundle, variant: str | None = None) ->
         raise UserError(
             f"profile file {path} does not exist; write one with `trtpipe advise {bundle.path} --out {path}`"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(
-            f"profile file {path} is not valid JSON ({exc.__class__.__name__}); rewrite it with `trtpipe advise`"
-        ) from None
+    data = read_json(
+        path, f"profile file {path} is not valid JSON ({{error}}); rewrite it with `trtpipe advise`"
+    )
     profiles = data.get("profiles") if isinstance(data, dict) else data
     return validate_profiles(bundle, profiles, variant)
 

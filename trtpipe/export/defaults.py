@@ -6,8 +6,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .console import info, out, progress, warn
-from .runtime.errors import CheckFailed, UserError
+from ..console import info, out, progress, warn
+from ..runtime.bundle import Bundle
+from ..runtime.errors import CheckFailed, UserError
 
 # (preset, task): real MiniLM for embeddings, the published architectures for speed/size comparisons,
 # and the in-project demo models for outputs that mean something (trained by `make demo-models`).
@@ -31,8 +32,6 @@ def bundle_name(preset: str, task: str) -> str:
 
 
 def _up_to_date(path: Path) -> bool:
-    from .runtime.bundle import Bundle
-
     try:
         bundle = Bundle.load(path)
         bundle.model_path("fp32")
@@ -43,7 +42,7 @@ def _up_to_date(path: Path) -> bool:
 
 
 def default_plan(include_demo: bool = True) -> list[tuple[str, str]]:
-    from .export.inputs import models_dir
+    from .inputs import models_dir
 
     plan = list(DEFAULTS)
     if include_demo:
@@ -54,7 +53,7 @@ def default_plan(include_demo: bool = True) -> list[tuple[str, str]]:
 def export_defaults(
     out_dir: Path, overwrite: bool = False, plan: list[tuple[str, str]] | None = None
 ) -> list[Path]:
-    from .export import export_bundle
+    from .writer import export_bundle
 
     out_dir = Path(out_dir)
     plan = plan or default_plan()
@@ -81,8 +80,6 @@ def export_defaults(
 
 
 def summarize(paths: list[Path]) -> None:
-    from .runtime.bundle import Bundle
-
     table = Table(title="bundles", show_edge=False)
     for col in ("bundle", "family", "task", "parameters", "model.onnx", "onnx / params", "parity", "weights"):
         table.add_column(col)
@@ -114,57 +111,3 @@ def summarize(paths: list[Path]) -> None:
         info(f'      python cli.py generate {decoders[-1]} "The list" --max-new-tokens 32')
     if paths:
         info(f"      python cli.py benchmark --engine {paths[0]}")
-
-
-# What `make optimize` adds: fused + dynamic int8 for encoders (CPU), fp16 + int8-qdq for TensorRT, and
-# weight-only int4 / int8 for GPT-2 decoding.
-OPTIMIZE = {
-    "embed": ["fused", "int8", "fp16", "int8-qdq"],
-    "classify": ["fused", "int8", "fp16", "int8-qdq"],
-    "fill-mask": ["int8", "fp16"],
-    "generate": ["int4", "int8-wo", "int8", "fp16"],
-}
-
-
-def optimize_defaults(out_dir: Path, retry_refused: bool = False) -> dict[str, list[str]]:
-    """What `make optimize` runs: the OPTIMIZE variants each bundle lacks. On real weights (MiniLM, the demo models)
-    every gate is enforced: a variant that fails is not written, reported, and the run goes on (the gate did its
-    job). Random-weight bundles exist for speed, size and parity, and their near-uniform outputs make any gate
-    meaningless, so their variants are written with the gate measured and recorded as forced (`gate.forced`).
-    A variant refused before (manifest `refused`, same fp32 model) is skipped unless `retry_refused`."""
-    from .optimize.variants import optimize_bundle, refusal_is_current
-    from .runtime.bundle import Bundle
-
-    plan, skipped = [], []
-    for path in sorted(Path(out_dir).iterdir()):
-        if (path / "manifest.json").is_file():
-            bundle = Bundle.load(path)
-            for precision in OPTIMIZE.get(bundle.task, []):
-                if precision in bundle.variants:
-                    continue
-                if not retry_refused and refusal_is_current(bundle, precision):
-                    skipped.append(f"{path.name} {precision}")
-                    continue
-                plan.append((path, precision, bundle.random_weights))
-    if skipped:
-        info(
-            f"[dim]refused before (same fp32 model), not retried: {', '.join(skipped)}; "
-            "`trtpipe optimize-defaults --retry-refused` tries again[/]"
-        )
-    result: dict[str, list[str]] = {"written": [], "refused": [], "skipped": skipped}
-    for path, precision, random_weights in plan:
-        note = " [dim](random weights: gate recorded, not enforced)[/]" if random_weights else ""
-        info(f"[bold]{path.name}[/]: {precision}{note}")
-        try:
-            optimize_bundle(path, precision, force=random_weights)
-        except CheckFailed as exc:
-            warn(str(exc))
-            result["refused"].append(f"{path.name} {precision}")
-        else:
-            result["written"].append(f"{path.name} {precision}")
-    if result["refused"]:
-        warn(
-            f"not written, failed their accuracy gate: {', '.join(result['refused'])}; "
-            "`trtpipe optimize BUNDLE --precision P --force` keeps one anyway"
-        )
-    return result

@@ -15,7 +15,7 @@ import numpy as np
 from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
 from .memory import GIB, estimate_memory
-from .profiles import DECODER_BATCH, ENCODER_BATCH, decoder_dims, encoder_dims, input_specs, materialize
+from .profiles import decoder_dims, encoder_dims, input_specs, materialize
 
 BUCKET = 16  # histogram bucket and opt granularity (tokens)
 MAX_ROUND = 64  # max is p99 rounded up to this
@@ -59,7 +59,7 @@ def token_lengths(bundle: Bundle, texts: list[str]) -> np.ndarray:
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise UserError("no text to measure: give a --texts file with one non-empty text per line")
-    encodings = encoder.plain.encode_batch(texts, add_special_tokens=not bundle.is_decoder)
+    encodings = encoder.plain.encode_batch(texts, add_special_tokens=bundle.kind.special_tokens)
     return np.array([len(e.ids) for e in encodings], dtype=np.int64)
 
 
@@ -89,7 +89,7 @@ def advise(
     limit = bundle.max_length
     p = {f"p{q}": int(np.ceil(np.percentile(lengths, q))) for q in (50, 75, 90, 99)}
     p["max"] = int(lengths.max())
-    low_batch, default_opt, default_max = DECODER_BATCH if bundle.is_decoder else ENCODER_BATCH
+    low_batch, default_opt, default_max = bundle.kind.profile_batch
     max_batch = max_batch or default_max
     opt_batch = min(opt_batch or default_opt, max_batch)
     if max_batch < 1 or opt_batch < 1:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import corpus
-from .runtime.bundle import Bundle
-from .runtime.generate import Generator, Sampling
+from .. import corpus
+from ..runtime import kv
+from ..runtime.bundle import Bundle
+from ..runtime.generate import Generator
+from ..runtime.sampling import Sampling
+from ..runtime.session import open_session
+from .compare import TOLERANCES
 
 
 def _prompts(generator: Generator, n: int, max_tokens: int = 24) -> list[list[int]]:
@@ -15,7 +19,7 @@ def _prompts(generator: Generator, n: int, max_tokens: int = 24) -> list[list[in
     return [generator.encoder.encode_prompt(t)[:max_tokens] for t in texts]
 
 
-def _step_logits(
+def step_logits(
     generator: Generator, prompt: list[int], steps: int, forced: list[int] | None = None
 ) -> tuple[list[np.ndarray], list[int]]:
     """Logits at the prompt's end and after each generated (or forced) token, through the cached runner."""
@@ -38,16 +42,7 @@ def _uncached_logits(session, prompt: list[int], tokens: list[int], bundle: Bund
     out = []
     for n in range(len(tokens) + 1):
         ids = prompt + tokens[:n]
-        feeds = {
-            "input_ids": np.asarray([ids], np.int64),
-            "attention_mask": np.ones((1, len(ids)), np.int64),
-            "position_ids": np.arange(len(ids), dtype=np.int64)[None],
-        }
-        for layer in range(model["num_layers"]):
-            for kind in ("key", "value"):
-                feeds[f"past_key_values.{layer}.{kind}"] = np.zeros(
-                    (1, model["num_heads"], 0, model["head_dim"]), np.float32
-                )
+        feeds = kv.full_sequence(ids, model["num_layers"], model["num_heads"], model["head_dim"])
         out.append(session.run(feeds)["logits"][0, -1].astype(np.float32))
     return out
 
@@ -58,7 +53,7 @@ def cache_level(
     """Cached decoding (the runtime's fast path) vs the full sequence through the graph every step."""
     worst = 0.0
     for prompt in _prompts(generator, prompts):
-        cached, tokens = _step_logits(generator, prompt, steps)
+        cached, tokens = step_logits(generator, prompt, steps)
         uncached = _uncached_logits(reference_session, prompt, tokens, bundle)
         worst = max(worst, max(float(np.abs(a - b).max()) for a, b in zip(cached, uncached)))
     return {
@@ -74,8 +69,6 @@ def cache_level(
 
 def topk_level(generator: Generator, reference, prompts: int = 8, steps: int = 8) -> dict:
     """Teacher-forced next-token predictions along real sentences: top-1 agreement and top-5 overlap vs PyTorch."""
-    from .parity import TorchSession  # noqa: F401  (reference is a TorchSession)
-
     agree = overlap = total = 0
     texts = corpus.sample(prompts, split="heldout", seed=2)
     for text in texts:
@@ -83,7 +76,7 @@ def topk_level(generator: Generator, reference, prompts: int = 8, steps: int = 8
         if len(ids) < 4:
             continue
         prompt, forced = ids[: max(2, len(ids) - steps)], ids[max(2, len(ids) - steps) :]
-        ours, _ = _step_logits(generator, prompt, len(forced), forced)
+        ours, _ = step_logits(generator, prompt, len(forced), forced)
         theirs = _reference_logits(reference, prompt + forced, len(prompt))
         for a, b in zip(ours, theirs):
             top_a, top_b = np.argsort(-a)[:5], np.argsort(-b)[:5]
@@ -170,9 +163,6 @@ def batch_level(generator: Generator, prompts: int = 4, new_tokens: int = 8) -> 
 
 
 def decoder_levels(bundle: Bundle, reference, backend: str, variant: str, atol: float = 1e-4) -> dict:
-    from .parity import TOLERANCES
-    from .runtime.session import open_session
-
     atol = max(atol, TOLERANCES.get(backend, (atol, atol))[0])  # TensorRT / CUDA may use TF32
 
     base = None if variant in ("fp32", "kv-inplace") else variant

@@ -1,4 +1,5 @@
-"""CLI commands: engines (registered on trtpipe.cli.app) — build, build-defaults, lint, advise, doctor."""
+"""CLI, stage 3: `build` a TensorRT engine, `build-defaults` (what `make engines` runs), `lint` a variant for
+TensorRT, `advise` profile shapes from real text."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from ..cli import BundleArg, JsonOpt, QuietOpt, _print_json, _read_lines, command
 from ..console import info, out, warn
+from ..runtime.bundle import Bundle
 from ..runtime.errors import CheckFailed, UserError
+from ._common import BundleArg, JsonOpt, QuietOpt, command, mib, print_json, read_lines
 
 FlavourOpt = Annotated[
     str | None,
@@ -18,13 +20,11 @@ FlavourOpt = Annotated[
         help="trt10 (TensorRT 10, needs a GPU) or rtx (TensorRT-RTX, builds on a CPU-only machine)",
     ),
 ]
+
+
 EngineVariantOpt = Annotated[
     str, typer.Option("--variant", help="fp32 | fp16 | int8-qdq (the ONNX variant to build)")
 ]
-
-
-def _mib(n: int | float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
 
 
 @command("build")
@@ -87,8 +87,9 @@ def build_cmd(
     quiet: QuietOpt = False,
 ):
     """Build a TensorRT engine from a bundle's ONNX variant (skipped when up to date)."""
-    from ..optimize.engine import BuildOptions, build_engine, plan_build
-    from ..optimize.profiles import describe
+    from ..build.builder import build_engine
+    from ..build.plan import BuildOptions, plan_build
+    from ..build.profiles import describe
 
     options = BuildOptions(
         variant=variant,
@@ -110,13 +111,13 @@ def build_cmd(
     if print_trtexec:
         plan = plan_build(bundle, options, need_library=False)
         if as_json:
-            _print_json({"trtexec": plan.trtexec, "profiles": plan.profiles, "engine": plan.file})
+            print_json({"trtexec": plan.trtexec, "profiles": plan.profiles, "engine": plan.file})
         else:
             out.print(plan.trtexec, markup=False, highlight=False, soft_wrap=True)
         return
     result = build_engine(bundle, options)
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     entry = result.entry
     if result.skipped:
@@ -125,7 +126,7 @@ def build_cmd(
         )
         return
     out.print(
-        f"built {result.bundle}/{result.file} ({_mib(entry['bytes'])}) in {entry['build_seconds']:.1f}s · "
+        f"built {result.bundle}/{result.file} ({mib(entry['bytes'])}) in {entry['build_seconds']:.1f}s · "
         f"{entry['flavour']} {entry['tensorrt_version']} · target {entry['target']} "
         f"(compute capability {', '.join(entry['compute_capabilities']) or '?'})",
         markup=False,
@@ -148,11 +149,11 @@ def build_defaults_cmd(
     """Build engines for every bundle in a directory (what `make engines` runs); skips what is up to date."""
     from rich.table import Table
 
-    from ..optimize.engine import build_defaults
+    from ..build.defaults import build_defaults
 
     results = build_defaults(out_dir, flavour=flavour, overwrite=overwrite)
     if as_json:
-        _print_json([r.to_dict() for r in results])
+        print_json([r.to_dict() for r in results])
         return
     table = Table(title="engines", show_edge=False)
     for col in ("bundle", "engine", "size", "profiles", "build"):
@@ -161,7 +162,7 @@ def build_defaults_cmd(
         table.add_row(
             r.bundle.name,
             r.file,
-            _mib(r.entry.get("bytes", 0)),
+            mib(r.entry.get("bytes", 0)),
             str(len(r.entry.get("profiles", []))),
             "up to date" if r.skipped else f"{r.seconds:.1f}s",
         )
@@ -185,11 +186,11 @@ def lint_cmd(
     """Will TensorRT parse this variant? Names each unsupported node and why; exits 1 if any."""
     from rich.markup import escape
 
-    from ..optimize.lint import lint_bundle
+    from ..build.lint import lint_bundle
 
     report = lint_bundle(bundle, variant, flavour=flavour, table=table)
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         out.print(
             f"{escape(report.bundle)} {report.variant} ({report.file}): {report.nodes or '?'} nodes · {report.method}"
@@ -228,16 +229,15 @@ def advise_cmd(
     """Suggest TensorRT min/opt/max shapes from the token lengths of real text."""
     from rich.table import Table
 
-    from ..optimize.advise import advise
-    from ..optimize.profiles import write_profile_file
-    from ..runtime.bundle import Bundle
+    from ..build.advise import advise
+    from ..build.profiles import write_profile_file
 
     if max_batch is not None and max_batch < 1:
         raise UserError(f"--max-batch must be ≥ 1 (got {max_batch})")
     if opt_batch is not None and opt_batch < 1:
         raise UserError(f"--opt-batch must be ≥ 1 (got {opt_batch})")
     loaded = Bundle.load(bundle)
-    lines = _read_lines(texts) if texts is not None else None
+    lines = read_lines(texts) if texts is not None else None
     advice = advise(
         loaded, lines, source=str(texts) if texts else None, max_batch=max_batch, opt_batch=opt_batch
     )
@@ -246,7 +246,7 @@ def advise_cmd(
             out_file, loaded, advice.profiles, {"percentiles": advice.percentiles, "texts": advice.texts}
         )
     if as_json:
-        _print_json({**advice.to_dict(), "written": str(out_file) if out_file else None})
+        print_json({**advice.to_dict(), "written": str(out_file) if out_file else None})
         return
     p = advice.percentiles
     out.print(
@@ -274,15 +274,3 @@ def advise_cmd(
         warn(message)
     if out_file is not None:
         info(f"wrote {out_file}; build with: trtpipe build {bundle} --profile-from {out_file}")
-
-
-@command("doctor")
-def doctor_cmd(as_json: JsonOpt = False):
-    """Versions, GPUs, ONNX Runtime providers, what each backend needs, and known-bad combinations."""
-    from ..doctor import diagnose, print_diagnosis
-
-    diagnosis = diagnose()
-    if as_json:
-        _print_json(diagnosis.to_dict())
-        return
-    print_diagnosis(diagnosis)

@@ -154,7 +154,7 @@ def estimate_memory(
         activations=activations,
         outputs=outputs,
         kv=kv,
-        kv_copies=2 if bundle.is_decoder else 0,
+        kv_copies=bundle.kind.device_kv_copies,
         workspace=workspace,
         dtype_bytes=dtype_bytes,
         batch=peak_batch,

@@ -1,0 +1,119 @@
+"""CLI: `benchmark --engine BUNDLE` (every backend / variant / shape, peers side by side) and `compare` (BERT vs
+ALBERT vs GPT-2: size, latency, memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    JsonOpt,
+    QuietOpt,
+    ThreadsOpt,
+    command,
+    parse_ints,
+    parse_names,
+    print_json,
+    read_lines,
+)
+
+
+@command("benchmark")
+def benchmark_cmd(
+    engine: Annotated[Path, typer.Option("--engine", help="the bundle to benchmark (directory)")],
+    backend: Annotated[
+        str, typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt | torch | all (comma list)")
+    ] = "ort-cpu",
+    variant: Annotated[str, typer.Option("--variant", help="variant name(s), comma list, or all")] = "fp32",
+    batch: Annotated[str, typer.Option("--batch", help="encoder batch sizes, e.g. 1,8")] = "1,8",
+    seq: Annotated[int, typer.Option("--seq", help="encoder sequence length (tokens)")] = 128,
+    prompt_len: Annotated[
+        str, typer.Option("--prompt-len", help="decoder prompt lengths, e.g. 32,512")
+    ] = "32,512",
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="decoder tokens to generate")] = 64,
+    threads: ThreadsOpt = 2,
+    warmup: Annotated[int, typer.Option("--warmup", help="warm-up runs per row")] = 2,
+    iters: Annotated[int, typer.Option("--iters", help="runs per row per round")] = 4,
+    rounds: Annotated[int, typer.Option("--rounds", help="interleaved rounds")] = 5,
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", help="time per row instead of --iters")
+    ] = None,
+    baseline: Annotated[
+        str,
+        typer.Option(
+            "--baseline",
+            help="peers in the same run: torch, optimum (encoders); torch, optimum, genai (GPT-2)",
+        ),
+    ] = "",
+    workload: Annotated[
+        Path | None, typer.Option("--workload", help="UTF-8 file of real texts: end-to-end task throughput")
+    ] = None,
+    workload_batch: Annotated[int, typer.Option("--workload-batch", help="batch size for --workload")] = 8,
+    memory: Annotated[
+        bool, typer.Option("--memory/--no-memory", help="peak RSS per row (a fresh process each)")
+    ] = True,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="report directory (JSON, CSV, Markdown, PNG)")
+    ] = Path("reports"),
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Benchmark a bundle on every backend / variant / shape asked, with peers side by side, on identical inputs."""
+    if workload is not None:
+        from ..benchmark.workload import run_workload
+
+        report = run_workload(
+            engine,
+            read_lines(workload),
+            batch_size=workload_batch,
+            threads=threads,
+            baselines=parse_names(baseline) or ["optimum"],
+            out_dir=out_dir,
+            rounds=rounds,
+        )
+    else:
+        from ..benchmark.run import benchmark
+
+        report = benchmark(
+            engine,
+            parse_names(backend),
+            parse_names(variant),
+            parse_ints(batch, "--batch"),
+            seq,
+            parse_ints(prompt_len, "--prompt-len"),
+            new_tokens,
+            threads,
+            warmup,
+            iters,
+            seconds,
+            parse_names(baseline),
+            out_dir,
+            rounds=rounds,
+            memory=memory,
+        )
+    if as_json:
+        print_json(report)
+
+
+@command("compare")
+def compare_cmd(
+    bundles: Annotated[list[Path], typer.Argument(help="bundles to compare (e.g. BERT, ALBERT and GPT-2)")],
+    threads: ThreadsOpt = 2,
+    seq: Annotated[
+        int, typer.Option("--seq", help="tokens per forward pass (encoders) / prompt (GPT-2)")
+    ] = 128,
+    memory: Annotated[
+        bool, typer.Option("--memory/--no-memory", help="peak RSS per model (a fresh process each)")
+    ] = True,
+    out_dir: Annotated[Path, typer.Option("--out", help="report directory")] = Path("reports"),
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """BERT vs ALBERT vs GPT-2, measured: parameters, unique weight bytes, bundle size per variant, latency, memory."""
+    from ..benchmark.compare import compare
+
+    report = compare(bundles, threads=threads, seq=seq, memory=memory, out_dir=out_dir)
+    if as_json:
+        print_json(report)

@@ -1,0 +1,72 @@
+"""CLI, stage 2: `optimize` adds a gated variant to a bundle; `optimize-defaults` is what `make optimize` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import BundleArg, JsonOpt, QuietOpt, command, print_json
+
+
+@command("optimize")
+def optimize_cmd(
+    bundle: BundleArg,
+    precision: Annotated[
+        str, typer.Option("--precision", help="fused | fp16 | int8 | int8-qdq | int8-wo | int4")
+    ],
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="UTF-8 file, one calibration text per line")
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="int8-qdq calibration: minmax | entropy | percentile")
+    ] = "minmax",
+    block_size: Annotated[int, typer.Option("--block-size", help="int4 / int8-wo block size")] = 32,
+    lm_head: Annotated[
+        bool, typer.Option("--lm-head/--no-lm-head", help="GPT-2: quantise the LM head too")
+    ] = True,
+    accuracy_level: Annotated[
+        int, typer.Option("--accuracy-level", help="MatMulNBits accuracy level (4 = int8 compute)")
+    ] = 4,
+    gate_texts: Annotated[
+        Path | None, typer.Option("--gate-texts", help="held-out texts for the accuracy gate (one per line)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="write the variant even if it fails its gate (recorded)")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="rebuild a variant that exists")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Add an optimised variant to a bundle: fusion, fp16 with fp32 islands, int8, weight-only int4/int8 (gated)."""
+    from ..optimize.variants import optimize_bundle
+
+    entry = optimize_bundle(
+        bundle,
+        precision,
+        calibration=calibration,
+        force=force,
+        overwrite=overwrite,
+        method=method,
+        block_size=block_size,
+        lm_head=lm_head,
+        accuracy_level=accuracy_level,
+        gate_texts=gate_texts,
+    )
+    if as_json:
+        print_json(entry)
+
+
+@command("optimize-defaults")
+def optimize_defaults_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="the bundles directory")] = Path("bundles"),
+    retry_refused: Annotated[
+        bool, typer.Option("--retry-refused", help="try again the variants whose gate refused them before")
+    ] = False,
+    quiet: QuietOpt = False,
+):
+    """Add the default optimised variants to the default bundles (what `make optimize` runs)."""
+    from ..optimize.defaults import optimize_defaults
+
+    optimize_defaults(out_dir, retry_refused=retry_refused)

@@ -1,0 +1,71 @@
+"""The searches behind the lossy variants: a calibration gate that judges a candidate on calibration text (the
+recorded gate uses held-out text), and the weight-only ladder from the requested settings to the safest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from ..console import status
+from ..export import graph
+from ..runtime.bundle import Bundle
+from ..runtime.store import temp_name
+from . import gate
+
+
+def calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str], headroom: float = 0.0):
+    """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text), with
+    `headroom` (GateResult.passed_with_headroom) for searches whose rungs are coarse."""
+    texts = calib_texts[: bundle.kind.qdq_calibration_texts]
+
+    def passes(candidate: onnx.ModelProto) -> bool:
+        path = temp_name(
+            bundle.path / f"model.{precision}.onnx"
+        )  # a killed run leaves a .tmp- file the next writer removes
+        try:
+            graph.save_onnx(candidate, path)
+            return gate.evaluate(bundle, path, precision, texts).passed_with_headroom(headroom)
+        finally:
+            path.unlink(missing_ok=True)
+
+    return passes
+
+
+def weight_only_rungs(block_size: int, lm_head: bool) -> list[tuple[int, bool]]:
+    """Weight-only settings from the requested (smallest file, fastest) to the safest: the LM head back in fp32
+    (GPT-2's tied head is the one matrix whose error reaches every logit directly), then half the block size."""
+    rungs = [(block_size, lm_head), (block_size, False), (max(16, block_size // 2), False)]
+    return list(dict.fromkeys(rungs))
+
+
+def weight_only_gated(
+    bundle: Bundle,
+    source: Path,
+    precision: str,
+    calib_texts: list[str],
+    block_size: int,
+    lm_head: bool,
+    accuracy_level: int,
+    force: bool,
+):
+    """MatMulNBits at the requested settings; when the calibration gate refuses them (and not `force`, which keeps
+    exactly what was asked for), the next rung of `weight_only_rungs`. The held-out gate has the last word."""
+    from .weight_only import quantize_weight_only
+
+    bits = 4 if precision == "int4" else 8
+    rungs = weight_only_rungs(block_size, lm_head)[: 1 if force else None]
+    passes = None if len(rungs) == 1 else calibration_gate(bundle, precision, calib_texts, headroom=1 / 2)
+    source_model = onnx.load(str(source))
+    tried = []
+    for block, head in rungs:
+        with status(f"{precision}: MatMulNBits (block {block}, LM head {'quantised' if head else 'fp32'})"):
+            model, report = quantize_weight_only(
+                source_model, bits, block, lm_head=head, accuracy_level=accuracy_level
+            )
+        ok = passes(model) if passes else None
+        tried.append({"block_size": block, "lm_head": head, "passed_calibration": ok})
+        if ok is not False:
+            break
+    report["plans_tried"] = tried
+    return model, report, None
