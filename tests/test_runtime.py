@@ -205,6 +205,23 @@ def test_length_buckets_group_similar_lengths():
         length_buckets(lengths, 0)
 
 
+def test_length_buckets_bound_the_padding_each_batch_wastes():
+    """A batch is cut where padding to its longest member would waste more than max_waste of its tokens, so mixed
+    lengths never cost much more than their own tokens (the reason batching pays for encoders)."""
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(4, 128, 500)]
+    for max_waste in (0.1, 0.2, 0.5):
+        groups = length_buckets(lengths, batch_size=32, max_waste=max_waste)
+        assert sorted(i for g in groups for i in g) == list(range(500))
+        assert all(len(g) <= 32 for g in groups)
+        for group in groups:
+            padded = len(group) * max(lengths[i] for i in group)
+            assert 1 - sum(lengths[i] for i in group) / padded <= max_waste + 1e-9
+    plain = sum(len(g) * max(lengths[i] for i in g) for g in length_buckets(lengths, 32, max_waste=1.0))
+    tight = sum(len(g) * max(lengths[i] for i in g) for g in length_buckets(lengths, 32, max_waste=0.1))
+    assert tight < plain and tight <= 1.1 * sum(lengths)
+
+
 def test_empty_and_bad_texts(make_bundle):
     pipe = load_pipeline(make_bundle("tiny-bert", "classify"))
     with pytest.raises(UserError, match="empty"):

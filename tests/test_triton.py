@@ -10,6 +10,7 @@ import queue
 import shutil
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -349,9 +350,13 @@ class FakeResponse:
 class FakeSender:
     def __init__(self):
         self.sent = []
+        self.cancelled = False
 
     def send(self, response=None, flags=0):
         self.sent.append((response, flags))
+
+    def is_cancelled(self):
+        return self.cancelled
 
 
 class FakeRequest:
@@ -449,44 +454,107 @@ def test_python_model_json_and_qa_answers_match_the_runtime(task, python_model, 
     assert got == json.loads(json.dumps(expected))  # same rows, same batch: the very same answers
 
 
+def _finished(*senders, timeout: float = 60.0) -> None:
+    """Wait until every sender got its final response (the engine answers from its own thread)."""
+    deadline = time.monotonic() + timeout
+    while not all(any(flags == 1 for _, flags in sender.sent) for sender in senders):
+        assert time.monotonic() < deadline, [sender.sent for sender in senders]
+        time.sleep(0.01)
+
+
 def test_python_model_generation_matches_the_runtime(python_model, tmp_path, gpt2):
+    """execute() only submits (returns None); each request's one final response comes from the engine thread,
+    with exactly what the runtime generates alone — greedy or seeded, whatever the other requests ask."""
     repo = tmp_path / "repo"
     write_repository([f"gen={gpt2}"], repo, RepoOptions())
     write_repository([f"stream={gpt2}"], tmp_path / "repo2", RepoOptions(stream=True))
     model = _instance(python_model, repo, "gen")
     generator = Generator(gpt2)
-    requests = [
-        FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[8]], np.int32)),
-        FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[8]], np.int32)),
-        FakeRequest(
-            text=_texts(PROMPTS[2]),
-            max_new_tokens=np.array([[8]], np.int32),
-            temperature=np.array([[0.8]], np.float32),
-            top_k=np.array([[20]], np.int32),
-            seed=np.array([[7]], np.int64),
-        ),
-        FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[0]], np.int32)),
-    ]
-    responses = model.execute(requests)
-    for index in range(2):
-        expected = generator.generate(PROMPTS[index], max_new_tokens=8)[0]
-        assert responses[index].outputs["ids"][0].tolist() == expected.ids
-        assert responses[index].outputs["completion"][0, 0].decode() == expected.text
-    sampled = generator.generate(PROMPTS[2], 8, Sampling(temperature=0.8, top_k=20, seed=7))[0]
-    assert responses[2].outputs["ids"][0].tolist() == sampled.ids
-    assert "max_new_tokens" in responses[3].error.message()
+    try:
+        requests = [
+            FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[8]], np.int32)),
+            FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[5]], np.int32)),
+            FakeRequest(
+                text=_texts(PROMPTS[2]),
+                max_new_tokens=np.array([[8]], np.int32),
+                temperature=np.array([[0.8]], np.float32),
+                top_k=np.array([[20]], np.int32),
+                seed=np.array([[7]], np.int64),
+            ),
+            FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[0]], np.int32)),
+            FakeRequest(text=_texts(*PROMPTS[:2]), max_new_tokens=np.array([[4], [6]], np.int32)),
+        ]
+        assert model.execute(requests) is None
+        _finished(*(r.sender for r in requests))
+        answers = [r.sender.sent for r in requests]
+        assert all(len(sent) == 1 for sent in answers)  # exactly one (final) response per request
+        for index, steps in ((0, 8), (1, 5)):
+            expected = generator.generate(PROMPTS[index], max_new_tokens=steps)[0]
+            assert answers[index][0][0].outputs["ids"][0].tolist() == expected.ids
+            assert answers[index][0][0].outputs["completion"][0, 0].decode() == expected.text
+        sampled = generator.generate(PROMPTS[2], 8, Sampling(temperature=0.8, top_k=20, seed=7))[0]
+        assert answers[2][0][0].outputs["ids"][0].tolist() == sampled.ids
+        assert "max_new_tokens" in answers[3][0][0].error.message()
+        pair = answers[4][0][0].outputs["ids"]
+        for row, (prompt, steps) in enumerate(zip(PROMPTS[:2], (4, 6))):
+            want = generator.generate(prompt, max_new_tokens=steps)[0].ids
+            assert pair[row][: len(want)].tolist() == want and (pair[row][len(want) :] == -1).all()
+    finally:
+        model.finalize()
     streaming = _instance(python_model, tmp_path / "repo2", "stream")
-    request = FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[6]], np.int32))
-    assert streaming.execute([request]) is None
-    sent = request.sender.sent
-    assert sent[-1] == (None, 1)  # the final flag closes the stream
-    expected = generator.generate(PROMPTS[1], max_new_tokens=6)[0]
-    assert [int(r.outputs["ids"][0, 0]) for r, _ in sent[:-1]] == expected.ids
-    assert "".join(r.outputs["completion"][0, 0].decode() for r, _ in sent[:-1]) == expected.text
-    assert sent[-2][0].outputs["finish"][0, 0].decode() == expected.finish
-    two = FakeRequest(text=_texts(*PROMPTS[:2]))
-    streaming.execute([two])
-    assert two.sender.sent[0][1] == 1 and "one prompt per request" in two.sender.sent[0][0].error.message()
+    try:
+        request = FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[6]], np.int32))
+        assert streaming.execute([request]) is None
+        _finished(request.sender)
+        sent = request.sender.sent
+        assert sent[-1] == (None, 1)  # the final flag closes the stream
+        expected = generator.generate(PROMPTS[1], max_new_tokens=6)[0]
+        assert [int(r.outputs["ids"][0, 0]) for r, _ in sent[:-1]] == expected.ids
+        assert "".join(r.outputs["completion"][0, 0].decode() for r, _ in sent[:-1]) == expected.text
+        assert sent[-2][0].outputs["finish"][0, 0].decode() == expected.finish
+        two = FakeRequest(text=_texts(*PROMPTS[:2]))
+        streaming.execute([two])
+        assert (
+            two.sender.sent[0][1] == 1 and "one prompt per request" in two.sender.sent[0][0].error.message()
+        )
+    finally:
+        streaming.finalize()
+
+
+def test_python_model_frees_a_cancelled_slot_and_bounds_its_queue(python_model, tmp_path, gpt2):
+    """One slot, no queue: a second request is refused at once; a client that goes away mid-stream frees the slot
+    within a step and the next request runs; finalize() ends what is still running with an error, not a hang."""
+    repo = tmp_path / "repo"
+    write_repository([f"gen={gpt2}"], repo, RepoOptions(stream=True, max_batch=1, max_queue=0))
+    model = _instance(python_model, repo, "gen")
+    engine = model.generation.engine
+    long = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[200]], np.int32))
+    model.execute([long])
+    while not long.sender.sent:  # streaming: its first token arrived, it holds the only slot
+        time.sleep(0.005)
+    refused = FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[4]], np.int32))
+    model.execute([refused])
+    assert refused.sender.sent[0][1] == 1 and "queue holds 0" in refused.sender.sent[0][0].error.message()
+    long.sender.cancelled = True
+    _finished(long.sender)
+    assert len(long.sender.sent) < 200  # it stopped early
+    deadline = time.monotonic() + 10
+    while engine.busy:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    after = FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[4]], np.int32))
+    model.execute([after])
+    _finished(after.sender)
+    assert [int(r.outputs["ids"][0, 0]) for r, _ in after.sender.sent[:-1]] == (
+        Generator(gpt2).generate(PROMPTS[1], max_new_tokens=4)[0].ids
+    )
+    stuck = FakeRequest(text=_texts(PROMPTS[2]), max_new_tokens=np.array([[200]], np.int32))
+    model.execute([stuck])
+    model.finalize()
+    _finished(stuck.sender, timeout=10)
+    final = stuck.sender.sent[-1][0]
+    assert final is not None and "stopped" in final.error.message()
+    assert engine.thread is not None and not engine.thread.is_alive() and engine.busy == 0
 
 
 # ------------------------------------------------------------------------------- a real server, on loopback

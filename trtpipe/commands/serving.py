@@ -28,7 +28,10 @@ def triton_cmd(
         ),
     ] = "python",
     max_batch: Annotated[
-        int, typer.Option("--max-batch", help="max_batch_size: most rows Triton batches")
+        int,
+        typer.Option(
+            "--max-batch", help="max_batch_size: most rows Triton batches (GPT-2: requests decoding at once)"
+        ),
     ] = 8,
     instances: Annotated[int, typer.Option("--instances", help="model instances (copies) per model")] = 1,
     dynamic_batching: Annotated[
@@ -78,6 +81,16 @@ def triton_cmd(
             "among the instances)",
         ),
     ] = None,
+    max_queue: Annotated[
+        int,
+        typer.Option("--max-queue", help="GPT-2: requests that may wait for a free slot; more are refused"),
+    ] = 64,
+    prefill_chunk: Annotated[
+        int,
+        typer.Option(
+            "--prefill-chunk", help="GPT-2: prompt tokens prefilled per decode step (others keep going)"
+        ),
+    ] = 64,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing repository")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -98,6 +111,8 @@ def triton_cmd(
         stream=stream,
         python_path=tuple(p.strip() for p in (python_path or "").split(",") if p.strip()),
         threads=threads,
+        max_queue=max_queue,
+        prefill_chunk=prefill_chunk,
     )
     planned = write_repository(bundles, out_dir, options, overwrite=overwrite)
     if as_json:

@@ -5,6 +5,7 @@ pipe = load_pipeline("bundles/minilm-embed")
 vectors = pipe.embed(["a sentence", "another one"])
 """
 
+from .batching import BatchEngine
 from .bundle import Bundle
 from .errors import CheckFailed, UserError
 from .feeds import check_feeds
@@ -17,6 +18,7 @@ from .text import TextEncoder
 
 __all__ = [
     "BACKENDS",
+    "BatchEngine",
     "Bundle",
     "CheckFailed",
     "Completion",

@@ -102,13 +102,18 @@ class Generator:
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
         ids, _ = self.encode(prompts)
-        self._fit(ids, int(max_new_tokens), truncate)
+        self.fit(ids, int(max_new_tokens), truncate)
 
-    def _fit(self, ids: list[list[int]], max_new_tokens: int, truncate: bool) -> list[list[int]]:
-        room = self.max_positions - max_new_tokens
+    def fit(
+        self, ids: list[list[int]], max_new_tokens: int, truncate: bool, positions: int | None = None
+    ) -> list[list[int]]:
+        """The prompts, each checked to leave room for max_new_tokens in `positions` (default: the model's); a
+        longer one is a UserError, or keeps its tail with `truncate`."""
+        positions = positions or self.max_positions
+        room = positions - max_new_tokens
         if room < 1:
             raise UserError(
-                f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in {self.max_positions} positions"
+                f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in {positions} positions"
             )
         fitted = []
         for index, prompt in enumerate(ids):
@@ -116,7 +121,7 @@ class Generator:
                 if not truncate:
                     raise UserError(
                         f"prompt {index + 1} is {len(prompt)} tokens; with --max-new-tokens {max_new_tokens} it must be "
-                        f"≤ {room} (the model has {self.max_positions} positions); shorten it or pass --truncate to keep its tail"
+                        f"≤ {room} ({_positions(positions, self.max_positions)}); shorten it or pass --truncate to keep its tail"
                     )
                 prompt = prompt[-room:]
             fitted.append(prompt)
@@ -144,7 +149,7 @@ class Generator:
         if self.eos_id is not None and not ignore_eos:
             stop_ids.add(int(self.eos_id))
         ids, _ = self.encode(prompts)
-        ids = self._fit(ids, int(max_new_tokens), truncate)
+        ids = self.fit(ids, int(max_new_tokens), truncate)
         batch = len(ids)
         rng = np.random.default_rng(sampling.seed)
         capacity = max(len(p) for p in ids) + int(max_new_tokens)
@@ -219,6 +224,12 @@ class Generator:
             )
             for p, i, t, f, n in zip(texts_in, ids, pieces, finish, counts)
         ]
+
+
+def _positions(positions: int, model: int) -> str:
+    if positions == model:
+        return f"the model has {model} positions"
+    return f"a slot holds {positions} positions; the model has {model}"
 
 
 # ---------------------------------------------------------------------------------------------------- oracle

@@ -234,15 +234,28 @@ def check_texts(texts, what: str = "text") -> None:
             raise UserError(f"{what} {index + 1} is empty; pass non-empty text")
 
 
-def length_buckets(lengths: list[int], batch_size: int, window: int | None = None) -> list[list[int]]:
-    """Group indices into batches of similar length: sort by length inside windows of `window` items (keeps
-    memory bounded for streams and order roughly stable), then cut into batches of `batch_size`."""
+def length_buckets(
+    lengths: list[int], batch_size: int, max_waste: float = 0.2, window: int | None = None
+) -> list[list[int]]:
+    """Group indices into batches of similar length, so that padding each batch to its longest member costs little:
+    sort by length inside windows of `window` items (bounded memory for streams, order roughly kept), then cut
+    wherever a batch would exceed `batch_size` rows or waste more than `max_waste` of its padded tokens."""
     if batch_size < 1:
         raise UserError(f"batch size must be ≥ 1 (got {batch_size})")
     window = window or batch_size * 16
     order = list(range(len(lengths)))
     groups: list[list[int]] = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
-        groups.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        batch: list[int] = []
+        tokens = 0
+        for index in sorted(order[start : start + window], key=lambda i: lengths[i]):
+            longest = max(lengths[index], 1)  # sorted: the newcomer is the longest
+            waste = 1 - (tokens + lengths[index]) / ((len(batch) + 1) * longest)
+            if batch and (len(batch) == batch_size or waste > max_waste):
+                groups.append(batch)
+                batch, tokens = [], 0
+            batch.append(index)
+            tokens += lengths[index]
+        if batch:
+            groups.append(batch)
     return groups

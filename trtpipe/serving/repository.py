@@ -84,6 +84,8 @@ class RepoOptions:
     stream: bool = False  # python backend, generation: decoupled (streamed) responses
     python_path: tuple[str, ...] = ()
     threads: int | None = None  # python backend: intra-op threads per instance (None: auto)
+    max_queue: int = 64  # generation: requests that may wait for a slot before new ones are refused
+    prefill_chunk: int = 64  # generation: prompt tokens prefilled per engine step
 
 
 @dataclass
@@ -131,6 +133,10 @@ def _check_options(options: RepoOptions) -> None:
         raise UserError(f"--max-queue-delay-us must be between 0 and 10000000 (got {options.queue_delay_us})")
     if options.threads is not None and not 1 <= options.threads <= 1024:
         raise UserError(f"--threads must be between 1 and 1024 (got {options.threads})")
+    if not 0 <= options.max_queue <= 100_000:
+        raise UserError(f"--max-queue must be between 0 and 100000 (got {options.max_queue})")
+    if not 1 <= options.prefill_chunk <= 65_536:
+        raise UserError(f"--prefill-chunk must be between 1 and 65536 (got {options.prefill_chunk})")
     if options.threads is not None and options.backend != "python":
         raise UserError("--threads applies to --backend python only")
     if options.device not in ("auto", "cpu", "gpu"):
@@ -238,14 +244,19 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
         "runtime": options.runtime,
         "variant": variant or "",
         "threads": str(options.threads) if options.threads else "auto",  # auto: half the CPUs, shared
-        "batch_size": str(options.max_batch if bundle.is_decoder else 32),
+        "batch_size": "32",  # encoder rows per length-grouped batch
         "trtpipe_version": __version__,
         "sys_path": json.dumps(list(options.python_path)),
     }
     if bundle.task == "fill-mask":
         parameters["top_k"] = "5"
-    if bundle.is_decoder:
-        parameters["max_new_tokens"] = "64"
+    if bundle.is_decoder:  # one in-flight batching engine: max_batch slots, a bounded queue, chunked prefill
+        parameters.update(
+            max_new_tokens="64",
+            slots=str(options.max_batch),
+            max_queue=str(options.max_queue),
+            prefill_chunk=str(options.prefill_chunk),
+        )
     config = build_config(
         name, "python", inputs, outputs, scheduling, parameters=parameters, decoupled=decoupled
     )

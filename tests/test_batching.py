@@ -1,0 +1,187 @@
+"""In-flight batching: every request gets exactly what it gets alone, slots are reused, prompts prefill in chunks,
+cancelled requests free their slot, the queue is bounded, bad requests fail alone, the thread shuts down cleanly."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from trtpipe import corpus
+from trtpipe.optimize.variants import optimize_bundle
+from trtpipe.runtime import BatchEngine, Generator, Sampling, UserError
+from trtpipe.runtime.request import EngineStopped, QueueFull
+
+
+@pytest.fixture(scope="module")
+def gpt2(make_bundle):
+    return make_bundle("tiny-gpt2", "generate")
+
+
+def _mix(generator: Generator, count: int = 12) -> list[dict]:
+    """Requests of different lengths and settings: greedy and seeded samples (top-k, top-p, repetition penalty),
+    different max_new_tokens, and stop strings taken from what the request would generate (so they trigger)."""
+    texts = corpus.sample(count, split="heldout", seed=5)
+    rng = np.random.default_rng(1)
+    mix = []
+    for index, text in enumerate(texts):
+        ids = generator.encoder.encode_prompt(" ".join([text] * 4))[: 3 + 13 * index]
+        if index % 3 == 0:
+            sampling = Sampling()
+        else:
+            sampling = Sampling(
+                temperature=0.7 + 0.1 * (index % 4),
+                top_k=(0, 40)[index % 2],
+                top_p=(1.0, 0.9)[(index // 2) % 2],
+                repetition_penalty=(1.0, 1.3)[(index // 3) % 2],
+                seed=100 + index,
+            )
+        item = {"prompt": ids, "max_new_tokens": int(rng.integers(2, 30)), "sampling": sampling, "stop": None}
+        if index % 4 == 1:
+            text_alone = generator.generate([ids], item["max_new_tokens"], sampling)[0].text
+            if len(text_alone) > 6:
+                item["stop"] = [text_alone[len(text_alone) // 2 : len(text_alone) // 2 + 2]]
+        mix.append(item)
+    return mix
+
+
+def _alone(generator: Generator, item: dict):
+    return generator.generate([item["prompt"]], item["max_new_tokens"], item["sampling"], item["stop"])[0]
+
+
+def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2):
+    generator = Generator(gpt2)
+    mix = _mix(generator)
+    expected = [_alone(generator, item) for item in mix]
+    assert any(e.finish == "stop" for e in expected)  # the stop strings do trigger
+    engine = BatchEngine(gpt2, slots=4, chunk=16)
+    requests, slots_seen = [], {}
+    for index, item in enumerate(mix):  # arrivals spread over the run: four now, then one every other step
+        requests.append(engine.submit(item["prompt"], item["max_new_tokens"], item["sampling"], item["stop"]))
+        if index >= 3:
+            engine.step()
+            engine.step()
+        for request in requests:
+            if request.slot >= 0:
+                slots_seen.setdefault(request.slot, set()).add(request.id)
+    engine.run()
+    for item, want, request in zip(mix, expected, requests):
+        got = request.result()
+        assert got.ids == want.ids, (item, got.ids, want.ids)
+        assert got.text == want.text and got.finish == want.finish
+    assert max(len(ids) for ids in slots_seen.values()) >= 2  # a freed slot was taken by a later request
+    assert max(len(item["prompt"]) for item in mix) > 16  # some prompts were prefilled in several chunks
+    assert engine.busy == 0 and engine.idle()
+    assert engine.stats["prefill_tokens"] == sum(len(item["prompt"]) for item in mix)
+
+
+@pytest.mark.parametrize("precision", ["int8-wo", "int4"])
+def test_weight_only_in_place_variants_batch_too(gpt2, copy_bundle, precision):
+    path = copy_bundle(gpt2)
+    optimize_bundle(path, precision, force=True)
+    generator = Generator(path, variant=precision)
+    assert generator.variant == f"{precision}.kv-inplace"
+    mix = _mix(generator, count=5)
+    engine = BatchEngine(path, variant=precision, slots=3, chunk=8)
+    requests = [engine.submit(i["prompt"], i["max_new_tokens"], i["sampling"], i["stop"]) for i in mix]
+    engine.run()
+    for item, request in zip(mix, requests):
+        assert request.result().ids == _alone(generator, item).ids
+
+
+def test_cancelled_requests_free_their_slot_and_the_others_go_on(gpt2):
+    generator = Generator(gpt2)
+    engine = BatchEngine(gpt2, slots=2, chunk=64)
+    doomed = engine.submit("The list of", max_new_tokens=100, ignore_eos=True)
+    other = engine.submit("A class", max_new_tokens=12)
+    queued = engine.submit("def main", max_new_tokens=100)
+    for _ in range(3):
+        engine.step()
+    assert doomed.state == "running" and queued.state == "waiting"
+    engine.cancel(doomed)
+    engine.cancel(queued)
+    engine.step()  # the next step retires the cancelled row before it decodes
+    assert doomed.slot not in [r.slot for r in engine.table if r is not None]
+    # step 1: prefill (token 1) and decode (token 2); steps 2, 3: one token each; step 4 retired it first
+    assert doomed.finish == "cancelled" and len(doomed.tokens) == 4 and doomed.done.is_set()
+    assert queued.finish == "cancelled" and not queued.tokens and not engine.waiting
+    engine.run()
+    assert other.result().ids == generator.generate("A class", max_new_tokens=12)[0].ids
+    assert engine.busy == 0
+
+
+def test_the_queue_is_bounded_and_bad_requests_fail_alone(gpt2):
+    engine = BatchEngine(gpt2, slots=1, max_queue=1, capacity=64)
+    first = engine.submit("The list", max_new_tokens=4)  # takes the slot
+    second = engine.submit("A class", max_new_tokens=4)  # waits
+    with pytest.raises(QueueFull, match=r"queue holds 1"):
+        engine.submit("One more", max_new_tokens=4)
+    with pytest.raises(UserError, match=r"a slot holds 64 positions"):
+        engine.submit(list(range(1, 80)), max_new_tokens=4)
+    with pytest.raises(UserError, match=r"--top-p must be in \(0, 1\]"):
+        engine.submit("x", sampling=Sampling(top_p=1.5))
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        engine.submit([1, 99999], max_new_tokens=2)
+    with pytest.raises(UserError, match="max_new_tokens must be ≥ 1"):
+        engine.submit("x", max_new_tokens=0)
+    engine.run()
+    assert len(first.result().ids) == 4 and len(second.result().ids) == 4
+    for bad in ({"slots": 0}, {"chunk": 0}, {"capacity": 100_000}):
+        with pytest.raises(UserError):
+            BatchEngine(gpt2, **bad)
+
+
+def test_streams_token_by_token_like_the_generator(gpt2):
+    generator = Generator(gpt2)
+    engine = BatchEngine(gpt2, slots=2)
+    request = engine.submit("Hello there", max_new_tokens=10)
+    background = engine.submit("The list", max_new_tokens=7)
+    tokens = list(engine.stream(request))
+    alone = list(generator.stream("Hello there", max_new_tokens=10))
+    assert [(t.id, t.text, t.finish) for t in tokens] == [(t.id, t.text, t.finish) for t in alone]
+    engine.run()
+    assert background.result().ids == generator.generate("The list", max_new_tokens=7)[0].ids
+
+
+def test_the_engine_thread_serves_many_callers_and_shuts_down_cleanly(gpt2):
+    generator = Generator(gpt2)
+    engine = BatchEngine(gpt2, slots=3, chunk=8).start()
+    prompts = [f"Prompt number {i} says" for i in range(8)]
+    results: dict[int, list[int]] = {}
+
+    def client(index: int) -> None:
+        results[index] = engine.submit(prompts[index], max_new_tokens=6).result(timeout=60).ids
+
+    callers = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(60)
+    assert {i: results[i] for i in range(8)} == {
+        i: generator.generate(p, max_new_tokens=6)[0].ids for i, p in enumerate(prompts)
+    }
+    heard = []
+    running = engine.submit(
+        "A long one", max_new_tokens=200, ignore_eos=True, listener=lambda r, t: heard.append(t)
+    )
+    while not heard:
+        pass
+    engine.close(timeout=30)
+    assert not engine.thread.is_alive()
+    assert running.done.is_set() and isinstance(running.error, EngineStopped) and heard[-1] is None
+    with pytest.raises(EngineStopped):
+        running.result()
+    with pytest.raises(EngineStopped, match="stopped"):
+        engine.submit("too late")
+
+
+def test_needs_the_in_place_variant(gpt2, copy_bundle):
+    import json
+
+    path = copy_bundle(gpt2)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["variants"]["kv-inplace"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"no kv-inplace variant.*trtpipe optimize"):
+        BatchEngine(path)

@@ -1,0 +1,228 @@
+"""GPT-2 generation inside Triton: every request goes to one in-flight `BatchEngine` and is answered from its thread.
+
+`execute` only reads and submits, then returns None, so requests of different calls, settings and lengths share
+decode steps. A non-streaming request (the default model; HTTP or gRPC infer) gets one response when all its rows
+are done; a streaming request (`trtpipe triton --stream`: a decoupled model, gRPC streaming or HTTP
+generate_stream) gets one response per token, then the final flag. A request that fails validation, does not fit
+a slot, or finds the queue full gets its own error at once; a request whose client went away frees its slot within
+one step; `finalize` stops the engine and every request still in flight gets an error, not a hang.
+
+Imported only inside Triton's Python backend stub (it needs `triton_python_backend_utils`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ..runtime import Generator, Sampling, Token, UserError
+from ..runtime.batching import BatchEngine, Request
+from . import triton_io as tio
+
+SETTINGS = (  # per-row inputs: name, default, converter
+    ("temperature", 0.0, float),
+    ("top_k", 0, int),
+    ("top_p", 1.0, float),
+    ("repetition_penalty", 1.0, float),
+)
+
+
+def read_rows(request, max_new_tokens: int, one_row: bool) -> list[dict]:
+    """One item per row of a request: prompt, max_new_tokens, Sampling, stop strings (UserError if invalid)."""
+    prompts = tio.texts(request, "text")
+    rows = len(prompts)
+    if one_row and rows != 1:
+        raise UserError(
+            f"the streaming model takes one prompt per request (got {rows}); send one request each"
+        )
+
+    def column(name: str, default) -> list:
+        values = tio.row_values(request, name, rows)
+        return [default] * rows if values is None else [v.item() for v in values]
+
+    settings = {name: [convert(v) for v in column(name, default)] for name, default, convert in SETTINGS}
+    seeds = column("seed", None)
+    max_new = [int(v) for v in column("max_new_tokens", max_new_tokens)]
+    stop_tensor = pb_utils.get_input_tensor_by_name(request, "stop")
+    stops: list[list[str]] = [[] for _ in range(rows)]
+    if stop_tensor is not None:
+        values = stop_tensor.as_numpy().reshape(rows, -1)
+        stops = [[bytes(v).decode("utf-8", "replace") for v in row if len(v)] for row in values]
+    items = []
+    for row in range(rows):
+        if max_new[row] < 1:
+            raise UserError(f"max_new_tokens must be ≥ 1 (got {max_new[row]})")
+        sampling = Sampling(
+            **{name: values[row] for name, values in settings.items()},
+            seed=None if seeds[row] is None else int(seeds[row]),
+        )
+        items.append(
+            {"prompt": prompts[row], "max_new": max_new[row], "sampling": sampling, "stop": stops[row]}
+        )
+    return items
+
+
+def token_response(token: Token):
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            tio.tensor("completion", tio.bytes_array([token.text])),
+            tio.tensor("ids", np.array([[token.id]], dtype=np.int64)),
+            tio.tensor("finish", tio.bytes_array([token.finish or ""])),
+        ]
+    )
+
+
+def completion_response(rows: list[Request]):
+    width = max(len(r.tokens) for r in rows)
+    ids = np.full((len(rows), width), -1, dtype=np.int64)  # rows of one request padded with -1
+    for row, r in enumerate(rows):
+        ids[row, : len(r.tokens)] = r.tokens
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            tio.tensor("completion", tio.bytes_array(["".join(r.pieces) for r in rows])),
+            tio.tensor("ids", ids),
+            tio.tensor("finish", tio.bytes_array([r.finish or "" for r in rows])),
+        ]
+    )
+
+
+@dataclass
+class AloneRow:
+    """A row generated outside the engine (GPU runtimes), with what `Reply` reads of an engine request."""
+
+    tokens: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    finish: str | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+
+
+class Reply:
+    """One Triton request's rows in the engine, and how its answer goes back: exactly one final response."""
+
+    def __init__(self, request, stream: bool):
+        self.sender = request.get_response_sender()
+        self.stream = stream
+        probe = getattr(self.sender, "is_cancelled", None) or getattr(request, "is_cancelled", None)
+        self.probe = probe
+        self.rows: list[Request] = []
+        self.left = 0
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def add(self, row: Request) -> None:
+        with self.lock:
+            self.rows.append(row)
+            self.left += 1
+
+    def listener(self, row: Request, token: Token | None) -> None:
+        """Called from the engine thread for each token of a row, and once more (token None) when a row ends
+        without one (cancelled, stopped, failed)."""
+        if token is not None and self.stream and not self.closed:
+            self.sender.send(token_response(token))
+        if token is not None and token.finish is None:
+            return
+        if row.error is not None:
+            self.fail(row.error)
+            return
+        with self.lock:
+            self.left -= 1
+            last = self.left == 0 and not self.closed
+            self.closed = self.closed or last
+        if last:
+            if self.stream:
+                self.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                self.sender.send(
+                    completion_response(self.rows), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                )
+
+    def fail(self, exc: BaseException) -> None:
+        """The request's error as its final response (once); its other rows are cancelled."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            rows = list(self.rows)
+        for row in rows:
+            row.cancelled = True
+        if not isinstance(exc, UserError):
+            pb_utils.Logger.log_error(f"trtpipe: generation failed: {exc.__class__.__name__}: {exc}")
+        self.sender.send(tio.error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+class GenerationModel:
+    """The generation side of a Triton model instance (see the module docstring)."""
+
+    def __init__(
+        self, root: Path, params: dict, runtime: str, variant: str | None, threads: int | None, stream: bool
+    ):
+        self.stream = stream
+        self.max_new_tokens = int(params.get("max_new_tokens") or 64)
+        slots = int(params.get("slots") or params.get("batch_size") or 8)
+        self.engine: BatchEngine | None = None
+        self.generator: Generator | None = None
+        if runtime == "ort-cpu":
+            self.engine = BatchEngine(
+                root,
+                variant=variant,
+                threads=threads,
+                slots=slots,
+                chunk=int(params.get("prefill_chunk") or 64),
+                max_queue=int(params.get("max_queue") or 64),
+            ).start()
+        else:  # GPU runtimes keep the KV cache on the device per request: one request at a time
+            self.generator = Generator(root, backend=runtime, variant=variant, threads=threads)
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            reply = Reply(request, self.stream)
+            try:
+                items = read_rows(request, self.max_new_tokens, one_row=self.stream)
+            except UserError as exc:
+                reply.fail(exc)
+                continue
+            if self.engine is None:
+                self._run_alone(items, reply)
+                continue
+            for item in items:
+                try:
+                    row = self.engine.submit(
+                        item["prompt"],
+                        item["max_new"],
+                        item["sampling"],
+                        item["stop"],
+                        listener=reply.listener,
+                        probe=reply.probe,
+                    )
+                except UserError as exc:
+                    reply.fail(exc)
+                    break
+                reply.add(row)
+        return None
+
+    def _run_alone(self, items: list[dict], reply: Reply) -> None:
+        """GPU runtimes: each row through `Generator.stream`, in this call, with the same answers and replies."""
+        for item in items:
+            row = AloneRow()
+            reply.add(row)
+            try:
+                tokens = self.generator.stream(
+                    [item["prompt"]], item["max_new"], item["sampling"], item["stop"]
+                )
+                for token in tokens:
+                    row.tokens.append(token.id)
+                    row.pieces.append(token.text)
+                    row.finish = token.finish
+                    reply.listener(row, token)
+            except Exception as exc:
+                reply.fail(exc)
+                return
+
+    def finalize(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
