@@ -668,6 +668,109 @@ def test_server_generates_like_the_runtime_over_http_and_grpc_streaming(triton, 
         assert "".join(t for _, t in tokens[str(index)]) == expected.text
 
 
+def test_server_batches_concurrent_generation_in_flight(triton, gpt2):
+    """Eight clients at once, each with its own length and settings: every one gets exactly what the runtime
+    generates alone (they shared decode steps on the server)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _ = triton
+    http, _ = _http(server)
+    generator = Generator(gpt2)
+    cases = [
+        (
+            PROMPTS[i % 3] + " x" * i,
+            4 + 3 * i,
+            Sampling() if i % 2 else Sampling(temperature=0.9, top_k=30, seed=i),
+        )
+        for i in range(8)
+    ]
+
+    def ask(case):
+        prompt, steps, sampling = case
+        client = http.InferenceServerClient(server.http_url, network_timeout=60.0)
+        inputs = [_bytes_input(http, "text", [prompt])]
+        for name, dtype, value in (
+            ("max_new_tokens", "INT32", steps),
+            ("temperature", "FP32", sampling.temperature),
+            ("top_k", "INT32", sampling.top_k),
+            ("seed", "INT64", sampling.seed or 0),
+        ):
+            tensor = http.InferInput(name, [1, 1], dtype)
+            tensor.set_data_from_numpy(
+                np.array([[value]], dtype={"INT32": np.int32, "FP32": np.float32}.get(dtype, np.int64))
+            )
+            inputs.append(tensor)
+        try:
+            return client.infer("tiny-gpt2-generate", inputs).as_numpy("ids")[0].tolist()
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, cases))
+    for (prompt, steps, sampling), ids in zip(cases, answers):
+        seeded = sampling if sampling.temperature else Sampling(seed=0)
+        assert ids == generator.generate(prompt, steps, seeded)[0].ids
+
+
+def test_a_client_that_cancels_mid_stream_frees_its_slot(triton, gpt2):
+    import tritonclient.grpc as grpc
+
+    server, _ = triton
+    first: queue.Queue = queue.Queue()
+    stream = grpc.InferenceServerClient(server.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)])
+    stream.start_stream(callback=lambda result, error: first.put((result, error)))
+    steps = grpc.InferInput("max_new_tokens", [1, 1], "INT32")
+    steps.set_data_from_numpy(np.array([[240]], dtype=np.int32))
+    stream.async_stream_infer("tiny-gpt2-stream", [_bytes_input(grpc, "text", [PROMPTS[0]]), steps])
+    result, error = first.get(timeout=60)
+    assert error is None
+    stream.stop_stream(cancel_requests=True)
+    stream.close()
+    deadline = time.monotonic() + 30
+    while "cancelled by its client" not in server.log():
+        assert time.monotonic() < deadline, "the server never heard of the cancellation"
+        time.sleep(0.05)
+    line = next(line for line in server.log().splitlines() if "cancelled by its client" in line)
+    assert int(line.split("after ")[1].split(" tokens")[0]) < 240
+    http, client = _http(server)  # the server goes on serving
+    steps = http.InferInput("max_new_tokens", [1, 1], "INT32")
+    steps.set_data_from_numpy(np.array([[6]], dtype=np.int32))
+    result = client.infer("tiny-gpt2-generate", [_bytes_input(http, "text", [PROMPTS[1]]), steps])
+    assert result.as_numpy("ids")[0].tolist() == Generator(gpt2).generate(PROMPTS[1], max_new_tokens=6)[0].ids
+    client.close()
+
+
+def test_stopping_the_server_mid_generation_ends_requests_without_a_hang(tmp_path, gpt2):
+    """Requests in flight when the server stops get their answer or an error within bounded time, never a hang."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.http as http
+
+    from trtpipe.serving import start_server
+
+    write_repository([f"gen={gpt2}"], tmp_path / "repo", RepoOptions(max_batch=2))
+    server = start_server(tmp_path / "repo", timeout_s=120)
+
+    def ask(index):
+        client = http.InferenceServerClient(server.http_url, network_timeout=60.0)
+        steps = http.InferInput("max_new_tokens", [1, 1], "INT32")
+        steps.set_data_from_numpy(np.array([[240]], dtype=np.int32))
+        try:
+            client.infer("gen", [_bytes_input(http, "text", [PROMPTS[index % 3]]), steps])
+            return "answered"
+        except Exception as exc:
+            return f"error: {exc}"
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(ask, i) for i in range(4)]
+        time.sleep(0.3)
+        started = time.monotonic()
+        code = server.stop()
+        outcomes = [f.result(timeout=90) for f in futures]
+    assert time.monotonic() - started < 90 and code is not None
+    assert all(o == "answered" or o.startswith("error") for o in outcomes), outcomes
+
+
 def test_server_under_concurrent_load(triton, classify, capsys):
     from trtpipe.serving.load import run_load
 

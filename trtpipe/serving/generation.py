@@ -129,6 +129,10 @@ class Reply:
         if row.error is not None:
             self.fail(row.error)
             return
+        if row.finish == "cancelled":
+            pb_utils.Logger.log_info(
+                f"trtpipe: a request was cancelled by its client after {len(row.tokens)} tokens; its slot is free"
+            )
         with self.lock:
             self.left -= 1
             last = self.left == 0 and not self.closed
