@@ -215,3 +215,43 @@ def test_workload_bucketed_vs_fixed_vs_optimum(make_bundle, tmp_path, task):
     assert (tmp_path / f"workload-{path.name}.png").exists() and (
         tmp_path / f"workload-{path.name}.csv"
     ).exists()
+
+
+def test_serving_workloads_are_real_mixed_and_fit_the_bundle(make_bundle):
+    from trtpipe.benchmark.serve import encoder_texts, generation_requests
+    from trtpipe.runtime import Bundle
+    from trtpipe.runtime.text import TextEncoder
+
+    encoder_bundle = Bundle.load(make_bundle("tiny-bert", "classify"))
+    texts = encoder_texts(encoder_bundle, count=64)
+    lengths = [len(e.ids) for e in TextEncoder(encoder_bundle).plain.encode_batch(texts)]
+    assert len(texts) == 64 and max(lengths) <= encoder_bundle.max_length and max(lengths) > 3 * min(lengths)
+    assert texts == encoder_texts(encoder_bundle, count=64)  # the same texts for every mode and run
+    decoder_bundle = Bundle.load(make_bundle("tiny-gpt2", "generate"))
+    requests = generation_requests(decoder_bundle, count=40)
+    positions = decoder_bundle.limits["max_positions"]
+    assert all(16 <= r.max_new_tokens <= 128 for r in requests)
+    assert all(r.prompt_tokens + r.max_new_tokens <= positions for r in requests)
+    assert min(r.prompt_tokens for r in requests) < 40 and max(r.prompt_tokens for r in requests) > 100
+    assert 0 < sum(r.temperature > 0 for r in requests) < 40  # greedy and sampled
+
+
+def test_stream_load_summary_and_cells_never_invent_a_number():
+    from trtpipe.benchmark.serve import cell, load_table, ratio
+    from trtpipe.serving.load import summarize_streams
+
+    records = [
+        {"sent": 0.0, "token_times": [0.1, 0.12, 0.14, 0.16]},  # TTFT 100 ms, TPOT 20 ms
+        {"sent": 1.0, "token_times": [1.3, 1.34]},  # TTFT 300 ms, TPOT 40 ms
+        {"sent": 2.0, "token_times": []},  # nothing came back: not a completed request
+    ]
+    summary = summarize_streams(records, seconds=2.0)
+    assert summary["completed"] == 2 and summary["tokens"] == 6 and summary["tokens_per_s"] == 3.0
+    assert summary["ttft_p50_ms"] == 200.0 and summary["tpot_p50_ms"] == 30.0
+    assert summary["p99_ms"] == pytest.approx(160 + 0.99 * 180, abs=0.01)  # latencies 160 and 340 ms
+    empty = summarize_streams([], seconds=1.0)
+    assert empty["tpot_p99_ms"] is None and cell(empty["tpot_p99_ms"]) == "not measured"
+    assert cell(float("nan")) == "not measured" and cell(0.0) == "0.0"
+    rows = [{"mode": "on", "clients": 8, "tokens_per_s": 50.0}, {"mode": "on", "clients": 1, "tokens_per_s": None}]
+    assert ratio(rows, "tokens_per_s", ("on", 8), ("on", 1)) is None
+    assert "not measured" in load_table(rows, generation=True)[2]

@@ -270,6 +270,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert _leftovers(repo.parent) == []
 
 
+def test_a_repository_path_the_python_backend_cannot_load_from_is_refused(tmp_path, embed):
+    odd = tmp_path / "my models (v2)"
+    result = invoke("triton", embed, "--out", odd)
+    assert result.exit_code == 2 and "through a shell" in result.output and "'('" in result.output
+    assert not odd.exists()
+    write_repository([str(embed)], tmp_path / "fine_v2-1", RepoOptions())  # letters, digits, _ - . are fine
+
+
 def test_overwrite_replaces_and_an_empty_dir_is_fine(tmp_path, embed, classify):
     repo = tmp_path / "repo"
     repo.mkdir()  # existing but empty: no --overwrite needed

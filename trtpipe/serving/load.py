@@ -1,4 +1,5 @@
-"""A bounded closed-loop load test against a Triton server: N clients, each sending M requests back to back.
+"""Bounded closed-loop load tests against a Triton server: N clients, each sending M requests back to back (HTTP
+infer for answers; gRPC streaming for generation, where TTFT and TPOT are read off each token's arrival).
 
 Throughput counts completed requests over wall time; latency percentiles are per request, client side (they
 include tritonclient's own encode/decode, which on a small machine shares the CPUs with the server).
@@ -112,4 +113,129 @@ def run_load(
     }
 
 
-__all__ = ["run_load"]
+def run_stream_load(
+    url: str,
+    model: str,
+    make_inputs: Callable[[int, int], Inputs],
+    clients: int = 8,
+    requests: int = 20,
+    timeout_s: float = 300.0,
+) -> dict:
+    """`clients` threads, each with its own gRPC stream, send `requests` generation requests one after another
+    (make_inputs(client, i) → [(name, array)]) to a decoupled (streaming) model and time every token; no new
+    request starts after `timeout_s`. Returns `summarize_streams` of the per-request records."""
+    import tritonclient.grpc as grpc
+
+    if not url.startswith(("127.0.0.1:", "localhost:", "[::1]:")):
+        raise ValueError(f"load tests target loopback only, not {url}")
+    records: list[dict] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + timeout_s
+    start_gate = threading.Barrier(clients + 1, timeout=60)
+
+    def client(index: int) -> None:
+        import queue
+
+        answers: queue.Queue = queue.Queue()
+        try:
+            connection = grpc.InferenceServerClient(url, channel_args=[("grpc.enable_http_proxy", 0)])
+            connection.start_stream(
+                callback=lambda result, error: answers.put((time.perf_counter(), result, error))
+            )
+            prepared = [_grpc_inputs(grpc, make_inputs(index, i)) for i in range(requests)]
+        except Exception as exc:
+            with lock:
+                errors.append(f"client setup: {exc.__class__.__name__}: {exc}")
+            start_gate.abort()
+            return
+        try:
+            start_gate.wait()
+            for i in range(requests):
+                if time.monotonic() > deadline:
+                    break
+                sent = time.perf_counter()
+                connection.async_stream_infer(model, prepared[i], enable_empty_final_response=True)
+                times, failure = [], None
+                while True:
+                    arrived, result, error = answers.get(timeout=600)
+                    if error is not None:
+                        failure = str(error)
+                        break
+                    response = result.get_response()
+                    if response.outputs:
+                        times.append(arrived)
+                    if response.parameters["triton_final_response"].bool_param:
+                        break
+                if failure is not None:
+                    with lock:
+                        errors.append(failure)
+                    continue
+                with lock:
+                    records.append({"sent": sent, "token_times": times, "client": index})
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            connection.stop_stream()
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start_gate.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join(max(1.0, deadline - time.monotonic() + 600))
+    report = summarize_streams(records, time.perf_counter() - began)
+    report.update(model=model, clients=clients, requests_per_client=requests, errors=len(errors))
+    report["first_error"] = errors[0] if errors else None
+    return report
+
+
+def _grpc_inputs(grpc, pairs: Inputs):
+    out = []
+    for name, value in pairs:
+        datatype = "BYTES" if value.dtype == np.object_ else http_dtype(value.dtype)
+        tensor = grpc.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        out.append(tensor)
+    return out
+
+
+def summarize_streams(records: list[dict], seconds: float) -> dict:
+    """Requests/s, generated tokens/s, latency p50/p90/p99, TTFT p50/p99 and TPOT p50/p99 (each request's mean gap
+    between tokens after its first) from per-request token arrival times."""
+    done = [r for r in records if r["token_times"]]
+    latency = np.array([r["token_times"][-1] - r["sent"] for r in done]) * 1000.0
+    ttft = np.array([r["token_times"][0] - r["sent"] for r in done]) * 1000.0
+    tpot = (
+        np.array(
+            [
+                (r["token_times"][-1] - r["token_times"][0]) / (len(r["token_times"]) - 1)
+                for r in done
+                if len(r["token_times"]) > 1
+            ]
+        )
+        * 1000.0
+    )
+    tokens = sum(len(r["token_times"]) for r in done)
+
+    def pct(values: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if len(values) else None
+
+    return {
+        "completed": len(done),
+        "seconds": round(seconds, 3),
+        "throughput_rps": round(len(done) / seconds, 2) if seconds > 0 else 0.0,
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
+        **{f"p{q}_ms": pct(latency, q) for q in (50, 90, 99)},
+        "ttft_p50_ms": pct(ttft, 50),
+        "ttft_p99_ms": pct(ttft, 99),
+        "tpot_p50_ms": pct(tpot, 50),
+        "tpot_p99_ms": pct(tpot, 99),
+    }
+
+
+__all__ = ["run_load", "run_stream_load", "summarize_streams"]

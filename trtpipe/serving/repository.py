@@ -293,8 +293,15 @@ def _copy_bundle(source: Path, target: Path) -> None:
 
 
 def _check_out(out: Path, planned: list[PlannedModel]) -> bool:
-    """Refuse an --out that is, contains or lies inside a bundle; return whether it is an existing empty dir."""
+    """Refuse an --out that is, contains or lies inside a bundle, or that the Python backend cannot load from;
+    return whether it is an existing empty dir."""
     resolved = out.resolve()
+    odd = sorted(set(re.sub(r"[A-Za-z0-9_./+@=,-]", "", str(resolved))))
+    if odd and any(m.backend == "python" for m in planned):
+        raise UserError(
+            f"--out {out}: Triton's Python backend starts each model's stub through a shell, which breaks on "
+            f"{' '.join(repr(c) for c in odd)} in the path; choose a directory without them"
+        )
     for model in planned:
         source = model.bundle.path.resolve()
         if resolved == source or resolved in source.parents:
