@@ -252,6 +252,9 @@ def test_stream_load_summary_and_cells_never_invent_a_number():
     empty = summarize_streams([], seconds=1.0)
     assert empty["tpot_p99_ms"] is None and cell(empty["tpot_p99_ms"]) == "not measured"
     assert cell(float("nan")) == "not measured" and cell(0.0) == "0.0"
-    rows = [{"mode": "on", "clients": 8, "tokens_per_s": 50.0}, {"mode": "on", "clients": 1, "tokens_per_s": None}]
+    rows = [
+        {"mode": "on", "clients": 8, "tokens_per_s": 50.0},
+        {"mode": "on", "clients": 1, "tokens_per_s": None},
+    ]
     assert ratio(rows, "tokens_per_s", ("on", 8), ("on", 1)) is None
     assert "not measured" in load_table(rows, generation=True)[2]
