@@ -582,7 +582,9 @@ def triton(tmp_path_factory, classify, embed, gpt2):
         pytest.skip(f"tritonserver cannot start on this machine: {exc}")
     write_repository([str(classify), str(embed), str(gpt2)], root / "repo", RepoOptions(max_batch=8))
     write_repository([f"tiny-gpt2-stream={gpt2}"], root / "stream", RepoOptions(stream=True))
-    server = start_server([root / "repo", root / "stream"], timeout_s=120)
+    from trtpipe.serving.server import free_port
+
+    server = start_server([root / "repo", root / "stream"], timeout_s=120, metrics_port=free_port())
     try:
         yield server, root
     finally:
@@ -718,6 +720,34 @@ def test_server_batches_concurrent_generation_in_flight(triton, gpt2):
     for (prompt, steps, sampling), ids in zip(cases, answers):
         seeded = sampling if sampling.temperature else Sampling(seed=0)
         assert ids == generator.generate(prompt, steps, seeded)[0].ids
+
+
+def test_the_engine_reports_its_state_on_tritons_metrics_endpoint(triton):
+    """After the generation tests: tokens and steps counted per model, busy slots and waiting requests as gauges."""
+    import urllib.request
+
+    server, _ = triton
+    http, client = _http(server)
+    steps = http.InferInput("max_new_tokens", [1, 1], "INT32")
+    steps.set_data_from_numpy(np.array([[5]], dtype=np.int32))
+    client.infer("tiny-gpt2-generate", [_bytes_input(http, "text", [PROMPTS[0]]), steps])
+    client.close()
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 10
+    while True:
+        text = opener.open(url, timeout=10).read().decode()
+        values = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("trtpipe_generation_") and 'model="tiny-gpt2-generate"' in line
+        }
+        if values.get("trtpipe_generation_tokens", 0) >= 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert values["trtpipe_generation_tokens"] >= 5 and values["trtpipe_generation_steps"] >= 4
+    assert values["trtpipe_generation_prefill_tokens"] > 0
+    assert values["trtpipe_generation_slots_busy"] == 0 and values["trtpipe_generation_requests_waiting"] == 0
 
 
 def test_a_client_that_cancels_mid_stream_frees_its_slot(triton, gpt2):

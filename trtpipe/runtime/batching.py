@@ -75,7 +75,14 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.closed = False
         self.prefill_logits = np.empty((1, self.runner.vocab), dtype=np.float32)
-        self.stats = {"steps": 0, "decode_rows": 0, "prefill_tokens": 0, "decode_s": 0.0, "prefill_s": 0.0}
+        self.stats = {
+            "steps": 0,
+            "tokens": 0,
+            "decode_rows": 0,
+            "prefill_tokens": 0,
+            "decode_s": 0.0,
+            "prefill_s": 0.0,
+        }
 
     # -------------------------------------------------------------------------------------------- requests
 
@@ -251,6 +258,7 @@ class BatchEngine:
         request.tokens.append(token)
         request.pieces.append(delta)
         request.token_times.append(time.perf_counter())
+        self.stats["tokens"] += 1
         if request.history is not None:
             request.history = np.append(request.history, token)
         request.pending = token

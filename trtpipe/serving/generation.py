@@ -159,13 +159,60 @@ class Reply:
         self.sender.send(tio.error_response(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
+class EngineMetrics:
+    """The engine's state on Triton's metrics endpoint (when the server has one), refreshed every second from its
+    counters: trtpipe_generation_{slots_busy, requests_waiting} gauges, {tokens, prefill_tokens, steps} counters."""
+
+    def __init__(self, engine: BatchEngine, model: str):
+        self.engine = engine
+        labels = {"model": model}
+        kinds = {"slots_busy": "GAUGE", "requests_waiting": "GAUGE"}
+        counters = {"tokens": "tokens", "prefill_tokens": "prefill_tokens", "steps": "steps"}
+        family = pb_utils.MetricFamily
+        self.families = {  # a Metric lives only as long as its family object
+            name: family(
+                name=f"trtpipe_generation_{name}",
+                description=f"in-flight batching: {name.replace('_', ' ')}",
+                kind=getattr(family, kinds.get(name, "COUNTER")),
+            )
+            for name in [*kinds, *counters]
+        }
+        self.metrics = {name: f.Metric(labels=labels) for name, f in self.families.items()}
+        self.counters = counters
+        self.seen = dict.fromkeys(counters, 0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="trtpipe-metrics", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1.0):
+            self.metrics["slots_busy"].set(self.engine.busy)
+            self.metrics["requests_waiting"].set(len(self.engine.waiting))
+            for name, key in self.counters.items():
+                value = self.engine.stats[key]
+                self.metrics[name].increment(value - self.seen[name])
+                self.seen[name] = value
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
 class GenerationModel:
     """The generation side of a Triton model instance (see the module docstring)."""
 
     def __init__(
-        self, root: Path, params: dict, runtime: str, variant: str | None, threads: int | None, stream: bool
+        self,
+        name: str,
+        root: Path,
+        params: dict,
+        runtime: str,
+        variant: str | None,
+        threads: int | None,
+        stream: bool,
     ):
         self.stream = stream
+        self.metrics: EngineMetrics | None = None
         self.max_new_tokens = int(params.get("max_new_tokens") or 64)
         slots = int(params.get("slots") or params.get("batch_size") or 8)
         self.engine: BatchEngine | None = None
@@ -179,6 +226,11 @@ class GenerationModel:
                 chunk=int(params.get("prefill_chunk") or 64),
                 max_queue=int(params.get("max_queue") or 64),
             ).start()
+            # Triton's metrics endpoint, when the server has one (--allow-metrics=false refuses the families)
+            try:
+                self.metrics = EngineMetrics(self.engine, name)
+            except Exception:
+                self.metrics = None
         else:  # GPU runtimes keep the KV cache on the device per request: one request at a time
             self.generator = Generator(root, backend=runtime, variant=variant, threads=threads)
 
@@ -228,5 +280,7 @@ class GenerationModel:
                 return
 
     def finalize(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self.engine is not None:
             self.engine.close()

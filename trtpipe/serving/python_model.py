@@ -42,7 +42,9 @@ class BundleModel:
         self.top_k = int(params.get("top_k") or 5)
         self.pipeline = self.generation = None
         if self.task == "generate":
-            self.generation = GenerationModel(root, params, runtime, variant, threads, stream=decoupled)
+            self.generation = GenerationModel(
+                self.name, root, params, runtime, variant, threads, stream=decoupled
+            )
         else:
             self.pipeline = load_pipeline(root, backend=runtime, variant=variant, threads=threads)
             self.labels = self._label_names() if self.task == "classify" else []
