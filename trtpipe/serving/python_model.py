@@ -37,7 +37,7 @@ class BundleModel:
         root = Path(args["model_repository"]) / str(args["model_version"]) / params.get("bundle", "bundle")
         runtime = params.get("runtime") or "ort-cpu"
         variant = params.get("variant") or None
-        threads = tio.threads(params.get("threads", "auto"), config)
+        threads = tio.threads(params.get("threads", "auto"), config, generation=self.task == "generate")
         self.batch_size = int(params.get("batch_size") or 32)
         self.top_k = int(params.get("top_k") or 5)
         self.pipeline = self.generation = None
