@@ -459,26 +459,27 @@ def test_expected_agreement_sees_near_misses_that_a_flip_count_does_not(make_bun
     assert "expected_agreement" in searched.thresholds and "expected_agreement" not in held_out.thresholds
 
 
-def test_climb_tries_per_channel_then_fp32_most_sensitive_first_within_half_the_macs():
+def test_climb_tries_per_channel_then_fp32_most_sensitive_first_up_to_half_the_weights():
     from trtpipe.optimize.int8_plan import climb
 
     errors = {
         "emb": {"per-tensor": 0.010, "per-channel": 0.009},
         "q": {"per-tensor": 0.001, "per-channel": 0.001},
         "ffn": {"per-tensor": 0.002, "per-channel": 0.0015},
+        "v": {"per-tensor": 0.0005, "per-channel": 0.0002},
     }
-    macs = {"emb": 1, "q": 4, "ffn": 16}
-    plans = climb(errors, macs)
+    plans = climb(errors)
+    pt, pc = "per-tensor", "per-channel"
     assert plans == [
-        {"emb": "per-tensor", "q": "per-tensor", "ffn": "per-tensor"},
-        {"emb": "per-channel", "q": "per-tensor", "ffn": "per-tensor"},
-        {"emb": "per-channel", "q": "per-tensor", "ffn": "per-channel"},
-        {"emb": "per-channel", "q": "per-channel", "ffn": "per-channel"},
-        {"emb": "fp32", "q": "per-channel", "ffn": "per-channel"},
-        {"emb": "fp32", "q": "fp32", "ffn": "per-channel"},  # ffn would put 20 of 21 MACs in fp32
+        {"emb": pt, "q": pt, "ffn": pt, "v": pt},
+        {"emb": pc, "q": pt, "ffn": pt, "v": pt},
+        {"emb": pc, "q": pt, "ffn": pc, "v": pt},
+        {"emb": pc, "q": pc, "ffn": pc, "v": pc},
+        {"emb": "fp32", "q": pc, "ffn": pc, "v": pc},
+        {"emb": "fp32", "q": pc, "ffn": "fp32", "v": pc},  # half the weights: the last rung
     ]
     many = {f"w{i}": {"per-tensor": float(i), "per-channel": float(i)} for i in range(40)}
-    steps = climb(many, {w: 1 for w in many})
+    steps = climb(many)
     assert len(steps) <= 14  # 1, 2, 4, … weights a step: a handful of steps for many weights
     assert sum(v == "fp32" for v in steps[-1].values()) == 20
     assert steps[1] == {w: "per-channel" if w == "w39" else "per-tensor" for w in many}

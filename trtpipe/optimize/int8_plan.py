@@ -3,8 +3,8 @@
 Nodes that read the same weight (ALBERT's layers) always share its scheme (int8.consistent_per_weight). Weights climb
 the ladder in order of their quantisation error, most sensitive first, in two phases like the schemes' costs: first
 to per-channel (about as fast as per-tensor on ONNX Runtime), then, everything per-channel, to fp32 (which gives up
-that weight's int8 speed; capped at half the weight MACs). Steps move 1, 2, 4, … weights, so the most sensitive are
-tried one at a time and a model with many weights still takes a handful of steps. The first plan that passes the
+that weight's int8 speed; at most half the weights). Steps move 1, 2, 4, … weights, so the most sensitive are tried
+one at a time and a model with many weights still takes a handful of steps. The first plan that passes the
 calibration gate is kept; the held-out gate has the last word.
 
 A weight's error is measured where layers share weights (the spec's `shared_layers`): it is quantised alone, and the
@@ -44,12 +44,6 @@ def roles(model: onnx.ModelProto) -> dict[str, str]:
     """weight → its role: the name of the first node that reads it (the same module path in any export of the same
     architecture, whatever the initializer is called)."""
     return {weight: nodes[0] for weight, nodes in weight_groups(model).items()}
-
-
-def weight_macs(model: onnx.ModelProto, groups: dict[str, list[str]]) -> dict[str, int]:
-    """Multiply-accumulates per token that each weight's MatMuls do (elements × nodes that read it)."""
-    dims = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
-    return {weight: dims[weight] * len(nodes) for weight, nodes in groups.items()}
 
 
 def _session(model: onnx.ModelProto):
@@ -109,23 +103,17 @@ def _batches(count: int) -> list[int]:
     return marks + [count] if count else []
 
 
-def climb(
-    errors: dict[str, dict[str, float]], macs: dict[str, int], fp32_share: float = 0.5
-) -> list[dict[str, str]]:
+def climb(errors: dict[str, dict[str, float]], fp32_share: float = 0.5) -> list[dict[str, str]]:
     """Plans (weight → scheme) from fastest to safest: all per-tensor; then the weights with the largest per-tensor
     error per-channel (1, 2, 4, … of them, until all are); then, the rest per-channel, the weights with the largest
-    per-channel error fp32, while the fp32 weights do at most `fp32_share` of the MACs."""
+    per-channel error fp32 (1, 2, 4, … of them, up to `fp32_share` of the weights)."""
     weights = list(errors)
     plans = [{w: "per-tensor" for w in weights}]
     by_tensor = sorted(weights, key=lambda w: (-errors[w]["per-tensor"], weights.index(w)))
     for moved in _batches(len(weights)):
         plans.append({w: "per-channel" if w in by_tensor[:moved] else "per-tensor" for w in weights})
     by_channel = sorted(weights, key=lambda w: (-errors[w]["per-channel"], weights.index(w)))
-    budget = fp32_share * sum(macs.values())
-    chosen: list[str] = []
-    for weight in by_channel:
-        if sum(macs[w] for w in chosen) + macs[weight] <= budget:
-            chosen.append(weight)
+    chosen = by_channel[: int(fp32_share * len(weights))]
     for moved in _batches(len(chosen)):
         plans.append({w: "fp32" if w in chosen[:moved] else "per-channel" for w in weights})
     unique: list[dict[str, str]] = []
@@ -166,7 +154,6 @@ def quantize_dynamic_gated(
     gate then reports the failure). measure=True measures each weight's error instead of estimating it; the
     all-per-tensor plan is tried before any error is measured or estimated. Returns (model, node plan, report)."""
     groups = weight_groups(model)
-    macs = weight_macs(model, groups)
     tried: list[dict] = []
     errors = None
 
@@ -180,7 +167,7 @@ def quantize_dynamic_gated(
     quantized, plan, ok = attempt({w: "per-tensor" for w in groups})
     if not ok:
         errors = measured_errors(model, calib_feeds) if measure else estimated_errors(model, calib_feeds)
-        plans = climb(errors, macs)[1:]
+        plans = climb(errors)[1:]
         with progress() as bar:
             task = bar.add_task("int8: searching per-weight precision", total=len(plans))
             for by_weight in plans:
