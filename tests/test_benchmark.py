@@ -258,3 +258,54 @@ def test_stream_load_summary_and_cells_never_invent_a_number():
     ]
     assert ratio(rows, "tokens_per_s", ("on", 8), ("on", 1)) is None
     assert "not measured" in load_table(rows, generation=True)[2]
+
+
+def test_accuracy_figures_are_looked_up_by_spec_key_and_a_missing_one_is_never_a_number():
+    from trtpipe.benchmark.figures import REFERENCE, mean_min, metric, spec_key
+
+    ours, int8, optimum = (
+        spec_key("ours", None, "ort-cpu"),
+        spec_key("ours", "int8", "ort-cpu"),
+        spec_key("optimum", "int8", "optimum"),
+    )
+    assert ours == spec_key("ours", "fp32", "ort-cpu") and len({ours, int8, optimum}) == 3
+    measured = {
+        ours: REFERENCE,
+        int8: {"sentence_mean": 0.99171, "sentence_min": 0.98694},
+        optimum: "row not built: optimum is not installed",
+    }
+    assert mean_min(measured, int8, "sentence_mean", "sentence_min") == "0.9917 / 0.9869"
+    assert mean_min(measured, ours, "sentence_mean", "sentence_min") == "reference"
+    assert (
+        mean_min(measured, optimum, "sentence_mean", "sentence_min")
+        == "not measured (row not built: optimum is not installed)"
+    )
+    # a row nobody measured, a metric that is missing or not finite: said so, never a number
+    missing = mean_min(measured, spec_key("torch", None, "torch"), "sentence_mean", "sentence_min")
+    assert missing == "not measured (no accuracy run for this row)"
+    assert mean_min({int8: {"sentence_mean": 0.99}}, int8, "sentence_mean", "sentence_min") == (
+        "not measured (sentence_min missing)"
+    )
+    nan = {int8: {"sentence_mean": float("nan"), "sentence_min": 0.9}}
+    assert mean_min(nan, int8, "sentence_mean", "sentence_min") == "not measured (sentence_mean missing)"
+    for text in (missing, mean_min(measured, ours, "a", "b")):
+        assert not any(ch.isdigit() for ch in text)
+    assert metric(measured, int8, "sentence_min") == pytest.approx(0.98694)
+    assert metric(measured, ours, "sentence_min") is None and metric(measured, optimum, "x") is None
+
+
+def test_each_encode_row_carries_the_key_of_the_spec_that_built_it(make_bundle):
+    """The Optimum int8 row's variant reads "int8 (avx512_vnni, per-tensor)"; its accuracy must still be found under
+    the key of its spec ("optimum", "int8", "optimum"), as bench/optimize.py looks it up."""
+    from trtpipe.benchmark.encode import build_row, run_encode
+    from trtpipe.benchmark.figures import spec_key
+    from trtpipe.runtime import Bundle
+
+    bundle = Bundle.load(make_bundle("tiny-bert", "embed"))
+    specs = [("ours", None, "ort-cpu"), ("optimum", "int8", "optimum")]
+    results = run_encode(bundle, specs, [(1, 8)], threads=1, rounds=1, iters=1, warmup=1)
+    assert [r.error for r in results] == [None, None]
+    assert [r.key for r in results] == [spec_key(*spec) for spec in specs]
+    row = build_row(bundle, "optimum", "int8", "optimum", 1)
+    assert row.variant != "int8" and results[1].label == row.label  # the label is not the key
+    assert results[1].key == spec_key("optimum", "int8", "optimum")

@@ -426,3 +426,114 @@ def test_a_refused_variant_is_recorded_shown_and_not_redone_until_asked(make_bun
     monkeypatch.setattr(gate, "thresholds", real_thresholds)
     assert defaults.optimize_defaults(out, retry_refused=True)["written"] == ["real int8"]
     assert "int8" not in Bundle.load(path).manifest.get("refused", {})  # a pass clears the old refusal
+
+
+def test_expected_agreement_sees_near_misses_that_a_flip_count_does_not(make_bundle):
+    from trtpipe.optimize.gate import evaluate, expected_agreement, margins, search_thresholds
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.normal(size=(64, 8))
+    small, large = (fp32 + rng.normal(scale=s, size=fp32.shape) for s in (0.002, 0.03))
+    for candidate in (small, large):  # neither flips one of 64 labels: a flip count cannot tell them apart
+        assert (candidate.argmax(-1) == fp32.argmax(-1)).all()
+    margin, change = margins(fp32, small)
+    assert (margin >= 0).all() and np.allclose(margin, np.sort(fp32, -1)[:, -1] - np.sort(fp32, -1)[:, -2])
+    near = expected_agreement(margin, change)
+    far = expected_agreement(*margins(fp32, large))
+    assert near > 0.9999 and far < 0.995  # 15× the error spread: below the search's line
+    # a vocabulary-sized row takes the same path without a sort
+    wide = rng.normal(size=(4, 1000))
+    assert np.allclose(margins(wide, wide)[0], np.sort(wide, -1)[:, -1] - np.sort(wide, -1)[:, -2])
+    assert expected_agreement(*margins(fp32, fp32)) == 1.0
+    # the search asks for it with half the allowed error to spare; the held-out gate keeps counting flips
+    assert search_thresholds("classify", "int8")["expected_agreement"] == (">=", pytest.approx(0.995))
+    assert search_thresholds("ner", "int8-qdq")["expected_agreement"] == (">=", pytest.approx(0.99))
+    assert "expected_agreement" not in search_thresholds("embed", "int8")
+    assert "expected_agreement" not in search_thresholds("generate", "int8")
+    assert "expected_agreement" not in search_thresholds("classify", "fp16")
+    bundle = Bundle.load(make_bundle("tiny-bert", "classify"))
+    texts = ["Return the socket.", "Open the file and read it.", "Sort the list in place."]
+    searched = evaluate(bundle, bundle.model_path("fp32"), "int8", texts, search=True)
+    held_out = evaluate(bundle, bundle.model_path("fp32"), "int8", texts)
+    assert searched.metrics["expected_agreement"] == 1.0 and searched.passed
+    assert "expected_agreement" in searched.thresholds and "expected_agreement" not in held_out.thresholds
+
+
+def test_climb_tries_per_channel_then_fp32_most_sensitive_first_up_to_half_the_weights():
+    from trtpipe.optimize.int8_plan import climb
+
+    errors = {
+        "emb": {"per-tensor": 0.010, "per-channel": 0.009},
+        "q": {"per-tensor": 0.001, "per-channel": 0.001},
+        "ffn": {"per-tensor": 0.002, "per-channel": 0.0015},
+        "v": {"per-tensor": 0.0005, "per-channel": 0.0002},
+    }
+    plans = climb(errors)
+    pt, pc = "per-tensor", "per-channel"
+    assert plans == [
+        {"emb": pt, "q": pt, "ffn": pt, "v": pt},
+        {"emb": pc, "q": pt, "ffn": pt, "v": pt},
+        {"emb": pc, "q": pt, "ffn": pc, "v": pt},
+        {"emb": pc, "q": pc, "ffn": pc, "v": pc},
+        {"emb": "fp32", "q": pc, "ffn": pc, "v": pc},
+        {"emb": "fp32", "q": pc, "ffn": "fp32", "v": pc},  # half the weights: the last rung
+    ]
+    many = {f"w{i}": {"per-tensor": float(i), "per-channel": float(i)} for i in range(40)}
+    steps = climb(many)
+    assert len(steps) <= 14  # 1, 2, 4, … weights a step: a handful of steps for many weights
+    assert sum(v == "fp32" for v in steps[-1].values()) == 20
+    assert steps[1] == {w: "per-channel" if w == "w39" else "per-tensor" for w in many}
+
+
+def test_shared_weights_are_measured_and_the_one_carrying_the_error_goes_fp32_alone(make_bundle):
+    """A tiny ALBERT's shared query weight gets one outlier row, which wrecks its int8 rounding per tensor and per
+    channel alike: the search measures each shared weight, finds it, tries per-channel first (in vain), and stops at
+    the first plan that keeps it — and only it — fp32."""
+    from trtpipe.optimize.int8_plan import _outputs, drift, quantize_dynamic_gated, weight_groups
+    from trtpipe.optimize.variants import calibration_feeds, read_texts
+
+    bundle = Bundle.load(make_bundle("tiny-albert", "classify"))
+    model = onnx.load(str(bundle.model_path("fp32")))
+    groups = weight_groups(model)
+    target = next(w for w, nodes in groups.items() if "/query/" in nodes[0])
+    assert len(groups[target]) == bundle.model["num_layers"] > 1  # every layer reads it
+    init = next(i for i in model.graph.initializer if i.name == target)
+    w = numpy_helper.to_array(init).copy()
+    w[0, :] = 300 * np.abs(w).max() * np.sign(w[0, :])
+    init.CopyFrom(numpy_helper.from_array(w, target))
+    feeds = calibration_feeds(bundle, read_texts(None, 8, "train"), batch=4)
+    reference = _outputs(model, feeds)
+    passes = lambda q: drift(reference, _outputs(q, feeds)) < 0.08  # noqa: E731
+    _, plan, report = quantize_dynamic_gated(model, feeds, passes, measure=True)
+    assert report["errors_from"] == "measured" and report["errors_top"][0][0] == groups[target][0]
+    fp32 = {n for n, scheme in plan.items() if scheme == "fp32"}
+    assert fp32 == set(groups[target]), report["plans_tried"]
+    tried = report["plans_tried"]
+    assert [t["passed_calibration"] for t in tried] == [False] * (len(tried) - 1) + [True]
+    assert tried[-2]["per-channel"] == len(plan)  # every weight per-channel did not pass
+    assert report["roles"][groups[target][0]] == "fp32"
+
+
+def test_a_plan_carries_over_by_weight_role_and_not_across_architectures(make_bundle, copy_bundle):
+    from trtpipe.optimize.int8_plan import roles
+
+    source = copy_bundle(make_bundle("tiny-albert", "classify"))
+    optimize_bundle(source, "int8", force=True)
+    recorded = Bundle.load(source).variants["int8"]["report"]["roles"]
+    target = copy_bundle(make_bundle("albert-base", "classify"))
+    result = CliRunner().invoke(
+        app, ["optimize", str(target), "--precision", "int8", "--plan-from", str(source), "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    entry = Bundle.load(target).variants["int8"]
+    assert entry["report"]["plan_from"] == str(source) and entry["report"]["roles"] == recorded
+    assert [t["passed_calibration"] for t in entry["report"]["plans_tried"]] == [None]  # no search
+    base = onnx.load(str(Bundle.load(target).model_path("fp32")))
+    assert set(roles(base).values()) == set(recorded)  # 12 layers read the same 7 weights as 2 layers do
+    other = copy_bundle(make_bundle("tiny-bert", "classify"))
+    with pytest.raises(UserError, match="has no scheme for"):
+        optimize_bundle(other, "int8", plan_from=source)
+    with pytest.raises(UserError, match="carries over int8 plans only"):
+        optimize_bundle(other, "int4", plan_from=source)
+    with pytest.raises(UserError, match="records no int8 plan"):
+        optimize_bundle(other, "int8", plan_from=make_bundle("tiny-bert", "embed"))

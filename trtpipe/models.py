@@ -47,7 +47,8 @@ class ModelSpec:
     expected_fusions: dict[
         str, tuple[int, int]
     ]  # fused op(s) -> (per layer, plus): how many fusion must make
-    shared_layers: bool = False  # one set of layer weights reused by every layer (ALBERT)
+    # one set of layer weights reused by every layer (ALBERT): its int8 search measures each weight's error
+    shared_layers: bool = False
 
     @property
     def kind_spec(self) -> KindSpec:

@@ -11,6 +11,7 @@ from .. import corpus
 from ..console import progress, warn
 from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
+from .figures import spec_key
 from .stats import summarize
 
 
@@ -111,6 +112,7 @@ class EncodeResult:
     items_per_s: float | None = None
     peak_rss: int | None = None
     error: str | None = None
+    key: str = ""  # figures.spec_key of the spec that built the row: what accuracy figures are looked up by
 
 
 def run_encode(
@@ -173,6 +175,7 @@ def run_encode(
                     batch,
                     seq,
                     error=error,
+                    key=spec_key(kind, variant, backend),
                 )
                 if row is not None:
                     result.latency = summarize(samples[index], items_per_sample=batch)

@@ -32,6 +32,13 @@ def optimize_cmd(
     gate_texts: Annotated[
         Path | None, typer.Option("--gate-texts", help="held-out texts for the accuracy gate (one per line)")
     ] = None,
+    plan_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan-from",
+            help="int8: no search; the plan another bundle of the same architecture and task recorded",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="write the variant even if it fails its gate (recorded)")
     ] = False,
@@ -53,6 +60,7 @@ def optimize_cmd(
         lm_head=lm_head,
         accuracy_level=accuracy_level,
         gate_texts=gate_texts,
+        plan_from=plan_from,
     )
     if as_json:
         print_json(entry)

@@ -1,10 +1,9 @@
 """int8: dynamic quantisation for the CPU (ORT, VNNI) and static symmetric QDQ for TensorRT.
 
 Dynamic int8 quantises only MatMuls with a constant weight (activation × activation MatMuls — QKᵀ and AV — stay
-fp32). Each weight MatMul gets the cheapest scheme the accuracy gate allows, on a ladder: per-tensor (fastest),
-per-channel (per output column), fp32. Nodes climb the ladder in order of an estimated quantisation error —
-weight rounding error plus the dynamic per-tensor activation error measured on calibration text — until the gate
-passes on the calibration set; the recorded gate is then computed on held-out text.
+fp32), each by its plan's scheme: per-tensor (fastest), per-channel (per output column) or fp32; int8_plan.py searches
+the plan. The estimated quantisation error of a node (weight rounding error plus the dynamic per-tensor activation
+error measured on calibration text) orders that search where errors are not measured, and the static QDQ fallback.
 """
 
 from __future__ import annotations
@@ -86,27 +85,6 @@ def node_scores(model: onnx.ModelProto, feeds: list[dict], gemm: bool = False) -
     return scores
 
 
-def ladder(scores: dict[str, dict[str, float]]) -> list[dict[str, str]]:
-    """Plans from fastest to safest: each maps node name → per-tensor | per-channel | fp32."""
-    by_pt = sorted(scores, key=lambda n: -scores[n]["per-tensor"])
-    by_pc = sorted(scores, key=lambda n: -scores[n]["per-channel"])
-    n = len(by_pt)
-    plans = []
-    for fraction in (0, 1 / 6, 1 / 3, 1 / 2, 1):
-        worst = set(by_pt[: int(round(fraction * n))])
-        plans.append({name: ("per-channel" if name in worst else "per-tensor") for name in by_pt})
-    for fraction in (1 / 12, 1 / 6, 1 / 3, 1 / 2):
-        worst = set(by_pc[: max(1, int(round(fraction * n)))])
-        plans.append({name: ("fp32" if name in worst else "per-channel") for name in by_pc})
-    unique, seen = [], set()
-    for plan in plans:
-        key = tuple(sorted(plan.items()))
-        if key not in seen:
-            seen.add(key)
-            unique.append(plan)
-    return unique
-
-
 SAFETY = {"per-tensor": 0, "per-channel": 1, "fp32": 2}
 
 
@@ -167,43 +145,6 @@ def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str]) -> onnx.ModelPro
         quantized = onnx.load(str(current))
     restore_sharing(quantized)
     return quantized
-
-
-def quantize_dynamic_gated(
-    model: onnx.ModelProto, calib_feeds: list[dict], passes: Callable[[onnx.ModelProto], bool]
-):
-    """Walk the ladder until `passes(quantized)` (the gate on calibration text). Returns (model, plan, report)."""
-    scores = node_scores(model, calib_feeds)
-    weight_of = {n.name: n.input[1] for n in weight_matmuls(model)}
-    plans = [consistent_per_weight(plan, weight_of) for plan in ladder(scores)]
-    plans = [p for i, p in enumerate(plans) if p not in plans[:i]]
-    tried = []
-    chosen = None
-    with progress() as bar:
-        task = bar.add_task("int8: searching per-node precision", total=len(plans))
-        for plan in plans:
-            quantized = apply_dynamic(model, plan)
-            counts = {
-                s: sum(1 for v in plan.values() if v == s) for s in ("per-tensor", "per-channel", "fp32")
-            }
-            ok = passes(quantized)
-            tried.append({**counts, "passed_calibration": ok})
-            bar.advance(task)
-            if ok:
-                chosen = (quantized, plan)
-                break
-    if chosen is None:
-        chosen = (quantized, plan)  # the safest plan; the held-out gate will report the failure
-    quantized, plan = chosen
-    report = {
-        "plans_tried": tried,
-        "scheme": {s: sorted(n for n, v in plan.items() if v == s) for s in ("per-channel", "fp32")},
-        "counts": {s: sum(1 for v in plan.values() if v == s) for s in ("per-tensor", "per-channel", "fp32")},
-        "scores_top": sorted(
-            ((n, round(v["per-tensor"], 4)) for n, v in scores.items()), key=lambda x: -x[1]
-        )[:8],
-    }
-    return quantized, plan, report
 
 
 # ------------------------------------------------------------------------------------------ static QDQ (TRT)

@@ -15,8 +15,8 @@ from . import gate
 
 
 def calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str], headroom: float = 0.0):
-    """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text), with
-    `headroom` (GateResult.passed_with_headroom) for searches whose rungs are coarse."""
+    """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text), by
+    gate.search_thresholds, with `headroom` (GateResult.passed_with_headroom) for searches whose rungs are coarse."""
     texts = calib_texts[: bundle.kind.qdq_calibration_texts]
 
     def passes(candidate: onnx.ModelProto) -> bool:
@@ -25,7 +25,8 @@ def calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str], hea
         )  # a killed run leaves a .tmp- file the next writer removes
         try:
             graph.save_onnx(candidate, path)
-            return gate.evaluate(bundle, path, precision, texts).passed_with_headroom(headroom)
+            result = gate.evaluate(bundle, path, precision, texts, search=True)
+            return result.passed_with_headroom(headroom)
         finally:
             path.unlink(missing_ok=True)
 

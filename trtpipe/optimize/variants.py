@@ -82,9 +82,11 @@ def optimize_bundle(
     lm_head: bool = True,
     accuracy_level: int = 4,
     gate_texts: str | Path | None = None,
+    plan_from: str | Path | None = None,
 ) -> dict:
     """Add `precision` to the bundle. Returns the new manifest entry. Raises CheckFailed (exit 1) when the accuracy
-    gate fails (nothing written unless force=True, which is recorded)."""
+    gate fails (nothing written unless force=True, which is recorded). plan_from (int8): no search — the int8 plan
+    that bundle recorded (written or refused), carried over weight by weight (int8_plan.plan_from_roles)."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if method not in CALIBRATION_METHODS:
@@ -94,6 +96,7 @@ def optimize_bundle(
     if block_size not in (16, 32, 64, 128, 256):
         raise UserError(f"--block-size must be 16, 32, 64, 128 or 256 (got {block_size})")
     bundle = Bundle.load(bundle_path)
+    carried = recorded_plan(plan_from, precision) if plan_from is not None else None
     if precision in bundle.variants and not overwrite:
         raise UserError(f"{bundle.path} already has the {precision} variant; pass --overwrite to rebuild it")
     calib_texts = read_texts(calibration, bundle.kind.calibration_texts, "train")
@@ -111,6 +114,7 @@ def optimize_bundle(
             lm_head,
             accuracy_level,
             started,
+            carried,
         )
     except _Refused as refused:
         record_refusal(bundle.path, precision, refused.result, refused.report)
@@ -125,6 +129,20 @@ class _Refused(Exception):
     def __init__(self, result, report):
         super().__init__("refused")
         self.result, self.report = result, report
+
+
+def recorded_plan(path: str | Path, precision: str) -> tuple[dict[str, str], str]:
+    """The int8 plan (role → scheme) another bundle's search chose, whether its gate wrote or refused the variant."""
+    if precision != "int8":
+        raise UserError("--plan-from carries over int8 plans only")
+    other = Bundle.load(path)
+    entry = other.variants.get("int8") or other.manifest.get("refused", {}).get("int8")
+    roles = (entry or {}).get("report", {}).get("roles")
+    if not roles:
+        raise UserError(
+            f"{other.path} records no int8 plan; run `trtpipe optimize {other.path} --precision int8` first"
+        )
+    return roles, str(other.path)
 
 
 def record_refusal(bundle_path: Path, precision: str, result, report) -> None:
@@ -156,11 +174,21 @@ def _optimize_locked(
     lm_head: bool,
     accuracy_level: int,
     started: float,
+    carried: tuple[dict[str, str], str] | None = None,
 ) -> dict:
     with bundle_transaction(bundle.path) as (locked, stage):
         source = locked.model_path("fp32")
         model, report, plan = _build(
-            locked, source, precision, calib_texts, method, block_size, lm_head, accuracy_level, force
+            locked,
+            source,
+            precision,
+            calib_texts,
+            method,
+            block_size,
+            lm_head,
+            accuracy_level,
+            force,
+            carried,
         )
         if precision in ("int8-wo", "int4"):  # the rung the search settled on
             block_size, lm_head = report["block_size"], report["lm_head"]
@@ -237,6 +265,7 @@ def _build(
     lm_head: bool,
     accuracy_level: int,
     force: bool = False,
+    carried: tuple[dict[str, str], str] | None = None,
 ):
     model_info = bundle.model
     plan = None
@@ -270,13 +299,20 @@ def _build(
         return weight_only_gated(
             bundle, source, precision, calib_texts, block_size, lm_head, accuracy_level, force
         )
-    from .int8 import quantize_dynamic_gated, weight_matmuls
+    from .int8 import weight_matmuls
+    from .int8_plan import quantize_dynamic_gated, quantize_with_plan
     from .weight_only import untie_lm_head
 
     base = onnx.load(str(source))
     graph.bypass_weight_identities(base)  # bundles exported before the export pass did this
     if bundle.is_decoder and lm_head:
         untie_lm_head(base)
-    model, plan, report = quantize_dynamic_gated(base, feeds, calibration_gate(bundle, "int8", calib_texts))
+    if carried is not None:
+        model, plan, report = quantize_with_plan(base, *carried)
+    else:
+        # weights reused by every layer compound their error over the layers: measure it rather than estimate it
+        model, plan, report = quantize_dynamic_gated(
+            base, feeds, calibration_gate(bundle, "int8", calib_texts), measure=bundle.spec.shared_layers
+        )
     by_weight = {node.input[1]: plan[node.name] for node in weight_matmuls(base) if node.name in plan}
     return model, report, by_weight
