@@ -48,7 +48,10 @@ class _Forward:
         self.session.run(self.feed)
 
 
-def _tpot(bundle: Bundle, seq: int, threads: int | None, steps: int = 16) -> dict:
+TPOT_STEPS = 16  # decode steps timed for a decoder's TPOT
+
+
+def _tpot(bundle: Bundle, seq: int, threads: int | None, steps: int = TPOT_STEPS) -> dict:
     from .decode import OursDecoder, prompt_ids
 
     runner = OursDecoder(bundle, None, threads)
@@ -59,7 +62,7 @@ def _tpot(bundle: Bundle, seq: int, threads: int | None, steps: int = 16) -> dic
 def compare(
     bundle_paths: list[Path],
     threads: int | None = 2,
-    seq: int = 128,
+    seq: int | None = None,
     memory: bool = True,
     out_dir: Path | None = None,
     rounds: int = 5,
@@ -70,9 +73,11 @@ def compare(
             "compare needs at least two bundles, e.g. bundles/bert-base-classify bundles/albert-base-classify"
         )
     bundles = [Bundle.load(p) for p in bundle_paths]
-    for bundle in bundles:
-        if seq > bundle.max_length:
-            raise UserError(f"--seq {seq} exceeds {bundle.name}'s max length {bundle.max_length}")
+    from .shapes import compare_seq
+
+    seq, notes = compare_seq(bundles, seq, TPOT_STEPS + 1)
+    for note in notes:
+        info(f"note: {note}")
     forwards = [_Forward(b, seq, threads) for b in bundles]
     samples: dict[int, list[float]] = {i: [] for i in range(len(bundles))}
     with progress() as bar:
@@ -124,6 +129,7 @@ def compare(
     report = {
         "schema": "trtpipe.compare/1",
         "seq": seq,
+        "notes": notes,
         "threads": threads,
         "env": environment(threads),
         "rows": rows,

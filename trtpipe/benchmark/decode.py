@@ -105,12 +105,9 @@ def prompt_ids(bundle: Bundle, length: int) -> list[int]:
 def run_decode(
     bundle: Bundle, prompt_lens: list[int], new_tokens: int, rows: list, rounds: int = 3, warmup: int = 1
 ) -> list[DecodeResult]:
-    if new_tokens < 2:
-        raise UserError("--new-tokens must be ≥ 2 to measure TPOT")
-    limit = bundle.limits["max_positions"]
-    for p in prompt_lens:
-        if p + new_tokens > limit:
-            raise UserError(f"prompt {p} + {new_tokens} new tokens exceeds the model's {limit} positions")
+    from .shapes import decoder_shapes
+
+    decoder_shapes(bundle, prompt_lens, new_tokens)  # a UserError naming the limit when they do not fit
     built = []
     for kind, factory in rows:
         try:

@@ -19,7 +19,9 @@ def fixed_feeds(bundle: Bundle, batch: int, seq: int, count: int = 4) -> list[di
     from ..runtime.text import TextEncoder
 
     if seq > bundle.max_length:
-        raise UserError(f"--seq {seq} exceeds the bundle's max length {bundle.max_length}")
+        raise UserError(
+            f"--seq {seq} exceeds {bundle.name}'s max length {bundle.max_length}; pass --seq {bundle.max_length} or less"
+        )
     encoder = TextEncoder(bundle)
     pool = corpus.sentences("all")
     feeds, cursor = [], 0
