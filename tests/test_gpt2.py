@@ -248,6 +248,29 @@ def test_sampling_is_seeded_and_degenerates_to_greedy(generator):
     )
 
 
+def test_greedy_sampling_reads_the_logits_without_copying_them():
+    """Every decode step samples: greedy without a penalty must not allocate a [B, V] copy of the logits (200 KiB
+    per step for GPT-2's vocabulary), and no mode may change the caller's logits."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (2, 50257)).astype(np.float32)
+    before = logits.copy()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        ids = sample_next(logits, Sampling(), rng)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < logits.nbytes // 10, peak
+    np.testing.assert_array_equal(ids, before.argmax(-1))
+    history = [np.array([int(ids[0])]), np.array([int(ids[1])])]
+    for sampling in (Sampling(repetition_penalty=1.3), Sampling(temperature=0.8, top_p=0.9, seed=1)):
+        sample_next(logits, sampling, rng, history)
+        np.testing.assert_array_equal(logits, before)
+
+
 def test_top_k_top_p_keep_the_same_set_as_transformers():
     import torch
     from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
