@@ -114,6 +114,7 @@ def test_decoder_benchmark_with_peers(make_bundle, tmp_path):
     assert rows[0]["ids"] == rows[1]["ids"]  # same greedy tokens: identical inputs, identical work
     assert report["floors"][0]["tpot_floor_ms"] > 0 and report["floors"][0]["ttft_floor_ms"] > 0
     assert (out / f"benchmark-{path.name}-tpot.png").stat().st_size > 5000
+    assert "not measured (--no-memory)" in (out / f"benchmark-{path.name}.md").read_text()
 
 
 def test_missing_backends_are_skipped_with_their_reason(make_bundle, tmp_path):
@@ -215,3 +216,136 @@ def test_workload_bucketed_vs_fixed_vs_optimum(make_bundle, tmp_path, task):
     assert (tmp_path / f"workload-{path.name}.png").exists() and (
         tmp_path / f"workload-{path.name}.csv"
     ).exists()
+
+
+# ------------------------------------------------------------- a figure that was not measured is never a number
+
+
+def _bench(name: str):
+    """A bench/ script as a module (they import their sibling `common`)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "bench"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_cells_say_not_measured_instead_of_a_number():
+    from trtpipe.benchmark.report import figure, markdown, ratio_text
+
+    assert figure(None) == "not measured"
+    assert figure(None, 0, "--no-memory") == "not measured (--no-memory)"
+    assert figure(0.0) == "0.00" and figure(12.345, 1) == "12.3"
+    assert ratio_text(None, 2.0) == "not measured" and ratio_text(3.0, 2.0) == "1.50"
+    encoder = {
+        "label": "trtpipe ort-cpu fp32",
+        "backend": "ort-cpu",
+        "variant": "fp32",
+        "batch": 1,
+        "seq": 8,
+        "latency": {"p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2, "mean_ms": 1.0, "sd_ms": 0.1, "cov": 0.1},
+        "items_per_s": 1000.0,
+        "peak_rss": None,
+        "peak_rss_note": "--no-memory",
+    }
+    decoder = {
+        "label": "trtpipe fp32 (in-place KV)",
+        "prompt_len": 8,
+        "new_tokens": 4,
+        "ttft": {"p50_ms": 2.0},
+        "tpot": {"p50_ms": 1.0, "p99_ms": 3.0},
+        "tpot_rounds": {},  # per-round p99s missing: not measured, and no ratio made up from them
+        "tokens_per_s": 500.0,
+        "peak_rss": None,
+        "peak_rss_note": "the measuring process ran past 600 s",
+    }
+    text = markdown({"encoder": [encoder], "decoder": [decoder], "notes": ["prompt length 512 does not fit"]})
+    assert "| 1000.0 | not measured (--no-memory) |" in text
+    assert "| 1.00 | not measured | not measured | 3.00 |" in text
+    assert "not measured (the measuring process ran past 600 s)" in text
+    assert "- note: prompt length 512 does not fit" in text
+    assert "| 0 |" not in text and "| 0.00 |" not in text
+
+
+def test_compare_and_workload_tables_never_print_an_unmeasured_figure():
+    from trtpipe.benchmark.compare import compare_markdown
+    from trtpipe.benchmark.workload import NO_BATCH_TIMES, workload_markdown
+
+    row = {
+        "name": "tiny-bert-classify",
+        "family": "bert",
+        "random_weights": True,
+        "parameters": None,
+        "unique_weight_bytes": None,
+        "onnx_bytes": 2**20,
+        "onnx_over_params": None,
+        "variant_bytes": {"fp32": 2**20},
+        "forward": {"p50_ms": 1.5},
+        "tpot": None,
+        "peak_rss": None,
+        "peak_rss_note": "--no-memory",
+    }
+    decoder = {
+        **row,
+        "name": "tiny-gpt2-generate",
+        "family": "gpt2",
+        "tpot": {"n": 0},
+        "peak_rss": 300 * 2**20,
+    }
+    text = compare_markdown({"seq": 16, "rows": [row, decoder], "findings": []})
+    first, second = text.splitlines()[2:4]
+    assert "not measured (not in the manifest) M" in first and "| – |" in first  # an encoder has no TPOT
+    assert "not measured (--no-memory)" in first and "| 300 |" in second
+    assert "| 1.5 | not measured |" in second  # a decoder's TPOT that has no p50
+    rows = [
+        {
+            "label": "ours",
+            "texts_per_s": 10.0,
+            "batch_latency": {"n": 2, "p50_ms": 5.0, "p99_ms": 6.0},
+            "speedup_of_bucketed": 1.0,
+            "agreement_with_first_row": 1.0,
+        },
+        {
+            "label": "Optimum",
+            "texts_per_s": 5.0,
+            "batch_latency": {"n": 0, "not_measured": NO_BATCH_TIMES},
+            "speedup_of_bucketed": 2.0,
+            "agreement_with_first_row": 1.0,
+        },
+    ]
+    text = workload_markdown({"task": "classify", "rows": rows})
+    assert "| 5.0 | 6.0 |" in text
+    assert f"| not measured ({NO_BATCH_TIMES}) | not measured ({NO_BATCH_TIMES}) |" in text
+
+
+def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
+    optimize = _bench("optimize")
+    assert optimize.greedy_match_text({}) == "greedy-match length not measured (the gate did not record it)"
+    assert (
+        optimize.greedy_match_text({"greedy_match_tokens_mean": 31.5})
+        == "greedy-match length 31.5 of 32 tokens"
+    )
+    demo = _bench("demo_metrics")
+    assert "0 s" not in demo.last_run_line({}) and "not measured" in demo.last_run_line({})
+    assert demo.last_run_line({"trained": ["a", "b"], "seconds": 12.4}).startswith(
+        "Last `make demo-models` run: 2 model(s) trained in 12 s"
+    )
+    triton = _bench("triton_load")
+    nothing = {"completed": 0, "throughput_rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+    assert "nan" not in triton.load_cells(
+        nothing
+    ) and "not measured (no request completed)" in triton.load_cells(nothing)
+    common = _bench("common")
+    import trtpipe.benchmark.env as env
+
+    real = env.environment
+    monkeypatch.setattr(env, "environment", lambda threads=None: {**real(threads), "memory_bytes": None})
+    line = common.environment_line()
+    assert "0 GiB" not in line and "memory not measured" in line

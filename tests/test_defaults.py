@@ -96,6 +96,7 @@ def test_decoder_benchmark_drops_a_default_prompt_that_does_not_fit(make_bundle,
     report = json.loads((tmp_path / f"benchmark-{path.name}.json").read_text())
     assert report["config"]["prompt_lens"] == [32] and [r["prompt_len"] for r in report["decoder"]] == [32]
     assert any("512" in note for note in report["notes"])
+    assert "note: prompt length 512" in (tmp_path / f"benchmark-{path.name}.md").read_text()
 
 
 @pytest.mark.parametrize(

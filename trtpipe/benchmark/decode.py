@@ -53,6 +53,7 @@ class DecodeResult:
     tpot_by_past: list = field(default_factory=list)  # (past length, median ms) for the TPOT-vs-context plot
     ids: list[int] = field(default_factory=list)
     peak_rss: int | None = None
+    peak_rss_note: str | None = None  # why peak_rss was not measured
     error: str | None = None
     variant: str | None = None
 

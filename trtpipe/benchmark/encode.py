@@ -112,6 +112,7 @@ class EncodeResult:
     latency: dict = field(default_factory=dict)
     items_per_s: float | None = None
     peak_rss: int | None = None
+    peak_rss_note: str | None = None  # why peak_rss was not measured
     error: str | None = None
 
 

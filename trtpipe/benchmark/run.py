@@ -186,7 +186,7 @@ def _encoder(
     bundle, usable, variants, batches, seq, threads, baselines, rounds, iters, warmup, seconds, report, memory
 ):
     from .encode import run_encode
-    from .memory import measure
+    from .memory import NOT_ASKED, measure_or_reason
 
     specs = []
     for backend in usable:
@@ -206,8 +206,10 @@ def _encoder(
         bundle, specs, shapes, threads, rounds=rounds, iters=iters, warmup=warmup, seconds=seconds
     )
     for result in results:
-        if memory and result.error is None:
-            result.peak_rss = measure(
+        if not memory:
+            result.peak_rss_note = NOT_ASKED
+        elif result.error is None:
+            result.peak_rss, result.peak_rss_note = measure_or_reason(
                 {
                     "kind": "encode",
                     "bundle": str(bundle.path),
@@ -223,7 +225,7 @@ def _encoder(
 
 def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, report, memory):
     from .decode import floors, make_rows, measure_floors, run_decode
-    from .memory import measure
+    from .memory import NOT_ASKED, measure_or_reason
 
     rows = []
     for backend in usable:
@@ -246,7 +248,9 @@ def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselin
             }
         )
     for result in results:
-        if memory and result.error is None:
+        if not memory:
+            result.peak_rss_note = NOT_ASKED
+        elif result.error is None:
             spec = {
                 "kind": "decode",
                 "bundle": str(bundle.path),
@@ -257,5 +261,5 @@ def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselin
             }
             if result.kind == "ours":
                 spec["variant"] = result.variant
-            result.peak_rss = measure(spec)
+            result.peak_rss, result.peak_rss_note = measure_or_reason(spec)
         report["decoder"].append(asdict(result))
