@@ -140,6 +140,26 @@ def test_kv_buffers_are_allocated_once_per_request(gpt2_bundle, monkeypatch):
     assert addresses == [b.ctypes.data for copy in cache.buffers for b in copy]
 
 
+def test_in_place_decoding_binds_once_per_request(gpt2_bundle, monkeypatch):
+    """In place, the KV and logits buffers never move: one IOBinding per prefilled row and one for all decode
+    steps — a step never builds a new binding."""
+    gen = Generator(gpt2_bundle, kv="inplace")
+    session = gen.runner.session.session
+    made = []
+    original = session.io_binding
+
+    def counting():
+        made.append(1)
+        return original()
+
+    monkeypatch.setattr(session, "io_binding", counting)
+    for prompts in (PROMPTS[:1], PROMPTS[:3]):
+        made.clear()
+        tokens = list(gen.stream(prompts, 16, ignore_eos=True))
+        assert len(tokens) == 16 * len(prompts)
+        assert len(made) == len(prompts) + 1
+
+
 def test_repetition_history_is_one_buffer_written_in_place(generator, monkeypatch):
     """The repetition penalty's history is allocated once per request and written in place: no step copies a
     growing array (it was np.append per token per row)."""

@@ -247,7 +247,57 @@ def plots(report: dict, directory: Path, stem: str) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    return written
+    steps = step_series_plot(report.get("decoder", []), directory / f"{stem}-steps.png")
+    return written + ([steps] if steps else [])
+
+
+def step_series_plot(decoder: list[dict], path: Path) -> Path | None:
+    """Every decode step's time, round by round (one panel per row and prompt length, one line per round): a stall
+    of ours recurs at the same step in every round, the machine's lands anywhere in one round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in decoder if r.get("steps_ms")]
+    if not rows:
+        return None
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    prompts = sorted({r["prompt_len"] for r in rows})
+    fig, axes = plt.subplots(
+        len(labels), len(prompts), figsize=(5 * len(prompts), 2.2 * len(labels) + 0.6), squeeze=False
+    )
+    colours = plt.get_cmap("tab10")
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for r in rows:
+        ax = axes[labels.index(r["label"])][prompts.index(r["prompt_len"])]
+        ax.set_visible(True)
+        for index, series in enumerate(r["steps_ms"]):
+            ax.plot(
+                range(len(series)),
+                series,
+                linewidth=0.8,
+                color=colours(index % 10),
+                label=f"round {index + 1}",
+            )
+        p50 = (r.get("tpot") or {}).get("p50_ms")
+        p99 = (r.get("tpot_rounds") or {}).get("p99_ms_round_median")
+        if p50:
+            ax.axhline(p50, color="gray", linestyle=":", linewidth=0.8, label="p50")
+        if p99:
+            ax.axhline(p99, color="black", linestyle="--", linewidth=0.8, label="median of per-round p99")
+        ax.set_title(f"{r['label']} · prompt {r['prompt_len']}", fontsize=8)
+        ax.set_xlabel("decode step", fontsize=7)
+        ax.set_ylabel("ms", fontsize=7)
+        ax.tick_params(labelsize=7)
+    first = next(ax for ax in axes.flat if ax.get_visible())
+    first.legend(fontsize=6, ncol=2)
+    fig.suptitle("time per output token, step by step, every round", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_report(report: dict, directory: Path, stem: str = "benchmark") -> list[Path]:

@@ -33,6 +33,19 @@ def summarize(samples_s: list[float], items_per_sample: float = 1.0) -> dict:
     }
 
 
+def per_round_p99(rounds_s: list[list[float]]) -> dict:
+    """Tail latency that one bad moment of a shared machine cannot set: the p99 of each round's samples (seconds)
+    and the median of those p99s (ms). A stall of ours recurs in every round and moves the median; a stall of the
+    machine lands in one round and does not."""
+    p99s = [float(np.percentile(np.asarray(r, dtype=np.float64) * 1e3, 99)) for r in rounds_s if len(r)]
+    return {
+        "rounds": len(p99s),
+        "samples_per_round": min((len(r) for r in rounds_s if len(r)), default=0),
+        "p99_ms_per_round": p99s,
+        "p99_ms_round_median": float(np.median(p99s)) if p99s else None,
+    }
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
