@@ -27,6 +27,9 @@ def test_percentiles_cov_and_throughput_on_synthetic_timings():
     steady = summarize([0.010, 0.0101, 0.0099, 0.010])
     assert steady["noisy"] is False and steady["min_ms"] == pytest.approx(9.9)
     assert summarize([])["n"] == 0
+    single = summarize([0.010])  # one sample: no spread was measured, so none is reported
+    assert single["p50_ms"] == pytest.approx(10.0)
+    assert single["sd_ms"] is None and single["cov"] is None and single["noisy"] is None
 
 
 def test_tail_is_the_median_of_per_round_p99s():

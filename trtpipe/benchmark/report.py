@@ -153,7 +153,7 @@ def markdown(report: dict) -> str:
             noisy = " ⚠" if r["cov"] is not None and r["cov"] > 0.1 else ""
             lines.append(
                 f"| {r['label']} | {r['batch']}×{r['seq']} | {figure(r['p50_ms'])} | {figure(r['p90_ms'])} | "
-                f"{figure(r['p99_ms'])} | {figure(r['mean_ms'])} ± {figure(r['sd_ms'])}{noisy} | "
+                f"{figure(r['p99_ms'])} | {figure(r['mean_ms'])} ± {figure(r['sd_ms'], why='one sample')}{noisy} | "
                 f"{figure(r['items_per_s'], 1)} | {figure(r['peak_rss_mib'], 0, r['peak_rss_note'])} |"
             )
     if report.get("decoder"):

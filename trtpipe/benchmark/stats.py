@@ -16,8 +16,9 @@ def summarize(samples_s: list[float], items_per_sample: float = 1.0) -> dict:
         return {"n": 0}
     ms = values * 1e3
     mean = float(ms.mean())
-    sd = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
-    cov = sd / mean if mean > 0 else 0.0
+    # one sample has no spread to measure: sd and CoV are None ("not measured"), never 0
+    sd = float(ms.std(ddof=1)) if ms.size > 1 else None
+    cov = sd / mean if sd is not None and mean > 0 else None
     return {
         "n": int(ms.size),
         "mean_ms": mean,
@@ -29,7 +30,7 @@ def summarize(samples_s: list[float], items_per_sample: float = 1.0) -> dict:
         "p99_ms": float(np.percentile(ms, 99)),
         "max_ms": float(ms.max()),
         "qps": items_per_sample / (mean / 1e3) if mean > 0 else 0.0,
-        "noisy": cov > HIGH_COV,
+        "noisy": None if cov is None else cov > HIGH_COV,
     }
 
 
