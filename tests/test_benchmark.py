@@ -49,9 +49,11 @@ def test_tail_is_the_median_of_per_round_p99s():
     for r in ours:
         r[0] = r[64] = 0.030  # the same two steps slow in every round
     assert per_round_p99(ours)["p99_ms_round_median"] > 20
+    assert tail["p50_ms_per_round"] == pytest.approx([10.0] * 5)
     assert per_round_p99([[], []]) == {
         "rounds": 0,
         "samples_per_round": 0,
+        "p50_ms_per_round": [],
         "p99_ms_per_round": [],
         "p99_ms_round_median": None,
     }

@@ -38,10 +38,12 @@ def per_round_p99(rounds_s: list[list[float]]) -> dict:
     """Tail latency that one bad moment of a shared machine cannot set: the p99 of each round's samples (seconds)
     and the median of those p99s (ms). A stall of ours recurs in every round and moves the median; a stall of the
     machine lands in one round and does not."""
-    p99s = [float(np.percentile(np.asarray(r, dtype=np.float64) * 1e3, 99)) for r in rounds_s if len(r)]
+    ms = [np.asarray(r, dtype=np.float64) * 1e3 for r in rounds_s if len(r)]
+    p99s = [float(np.percentile(r, 99)) for r in ms]
     return {
         "rounds": len(p99s),
-        "samples_per_round": min((len(r) for r in rounds_s if len(r)), default=0),
+        "samples_per_round": min((len(r) for r in ms), default=0),
+        "p50_ms_per_round": [float(np.percentile(r, 50)) for r in ms],
         "p99_ms_per_round": p99s,
         "p99_ms_round_median": float(np.median(p99s)) if p99s else None,
     }
