@@ -48,9 +48,14 @@ def environment_line(threads: int = 2) -> str:
 
     env = environment(threads)
     versions = env["versions"]
+    memory = (
+        f"{env['memory_bytes'] / 2**30:.0f} GiB"
+        if env["memory_bytes"]
+        else "memory not measured (psutil is not installed)"
+    )
     return (
         f"{env['cpu']}, {env['logical_cores']} logical cores, {threads} threads, "
-        f"{(env['memory_bytes'] or 0) / 2**30:.0f} GiB; onnxruntime {versions.get('onnxruntime', '?')}, "
+        f"{memory}; onnxruntime {versions.get('onnxruntime', '?')}, "
         f"torch {versions.get('torch', '?')}, transformers {versions.get('transformers', '?')}; {env['date']}"
     )
 

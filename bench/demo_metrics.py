@@ -14,6 +14,16 @@ from pathlib import Path
 from common import ROOT, write_section
 
 
+def last_run_line(run: dict) -> str:
+    """The last `make demo-models` run, from what it recorded; a count or a time it did not record is not
+    measured, never 0."""
+    trained = run.get("trained")
+    count = f"{len(trained)} model(s)" if isinstance(trained, list) else "models (count not recorded)"
+    seconds = run.get("seconds")
+    took = f"in {seconds:.0f} s of wall time" if seconds is not None else "(wall time not measured)"
+    return f"Last `make demo-models` run: {count} trained {took} (2 CPU cores)."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=str(ROOT / "models"))
@@ -58,11 +68,7 @@ def main() -> None:
         ]
     run = data.get("last_run", {})
     if run:
-        lines += [
-            "",
-            f"Last `make demo-models` run: {len(run.get('trained', []))} model(s) trained in {run.get('seconds', 0):.0f} s "
-            "of wall time (2 CPU cores).",
-        ]
+        lines += ["", last_run_line(run)]
     sample = models.get("demo-gpt2", {}).get("sample")
     if sample:
         lines += ["", f'Greedy sample of demo-gpt2 from "{sample["prompt"]}": `{sample["greedy"][:200]!r}`']

@@ -286,7 +286,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list]:
         lines += [
             "",
             f"LM gate on the trained demo GPT-2, int4: next-token top-1 agreement {m['next_token_top1']:.3f} "
-            f"(needs ≥ 0.97), greedy-match length {m.get('greedy_match_tokens_mean', 0):.1f} of 32 tokens — {gate['verdict']}.",
+            f"(needs ≥ 0.97), {greedy_match_text(m)} — {gate['verdict']}.",
         ]
         targets.append(
             (
@@ -296,6 +296,14 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list]:
             )
         )
     return lines, targets
+
+
+def greedy_match_text(metrics: dict) -> str:
+    """The LM gate's greedy-match length, or "not measured" when the gate did not record it (never a 0)."""
+    value = metrics.get("greedy_match_tokens_mean")
+    if value is None:
+        return "greedy-match length not measured (the gate did not record it)"
+    return f"greedy-match length {value:.1f} of 32 tokens"
 
 
 def main() -> None:

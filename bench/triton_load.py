@@ -155,6 +155,15 @@ def main() -> None:
         write_section("triton", body)
 
 
+def load_cells(r: dict) -> str:
+    """Throughput, p50 and p99 cells of one load report; with no completed request the latencies were not
+    measured (run_load reports NaN), and say so."""
+    if not r.get("completed"):
+        why = "not measured (no request completed)"
+        return f"{r['throughput_rps']:.0f} | {why} | {why}"
+    return f"{r['throughput_rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f}"
+
+
 def markdown(rows: list[tuple[str, str, dict]], notes: list[str], args: argparse.Namespace) -> str:
     lines = [
         f"Loopback only: {args.clients} concurrent HTTP clients (tritonclient, same machine, sharing its CPUs with "
@@ -168,10 +177,7 @@ def markdown(rows: list[tuple[str, str, dict]], notes: list[str], args: argparse
     ]
     order = list(dict.fromkeys(name for name, _, _ in rows))  # bundle by bundle, settings in order
     for name, setting, r in sorted(rows, key=lambda row: order.index(row[0])):
-        lines.append(
-            f"| {name} | {setting} | {r['throughput_rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['errors']} |"
-        )
+        lines.append(f"| {name} | {setting} | {load_cells(r)} | {r['errors']} |")
     ratios = []
     by_key = {(name, setting): r for name, setting, r in rows}
     for name in order:

@@ -27,6 +27,58 @@ def test_percentiles_cov_and_throughput_on_synthetic_timings():
     steady = summarize([0.010, 0.0101, 0.0099, 0.010])
     assert steady["noisy"] is False and steady["min_ms"] == pytest.approx(9.9)
     assert summarize([])["n"] == 0
+    single = summarize([0.010])  # one sample: no spread was measured, so none is reported
+    assert single["p50_ms"] == pytest.approx(10.0)
+    assert single["sd_ms"] is None and single["cov"] is None and single["noisy"] is None
+
+
+def test_tail_is_the_median_of_per_round_p99s():
+    """One bad moment of the machine lands in one round and leaves the median of the per-round p99s alone; a stall
+    of ours recurs in every round and moves it."""
+    from trtpipe.benchmark.stats import per_round_p99
+
+    steady = [0.010] * 128
+    vm = [list(steady) for _ in range(5)]
+    vm[2][40:48] = [0.030] * 8  # a burst of slow steps in one round: the machine was busy for a moment
+    pooled = summarize([s for r in vm for s in r])
+    tail = per_round_p99(vm)
+    assert tail["rounds"] == 5 and tail["samples_per_round"] == 128
+    assert tail["p99_ms_round_median"] == pytest.approx(10.0)
+    assert tail["p99_ms_per_round"][2] > 20 and pooled["p99_ms"] > 20  # the pooled p99 takes the burst
+    ours = [list(steady) for _ in range(5)]
+    for r in ours:
+        r[0] = r[64] = 0.030  # the same two steps slow in every round
+    assert per_round_p99(ours)["p99_ms_round_median"] > 20
+    assert tail["p50_ms_per_round"] == pytest.approx([10.0] * 5)
+    assert per_round_p99([[], []]) == {
+        "rounds": 0,
+        "samples_per_round": 0,
+        "p50_ms_per_round": [],
+        "p99_ms_per_round": [],
+        "p99_ms_round_median": None,
+    }
+
+
+def test_our_decode_step_is_timed_token_to_token_like_the_peers(make_bundle, monkeypatch):
+    """TPOT covers everything between two tokens the caller receives — the graph call and the loop's own Python
+    (sampling, detokenising) — as the peers' clocks do; it once timed the graph call alone."""
+    import time
+
+    import trtpipe.runtime.generate as generate_module
+    from trtpipe.benchmark.decode import OursDecoder
+    from trtpipe.runtime import Bundle
+
+    original = generate_module.sample_next
+
+    def slow(*args, **kwargs):
+        time.sleep(0.005)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "sample_next", slow)
+    bundle = Bundle.load(make_bundle("tiny-gpt2", "generate"))
+    timed = OursDecoder(bundle, None, 1).run([5, 6, 7], 6)
+    assert len(timed.steps) == 5 and len(timed.ids) == 6
+    assert min(timed.steps) >= 0.005 and timed.ttft >= 0.005
 
 
 def test_encoder_benchmark_writes_every_report(make_bundle, tmp_path):
@@ -111,9 +163,16 @@ def test_decoder_benchmark_with_peers(make_bundle, tmp_path):
     for row in rows:
         assert row["ttft"]["n"] == 1 and row["tpot"]["n"] == 5 and row["tokens_per_s"] > 0
         assert len(row["tpot_by_past"]) == 5 and row["tpot_by_past"][0][0] == 9
+        assert [len(series) for series in row["steps_ms"]] == [5]  # one series per round, step by step
+        tail = row["tpot_rounds"]
+        assert tail["rounds"] == 1 and tail["p99_ms_round_median"] == pytest.approx(
+            np.percentile(row["steps_ms"][0], 99)
+        )
     assert rows[0]["ids"] == rows[1]["ids"]  # same greedy tokens: identical inputs, identical work
     assert report["floors"][0]["tpot_floor_ms"] > 0 and report["floors"][0]["ttft_floor_ms"] > 0
     assert (out / f"benchmark-{path.name}-tpot.png").stat().st_size > 5000
+    assert (out / f"benchmark-{path.name}-steps.png").stat().st_size > 5000
+    assert "not measured (--no-memory)" in (out / f"benchmark-{path.name}.md").read_text()
 
 
 def test_missing_backends_are_skipped_with_their_reason(make_bundle, tmp_path):
@@ -309,3 +368,139 @@ def test_each_encode_row_carries_the_key_of_the_spec_that_built_it(make_bundle):
     row = build_row(bundle, "optimum", "int8", "optimum", 1)
     assert row.variant != "int8" and results[1].label == row.label  # the label is not the key
     assert results[1].key == spec_key("optimum", "int8", "optimum")
+
+
+# ------------------------------------------------------------- a figure that was not measured is never a number
+
+
+def _bench(name: str):
+    """A bench/ script as a module (they import their sibling `common`)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "bench"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_cells_say_not_measured_instead_of_a_number():
+    from trtpipe.benchmark.report import figure, markdown, ratio_text
+
+    assert figure(None) == "not measured"
+    assert figure(None, 0, "--no-memory") == "not measured (--no-memory)"
+    assert figure(0.0) == "0.00" and figure(12.345, 1) == "12.3"
+    assert ratio_text(None, 2.0) == "not measured" and ratio_text(3.0, 2.0) == "1.50"
+    encoder = {
+        "label": "trtpipe ort-cpu fp32",
+        "backend": "ort-cpu",
+        "variant": "fp32",
+        "batch": 1,
+        "seq": 8,
+        "latency": {"p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2, "mean_ms": 1.0, "sd_ms": 0.1, "cov": 0.1},
+        "items_per_s": 1000.0,
+        "peak_rss": None,
+        "peak_rss_note": "--no-memory",
+    }
+    decoder = {
+        "label": "trtpipe fp32 (in-place KV)",
+        "prompt_len": 8,
+        "new_tokens": 4,
+        "ttft": {"p50_ms": 2.0},
+        "tpot": {"p50_ms": 1.0, "p99_ms": 3.0},
+        "tpot_rounds": {},  # per-round p99s missing: not measured, and no ratio made up from them
+        "tokens_per_s": 500.0,
+        "peak_rss": None,
+        "peak_rss_note": "the measuring process ran past 600 s",
+    }
+    text = markdown({"encoder": [encoder], "decoder": [decoder], "notes": ["prompt length 512 does not fit"]})
+    assert "| 1000.0 | not measured (--no-memory) |" in text
+    assert "| 1.00 | not measured | not measured | 3.00 |" in text
+    assert "not measured (the measuring process ran past 600 s)" in text
+    assert "- note: prompt length 512 does not fit" in text
+    assert "| 0 |" not in text and "| 0.00 |" not in text
+
+
+def test_compare_and_workload_tables_never_print_an_unmeasured_figure():
+    from trtpipe.benchmark.compare import compare_markdown
+    from trtpipe.benchmark.workload import NO_BATCH_TIMES, workload_markdown
+
+    row = {
+        "name": "tiny-bert-classify",
+        "family": "bert",
+        "random_weights": True,
+        "parameters": None,
+        "unique_weight_bytes": None,
+        "onnx_bytes": 2**20,
+        "onnx_over_params": None,
+        "variant_bytes": {"fp32": 2**20},
+        "forward": {"p50_ms": 1.5},
+        "tpot": None,
+        "peak_rss": None,
+        "peak_rss_note": "--no-memory",
+    }
+    decoder = {
+        **row,
+        "name": "tiny-gpt2-generate",
+        "family": "gpt2",
+        "tpot": {"n": 0},
+        "peak_rss": 300 * 2**20,
+    }
+    text = compare_markdown({"seq": 16, "rows": [row, decoder], "findings": []})
+    first, second = text.splitlines()[2:4]
+    assert "not measured (not in the manifest) M" in first and "| – |" in first  # an encoder has no TPOT
+    assert "not measured (--no-memory)" in first and "| 300 |" in second
+    assert "| 1.5 | not measured |" in second  # a decoder's TPOT that has no p50
+    rows = [
+        {
+            "label": "ours",
+            "texts_per_s": 10.0,
+            "batch_latency": {"n": 2, "p50_ms": 5.0, "p99_ms": 6.0},
+            "speedup_of_bucketed": 1.0,
+            "agreement_with_first_row": 1.0,
+        },
+        {
+            "label": "Optimum",
+            "texts_per_s": 5.0,
+            "batch_latency": {"n": 0, "not_measured": NO_BATCH_TIMES},
+            "speedup_of_bucketed": 2.0,
+            "agreement_with_first_row": 1.0,
+        },
+    ]
+    text = workload_markdown({"task": "classify", "rows": rows})
+    assert "| 5.0 | 6.0 |" in text
+    assert f"| not measured ({NO_BATCH_TIMES}) | not measured ({NO_BATCH_TIMES}) |" in text
+
+
+def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
+    optimize = _bench("optimize")
+    assert optimize.greedy_match_text({}) == "greedy-match length not measured (the gate did not record it)"
+    assert (
+        optimize.greedy_match_text({"greedy_match_tokens_mean": 31.5})
+        == "greedy-match length 31.5 of 32 tokens"
+    )
+    demo = _bench("demo_metrics")
+    assert "0 s" not in demo.last_run_line({}) and "not measured" in demo.last_run_line({})
+    assert demo.last_run_line({"trained": ["a", "b"], "seconds": 12.4}).startswith(
+        "Last `make demo-models` run: 2 model(s) trained in 12 s"
+    )
+    triton = _bench("triton_load")
+    nothing = {"completed": 0, "throughput_rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+    assert "nan" not in triton.load_cells(
+        nothing
+    ) and "not measured (no request completed)" in triton.load_cells(nothing)
+    decode = _bench("decode")
+    assert decode.profile_cell({"MatMul": 1.234}, "MatMul") == "1.23"
+    assert decode.profile_cell({"MatMul": 1.234}, "Gemm") == "–"  # the profiler saw no such kernel there
+    common = _bench("common")
+    import trtpipe.benchmark.env as env
+
+    real = env.environment
+    monkeypatch.setattr(env, "environment", lambda threads=None: {**real(threads), "memory_bytes": None})
+    line = common.environment_line()
+    assert "0 GiB" not in line and "memory not measured" in line

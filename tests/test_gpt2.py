@@ -140,6 +140,71 @@ def test_kv_buffers_are_allocated_once_per_request(gpt2_bundle, monkeypatch):
     assert addresses == [b.ctypes.data for copy in cache.buffers for b in copy]
 
 
+def test_in_place_decoding_binds_once_per_request(gpt2_bundle, monkeypatch):
+    """In place, the KV and logits buffers never move: one IOBinding per prefilled row and one for all decode
+    steps — a step never builds a new binding."""
+    gen = Generator(gpt2_bundle, kv="inplace")
+    session = gen.runner.session.session
+    made = []
+    original = session.io_binding
+
+    def counting():
+        made.append(1)
+        return original()
+
+    monkeypatch.setattr(session, "io_binding", counting)
+    for prompts in (PROMPTS[:1], PROMPTS[:3]):
+        made.clear()
+        tokens = list(gen.stream(prompts, 16, ignore_eos=True))
+        assert len(tokens) == 16 * len(prompts)
+        assert len(made) == len(prompts) + 1
+
+
+def test_repetition_history_is_one_buffer_written_in_place(generator, monkeypatch):
+    """The repetition penalty's history is allocated once per request and written in place: no step copies a
+    growing array (it was np.append per token per row)."""
+    import trtpipe.runtime.generate as generate_module
+
+    seen = []
+    original = generate_module.sample_next
+
+    def spy(logits, sampling, rng, history=None):
+        seen.append([(row.__array_interface__["data"][0], len(row), row.base is not None) for row in history])
+        return original(logits, sampling, rng, history)
+
+    monkeypatch.setattr(generate_module, "sample_next", spy)
+    prompts = PROMPTS[:2]
+    lengths = [len(generator.encode(p)[0][0]) for p in prompts]
+    list(generator.stream(prompts, 12, Sampling(repetition_penalty=1.3), ignore_eos=True))
+    assert len(seen) == 12
+    for row in range(2):
+        assert len({step[row][0] for step in seen}) == 1  # the same memory every step
+        assert all(step[row][2] for step in seen)  # a view of the request's buffer, not a new array
+        assert [step[row][1] for step in seen] == [lengths[row] + i for i in range(12)]
+
+
+def test_repetition_penalty_generation_matches_transformers(generator):
+    import torch
+
+    from trtpipe.export.inputs import load_source
+
+    model = load_source("tiny-gpt2", "generate").model
+    for prompt in PROMPTS[:4]:
+        ids = generator.encode(prompt)[0][0]
+        ours = generator.generate([ids], max_new_tokens=16, sampling=Sampling(repetition_penalty=1.3))[0].ids
+        with torch.no_grad():
+            theirs = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=16,
+                do_sample=False,
+                repetition_penalty=1.3,
+                pad_token_id=0,
+                eos_token_id=0,
+            )
+        assert ours == theirs[0, len(ids) :].tolist(), prompt
+
+
 def test_optimum_ortmodel_loads_our_export_and_agrees(gpt2_bundle, generator):
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
@@ -201,6 +266,29 @@ def test_sampling_is_seeded_and_degenerates_to_greedy(generator):
         )[0].ids
         == greedy
     )
+
+
+def test_greedy_sampling_reads_the_logits_without_copying_them():
+    """Every decode step samples: greedy without a penalty must not allocate a [B, V] copy of the logits (200 KiB
+    per step for GPT-2's vocabulary), and no mode may change the caller's logits."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (2, 50257)).astype(np.float32)
+    before = logits.copy()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        ids = sample_next(logits, Sampling(), rng)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < logits.nbytes // 10, peak
+    np.testing.assert_array_equal(ids, before.argmax(-1))
+    history = [np.array([int(ids[0])]), np.array([int(ids[1])])]
+    for sampling in (Sampling(repetition_penalty=1.3), Sampling(temperature=0.8, top_p=0.9, seed=1)):
+        sample_next(logits, sampling, rng, history)
+        np.testing.assert_array_equal(logits, before)
 
 
 def test_top_k_top_p_keep_the_same_set_as_transformers():

@@ -48,7 +48,10 @@ class _Forward:
         self.session.run(self.feed)
 
 
-def _tpot(bundle: Bundle, seq: int, threads: int | None, steps: int = 16) -> dict:
+TPOT_STEPS = 16  # decode steps timed for a decoder's TPOT
+
+
+def _tpot(bundle: Bundle, seq: int, threads: int | None, steps: int = TPOT_STEPS) -> dict:
     from .decode import OursDecoder, prompt_ids
 
     runner = OursDecoder(bundle, None, threads)
@@ -59,7 +62,7 @@ def _tpot(bundle: Bundle, seq: int, threads: int | None, steps: int = 16) -> dic
 def compare(
     bundle_paths: list[Path],
     threads: int | None = 2,
-    seq: int = 128,
+    seq: int | None = None,
     memory: bool = True,
     out_dir: Path | None = None,
     rounds: int = 5,
@@ -70,9 +73,11 @@ def compare(
             "compare needs at least two bundles, e.g. bundles/bert-base-classify bundles/albert-base-classify"
         )
     bundles = [Bundle.load(p) for p in bundle_paths]
-    for bundle in bundles:
-        if seq > bundle.max_length:
-            raise UserError(f"--seq {seq} exceeds {bundle.name}'s max length {bundle.max_length}")
+    from .shapes import compare_seq
+
+    seq, notes = compare_seq(bundles, seq, TPOT_STEPS + 1)
+    for note in notes:
+        info(f"note: {note}")
     forwards = [_Forward(b, seq, threads) for b in bundles]
     samples: dict[int, list[float]] = {i: [] for i in range(len(bundles))}
     with progress() as bar:
@@ -102,28 +107,36 @@ def compare(
             "parameters": m.get("parameters"),
             "unique_weight_bytes": m.get("parameter_bytes"),
             "onnx_bytes": fp32["bytes"],
-            "onnx_over_params": fp32["bytes"] / max(1, m.get("parameter_bytes", 1)),
+            "onnx_over_params": (fp32["bytes"] / m["parameter_bytes"] if m.get("parameter_bytes") else None),
             "variant_bytes": {name: v.get("bytes") for name, v in bundle.variants.items()},
             "bundle_bytes": sum(p.stat().st_size for p in bundle.path.rglob("*") if p.is_file()),
             "forward": summarize(samples[index]),
             "tpot": None,
             "peak_rss": None,
+            "peak_rss_note": None,
         }
         if bundle.is_decoder:
             row["tpot"] = _tpot(bundle, seq, threads)
-        if memory:
-            from .memory import measure
+        if not memory:
+            from .memory import NOT_ASKED
+
+            row["peak_rss_note"] = NOT_ASKED
+        else:
+            from .memory import measure_or_reason
 
             spec = (
                 {"kind": "decode", "row": "ours", "prompt_len": seq, "new_tokens": 4}
                 if bundle.is_decoder
                 else {"kind": "encode", "row": "ours", "shape": [1, seq]}
             )
-            row["peak_rss"] = measure({**spec, "bundle": str(bundle.path), "threads": threads})
+            row["peak_rss"], row["peak_rss_note"] = measure_or_reason(
+                {**spec, "bundle": str(bundle.path), "threads": threads}
+            )
         rows.append(row)
     report = {
         "schema": "trtpipe.compare/1",
         "seq": seq,
+        "notes": notes,
         "threads": threads,
         "env": environment(threads),
         "rows": rows,
@@ -150,8 +163,9 @@ def findings(rows: list[dict]) -> list[str]:
             ),
             None,
         )
-        if plain is None:
-            continue
+        needed = ("unique_weight_bytes", "parameters")
+        if plain is None or not all(shared.get(k) and plain.get(k) for k in needed):
+            continue  # no sentence from a figure that is not there
         name, other = specs[shared["family"]].display, specs[plain["family"]].display
         size = shared["unique_weight_bytes"] / plain["unique_weight_bytes"]
         speed = shared["forward"]["p50_ms"] / plain["forward"]["p50_ms"]
@@ -169,7 +183,13 @@ def findings(rows: list[dict]) -> list[str]:
     return notes
 
 
+def _scaled(value, unit: float) -> float | None:
+    return None if value is None else value / unit
+
+
 def compare_markdown(report: dict) -> str:
+    from .report import figure
+
     lines = [
         f"| model | family | params | unique weights MiB | model.onnx MiB | onnx/params | forward {report['seq']} tokens p50 ms | "
         "GPT-2 TPOT p50 ms | peak RSS MiB | variants (MiB) |",
@@ -177,12 +197,14 @@ def compare_markdown(report: dict) -> str:
     ]
     for r in report["rows"]:
         variants = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in r["variant_bytes"].items() if v)
-        tpot = f"{r['tpot']['p50_ms']:.1f}" if r.get("tpot") else "–"
-        rss = f"{r['peak_rss'] / 2**20:.0f}" if r.get("peak_rss") else "–"
+        tpot = figure((r.get("tpot") or {}).get("p50_ms"), 1) if r.get("tpot") is not None else "–"
         lines.append(
-            f"| {r['name']}{' (random)' if r['random_weights'] else ''} | {r['family']} | {r['parameters'] / 1e6:.1f} M | "
-            f"{r['unique_weight_bytes'] / 2**20:.1f} | {r['onnx_bytes'] / 2**20:.1f} | {r['onnx_over_params']:.3f} | "
-            f"{r['forward']['p50_ms']:.1f} | {tpot} | {rss} | {variants} |"
+            f"| {r['name']}{' (random)' if r['random_weights'] else ''} | {r['family']} | "
+            f"{figure(_scaled(r['parameters'], 1e6), 1, 'not in the manifest')} M | "
+            f"{figure(_scaled(r['unique_weight_bytes'], 2**20), 1, 'not in the manifest')} | "
+            f"{figure(_scaled(r['onnx_bytes'], 2**20), 1)} | {figure(r['onnx_over_params'], 3)} | "
+            f"{figure(r['forward'].get('p50_ms'), 1)} | {tpot} | "
+            f"{figure(_scaled(r.get('peak_rss'), 2**20), 0, r.get('peak_rss_note'))} | {variants} |"
         )
     lines.append("")
     lines += [f"- {note}" for note in report["findings"]]
@@ -235,10 +257,17 @@ def write_compare(report: dict, directory: Path) -> None:
     panels = [
         ("unique weights (MiB)", [r["unique_weight_bytes"] / 2**20 for r in rows]),
         (f"forward, {report['seq']} tokens (ms, p50)", [r["forward"]["p50_ms"] for r in rows]),
-        ("peak RSS (MiB)", [(r.get("peak_rss") or 0) / 2**20 for r in rows]),
+        ("peak RSS (MiB)", [_scaled(r.get("peak_rss"), 2**20) for r in rows]),
     ]
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
     for ax, (title, values) in zip(axes, panels):
-        ax.bar(names, values, color=["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"][: len(rows)])
+        # a figure that was not measured gets no bar (a 0 would read as a measurement) and says so
+        for index, (name, value) in enumerate(zip(names, values)):
+            if value is None:
+                ax.bar(name, 0, color="none")
+                ax.annotate("not measured", (index, 0), ha="center", va="bottom", fontsize=7, rotation=90)
+            else:
+                ax.bar(name, value, color=colours[index % len(colours)])
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=7, rotation=15)
     fig.tight_layout()

@@ -3,6 +3,7 @@ interleaved so machine drift hits every row alike; plus the DRAM and prefill-com
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +12,7 @@ from .. import corpus
 from ..console import progress, warn
 from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
-from .stats import summarize
+from .stats import per_round_p99, summarize
 
 
 class OursDecoder:
@@ -34,11 +35,18 @@ class OursDecoder:
         self.variant = variant
 
     def run(self, prompt: list[int], new_tokens: int):
+        """Timed as the peers are (a clock at every token as the caller receives it): TTFT = the first token,
+        each step = one token to the next — the graph call, sampling, detokenising and the loop's own Python."""
         from .peers import Timed
 
-        stats: dict = {}
-        ids = [t.id for t in self.generator.stream([prompt], new_tokens, stats=stats, ignore_eos=True)]
-        return Timed(stats["ttft_s"], list(stats["step_s"]), ids)
+        clock = time.perf_counter
+        ids: list[int] = []
+        times: list[float] = []
+        started = clock()
+        for token in self.generator.stream([prompt], new_tokens, ignore_eos=True):
+            times.append(clock())
+            ids.append(token.id)
+        return Timed(times[0] - started, [b - a for a, b in zip(times, times[1:])], ids)
 
 
 @dataclass
@@ -48,11 +56,16 @@ class DecodeResult:
     prompt_len: int
     new_tokens: int
     ttft: dict = field(default_factory=dict)
-    tpot: dict = field(default_factory=dict)
+    tpot: dict = field(default_factory=dict)  # every decode step of every round, pooled
+    tpot_rounds: dict = field(
+        default_factory=dict
+    )  # p99 of each round and their median (stats.per_round_p99)
+    steps_ms: list = field(default_factory=list)  # per round, each decode step's ms, in step order (the plot)
     tokens_per_s: float | None = None
     tpot_by_past: list = field(default_factory=list)  # (past length, median ms) for the TPOT-vs-context plot
     ids: list[int] = field(default_factory=list)
     peak_rss: int | None = None
+    peak_rss_note: str | None = None  # why peak_rss was not measured
     error: str | None = None
     variant: str | None = None
 
@@ -105,12 +118,9 @@ def prompt_ids(bundle: Bundle, length: int) -> list[int]:
 def run_decode(
     bundle: Bundle, prompt_lens: list[int], new_tokens: int, rows: list, rounds: int = 3, warmup: int = 1
 ) -> list[DecodeResult]:
-    if new_tokens < 2:
-        raise UserError("--new-tokens must be ≥ 2 to measure TPOT")
-    limit = bundle.limits["max_positions"]
-    for p in prompt_lens:
-        if p + new_tokens > limit:
-            raise UserError(f"prompt {p} + {new_tokens} new tokens exceeds the model's {limit} positions")
+    from .shapes import decoder_shapes
+
+    decoder_shapes(bundle, prompt_lens, new_tokens)  # a UserError naming the limit when they do not fit
     built = []
     for kind, factory in rows:
         try:
@@ -144,6 +154,8 @@ def run_decode(
                     steps = [s for run in samples[index]["steps"] for s in run]
                     result.ttft = summarize(samples[index]["ttft"])
                     result.tpot = summarize(steps)
+                    result.tpot_rounds = per_round_p99(samples[index]["steps"])
+                    result.steps_ms = [[s * 1e3 for s in run] for run in samples[index]["steps"]]
                     total = [
                         samples[index]["ttft"][r] + sum(samples[index]["steps"][r]) for r in range(rounds)
                     ]

@@ -20,7 +20,9 @@ def fixed_feeds(bundle: Bundle, batch: int, seq: int, count: int = 4) -> list[di
     from ..runtime.text import TextEncoder
 
     if seq > bundle.max_length:
-        raise UserError(f"--seq {seq} exceeds the bundle's max length {bundle.max_length}")
+        raise UserError(
+            f"--seq {seq} exceeds {bundle.name}'s max length {bundle.max_length}; pass --seq {bundle.max_length} or less"
+        )
     encoder = TextEncoder(bundle)
     pool = corpus.sentences("all")
     feeds, cursor = [], 0
@@ -111,6 +113,7 @@ class EncodeResult:
     latency: dict = field(default_factory=dict)
     items_per_s: float | None = None
     peak_rss: int | None = None
+    peak_rss_note: str | None = None  # why peak_rss was not measured
     error: str | None = None
     key: str = ""  # figures.spec_key of the spec that built the row: what accuracy figures are looked up by
 

@@ -8,9 +8,16 @@ import resource
 import subprocess
 import sys
 
+NOT_ASKED = "--no-memory"
+
 
 def measure(spec: dict, timeout: int = 600) -> int | None:
     """Peak RSS in bytes of a child process that builds and runs the row described by `spec` once."""
+    return measure_or_reason(spec, timeout)[0]
+
+
+def measure_or_reason(spec: dict, timeout: int = 600) -> tuple[int | None, str | None]:
+    """(peak RSS in bytes, None), or (None, why it could not be measured)."""
     try:
         result = subprocess.run(
             [sys.executable, "-W", "ignore", "-m", "trtpipe.benchmark.memory", json.dumps(spec)],
@@ -19,11 +26,13 @@ def measure(spec: dict, timeout: int = 600) -> int | None:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return None
+        return None, f"the measuring process ran past {timeout} s"
     for line in reversed(result.stdout.strip().splitlines()):
         if line.startswith("{"):
-            return json.loads(line).get("peak_rss")
-    return None
+            value = json.loads(line).get("peak_rss")
+            return (value, None) if value else (None, "the measuring process reported no peak RSS")
+    last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+    return None, f"the measuring process failed: {last[:120]}"
 
 
 def _run(spec: dict) -> None:

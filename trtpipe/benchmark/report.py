@@ -62,12 +62,31 @@ def write_tables(stem: Path, report: dict, markdown_text: str, header: list[str]
     write_csv(stem.with_suffix(".csv"), header, rows)
 
 
+NOT_MEASURED = "not measured"
+
+
 def fmt(value, digits: int = 2) -> str:
+    """A value for a cell where None means the column does not apply ("–")."""
     if value is None:
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def figure(value, digits: int = 2, why: str | None = None) -> str:
+    """A measured figure; None means it was not measured, and says so (with the reason when known) — never a
+    stand-in number."""
+    if value is None:
+        return NOT_MEASURED + (f" ({why})" if why else "")
+    return fmt(value, digits)
+
+
+def ratio_text(top, bottom, digits: int = 2, why: str | None = None) -> str:
+    """top / bottom of two measured figures, or "not measured" when either is missing."""
+    if top is None or not bottom:
+        return figure(None, why=why)
+    return f"{top / bottom:.{digits}f}"
 
 
 def flat_rows(report: dict) -> list[dict]:
@@ -90,6 +109,7 @@ def flat_rows(report: dict) -> list[dict]:
                 "cov": lat.get("cov"),
                 "items_per_s": row.get("items_per_s"),
                 "peak_rss_mib": _mib(row.get("peak_rss")),
+                "peak_rss_note": row.get("peak_rss_note"),
                 "error": row.get("error"),
             }
         )
@@ -104,9 +124,11 @@ def flat_rows(report: dict) -> list[dict]:
                 "ttft_ms": ttft.get("p50_ms"),
                 "tpot_p50_ms": tpot.get("p50_ms"),
                 "tpot_p99_ms": tpot.get("p99_ms"),
+                "tpot_p99_round_median_ms": (row.get("tpot_rounds") or {}).get("p99_ms_round_median"),
                 "tpot_cov": tpot.get("cov"),
                 "tokens_per_s": row.get("tokens_per_s"),
                 "peak_rss_mib": _mib(row.get("peak_rss")),
+                "peak_rss_note": row.get("peak_rss_note"),
                 "error": row.get("error"),
             }
         )
@@ -128,27 +150,32 @@ def markdown(report: dict) -> str:
             if r["error"]:
                 lines.append(f"| {r['label']} | {r['batch']}×{r['seq']} | skipped: {r['error']} ||||||")
                 continue
-            noisy = " ⚠" if (r["cov"] or 0) > 0.1 else ""
+            noisy = " ⚠" if r["cov"] is not None and r["cov"] > 0.1 else ""
             lines.append(
-                f"| {r['label']} | {r['batch']}×{r['seq']} | {fmt(r['p50_ms'])} | {fmt(r['p90_ms'])} | "
-                f"{fmt(r['p99_ms'])} | {fmt(r['mean_ms'])} ± {fmt(r['sd_ms'])}{noisy} | {fmt(r['items_per_s'], 1)} | "
-                f"{fmt(r['peak_rss_mib'], 0)} |"
+                f"| {r['label']} | {r['batch']}×{r['seq']} | {figure(r['p50_ms'])} | {figure(r['p90_ms'])} | "
+                f"{figure(r['p99_ms'])} | {figure(r['mean_ms'])} ± {figure(r['sd_ms'], why='one sample')}{noisy} | "
+                f"{figure(r['items_per_s'], 1)} | {figure(r['peak_rss_mib'], 0, r['peak_rss_note'])} |"
             )
     if report.get("decoder"):
         if lines:
             lines.append("")
         lines += [
-            "| row | prompt | TTFT ms | TPOT p50 ms | TPOT p99 ms | tokens/s | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|",
+            "| row | prompt | TTFT ms | TPOT p50 ms | TPOT p99 ms (median of per-round p99s) | p99/p50 | "
+            "TPOT p99 ms (all steps pooled) | tokens/s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in flat_rows({"decoder": report["decoder"]}):
             if r["error"]:
-                lines.append(f"| {r['label']} | {r['prompt_len']} | skipped: {r['error']} |||||")
+                lines.append(f"| {r['label']} | {r['prompt_len']} | skipped: {r['error']} |||||||")
                 continue
             lines.append(
-                f"| {r['label']} | {r['prompt_len']} | {fmt(r['ttft_ms'], 1)} | {fmt(r['tpot_p50_ms'])} | "
-                f"{fmt(r['tpot_p99_ms'])} | {fmt(r['tokens_per_s'], 1)} | {fmt(r['peak_rss_mib'], 0)} |"
+                f"| {r['label']} | {r['prompt_len']} | {figure(r['ttft_ms'], 1)} | {figure(r['tpot_p50_ms'])} | "
+                f"{figure(r['tpot_p99_round_median_ms'])} | "
+                f"{ratio_text(r['tpot_p99_round_median_ms'], r['tpot_p50_ms'])} | {figure(r['tpot_p99_ms'])} | "
+                f"{figure(r['tokens_per_s'], 1)} | {figure(r['peak_rss_mib'], 0, r['peak_rss_note'])} |"
             )
+    for note in report.get("notes", []):
+        lines.append(f"\n- note: {note}")
     for skipped in report.get("skipped", []):
         lines.append(f"\n- skipped: {skipped}")
     return "\n".join(lines) + "\n"
@@ -159,19 +186,21 @@ def print_table(report: dict) -> None:
     if not rows:
         return
     table = Table(title=f"benchmark · {report.get('bundle', '')}", show_edge=False)
-    keys = [k for k in rows[0] if k not in ("kind", "error")]
+    keys = [k for k in rows[0] if k not in ("kind", "error", "peak_rss_note")]
     for key in keys:
         table.add_column(key)
     for row in rows:
         if row.get("error"):
             table.add_row(row["label"], *(["–"] * (len(keys) - 2)), f"skipped: {row['error']}"[:40])
             continue
-        table.add_row(
-            *(
-                fmt(row.get(k), 1 if isinstance(row.get(k), float) and (row.get(k) or 0) > 100 else 2)
-                for k in keys
-            )
-        )
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            if key == "peak_rss_mib":
+                cells.append(figure(value, 0, row.get("peak_rss_note")))
+            else:
+                cells.append(figure(value, 1 if isinstance(value, float) and value > 100 else 2))
+        table.add_row(*cells)
     out.print(table)
 
 
@@ -218,7 +247,57 @@ def plots(report: dict, directory: Path, stem: str) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    return written
+    steps = step_series_plot(report.get("decoder", []), directory / f"{stem}-steps.png")
+    return written + ([steps] if steps else [])
+
+
+def step_series_plot(decoder: list[dict], path: Path) -> Path | None:
+    """Every decode step's time, round by round (one panel per row and prompt length, one line per round): a stall
+    of ours recurs at the same step in every round, the machine's lands anywhere in one round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in decoder if r.get("steps_ms")]
+    if not rows:
+        return None
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    prompts = sorted({r["prompt_len"] for r in rows})
+    fig, axes = plt.subplots(
+        len(labels), len(prompts), figsize=(5 * len(prompts), 2.2 * len(labels) + 0.6), squeeze=False
+    )
+    colours = plt.get_cmap("tab10")
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for r in rows:
+        ax = axes[labels.index(r["label"])][prompts.index(r["prompt_len"])]
+        ax.set_visible(True)
+        for index, series in enumerate(r["steps_ms"]):
+            ax.plot(
+                range(len(series)),
+                series,
+                linewidth=0.8,
+                color=colours(index % 10),
+                label=f"round {index + 1}",
+            )
+        p50 = (r.get("tpot") or {}).get("p50_ms")
+        p99 = (r.get("tpot_rounds") or {}).get("p99_ms_round_median")
+        if p50:
+            ax.axhline(p50, color="gray", linestyle=":", linewidth=0.8, label="p50")
+        if p99:
+            ax.axhline(p99, color="black", linestyle="--", linewidth=0.8, label="median of per-round p99")
+        ax.set_title(f"{r['label']} · prompt {r['prompt_len']}", fontsize=8)
+        ax.set_xlabel("decode step", fontsize=7)
+        ax.set_ylabel("ms", fontsize=7)
+        ax.tick_params(labelsize=7)
+    first = next(ax for ax in axes.flat if ax.get_visible())
+    first.legend(fontsize=6, ncol=2)
+    fig.suptitle("time per output token, step by step, every round", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_report(report: dict, directory: Path, stem: str = "benchmark") -> list[Path]:

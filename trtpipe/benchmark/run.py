@@ -82,10 +82,10 @@ def benchmark(
     bundle_path: str | Path,
     backends: list[str],
     variants: list[str],
-    batches: list[int],
-    seq: int,
-    prompt_lens: list[int],
-    new_tokens: int,
+    batches: list[int] | None,
+    seq: int | None,
+    prompt_lens: list[int] | None,
+    new_tokens: int | None,
     threads: int | None,
     warmup: int,
     iters: int,
@@ -100,12 +100,20 @@ def benchmark(
         raise UserError("--iters and --rounds must be ≥ 1 and --warmup ≥ 0")
     if seconds is not None and seconds <= 0:
         raise UserError(f"--seconds must be > 0 (got {seconds})")
-    if any(b < 1 for b in batches) or seq < 1 or any(p < 1 for p in prompt_lens):
+    if (
+        any(b < 1 for b in batches or [])
+        or (seq is not None and seq < 1)
+        or any(p < 1 for p in prompt_lens or [])
+    ):
         raise UserError("--batch, --seq and --prompt-len values must be ≥ 1")
     from .report import check_out_dir
 
     check_out_dir(out_dir)
     usable, skipped = plan_backends(bundle, backends)
+    shapes = _shapes(bundle, usable, batches, seq, prompt_lens, new_tokens)
+    batches, seq, prompt_lens, new_tokens = shapes.batches, shapes.seq, shapes.prompt_lens, shapes.new_tokens
+    for note in shapes.notes:
+        info(f"note: {note}")
     report = {
         "bundle": str(bundle.path),
         "task": bundle.task,
@@ -127,6 +135,7 @@ def benchmark(
             "baselines": baselines,
         },
         "skipped": skipped,
+        "notes": shapes.notes,
         "encoder": [],
         "decoder": [],
         "floors": [],
@@ -163,11 +172,21 @@ def benchmark(
     return report
 
 
+def _shapes(bundle, usable, batches, seq, prompt_lens, new_tokens):
+    """The shapes to measure: those asked, or the defaults that fit the bundle (and a TensorRT engine's profiles)."""
+    from .shapes import decoder_shapes, encoder_shapes, engine_limits
+
+    if bundle.is_decoder:
+        return decoder_shapes(bundle, prompt_lens, new_tokens)
+    max_batch, max_seq = engine_limits(bundle) if "trt" in usable else (None, None)
+    return encoder_shapes(bundle, batches, seq, max_batch=max_batch, max_seq=max_seq)
+
+
 def _encoder(
     bundle, usable, variants, batches, seq, threads, baselines, rounds, iters, warmup, seconds, report, memory
 ):
     from .encode import run_encode
-    from .memory import measure
+    from .memory import NOT_ASKED, measure_or_reason
 
     specs = []
     for backend in usable:
@@ -187,8 +206,10 @@ def _encoder(
         bundle, specs, shapes, threads, rounds=rounds, iters=iters, warmup=warmup, seconds=seconds
     )
     for result in results:
-        if memory and result.error is None:
-            result.peak_rss = measure(
+        if not memory:
+            result.peak_rss_note = NOT_ASKED
+        elif result.error is None:
+            result.peak_rss, result.peak_rss_note = measure_or_reason(
                 {
                     "kind": "encode",
                     "bundle": str(bundle.path),
@@ -204,7 +225,7 @@ def _encoder(
 
 def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, report, memory):
     from .decode import floors, make_rows, measure_floors, run_decode
-    from .memory import measure
+    from .memory import NOT_ASKED, measure_or_reason
 
     rows = []
     for backend in usable:
@@ -227,7 +248,9 @@ def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselin
             }
         )
     for result in results:
-        if memory and result.error is None:
+        if not memory:
+            result.peak_rss_note = NOT_ASKED
+        elif result.error is None:
             spec = {
                 "kind": "decode",
                 "bundle": str(bundle.path),
@@ -238,5 +261,5 @@ def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselin
             }
             if result.kind == "ours":
                 spec["variant"] = result.variant
-            result.peak_rss = measure(spec)
+            result.peak_rss, result.peak_rss_note = measure_or_reason(spec)
         report["decoder"].append(asdict(result))

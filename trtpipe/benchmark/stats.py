@@ -16,8 +16,9 @@ def summarize(samples_s: list[float], items_per_sample: float = 1.0) -> dict:
         return {"n": 0}
     ms = values * 1e3
     mean = float(ms.mean())
-    sd = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
-    cov = sd / mean if mean > 0 else 0.0
+    # one sample has no spread to measure: sd and CoV are None ("not measured"), never 0
+    sd = float(ms.std(ddof=1)) if ms.size > 1 else None
+    cov = sd / mean if sd is not None and mean > 0 else None
     return {
         "n": int(ms.size),
         "mean_ms": mean,
@@ -29,7 +30,22 @@ def summarize(samples_s: list[float], items_per_sample: float = 1.0) -> dict:
         "p99_ms": float(np.percentile(ms, 99)),
         "max_ms": float(ms.max()),
         "qps": items_per_sample / (mean / 1e3) if mean > 0 else 0.0,
-        "noisy": cov > HIGH_COV,
+        "noisy": None if cov is None else cov > HIGH_COV,
+    }
+
+
+def per_round_p99(rounds_s: list[list[float]]) -> dict:
+    """Tail latency that one bad moment of a shared machine cannot set: the p99 of each round's samples (seconds)
+    and the median of those p99s (ms). A stall of ours recurs in every round and moves the median; a stall of the
+    machine lands in one round and does not."""
+    ms = [np.asarray(r, dtype=np.float64) * 1e3 for r in rounds_s if len(r)]
+    p99s = [float(np.percentile(r, 99)) for r in ms]
+    return {
+        "rounds": len(p99s),
+        "samples_per_round": min((len(r) for r in ms), default=0),
+        "p50_ms_per_round": [float(np.percentile(r, 50)) for r in ms],
+        "p99_ms_per_round": p99s,
+        "p99_ms_round_median": float(np.median(p99s)) if p99s else None,
     }
 
 

@@ -17,6 +17,7 @@ from ..runtime.errors import UserError
 from .env import environment
 from .stats import summarize
 
+NO_BATCH_TIMES = "transformers.pipeline() does not expose per-batch times"
 PIPELINE_TASKS = {"classify": "text-classification", "embed": "feature-extraction"}
 
 
@@ -84,7 +85,6 @@ class OptimumPipeline:
         if self.task == "embed":
             # batched feature-extraction returns rows padded to the batch: pool each text's own tokens only
             lengths = [len(ids) for ids in self.pipe.tokenizer(texts, **kwargs)["input_ids"]]
-        started = time.perf_counter()
         if self.task == "embed":
             outputs = self.pipe(texts, batch_size=batch_size, tokenize_kwargs=kwargs)
             vectors = []
@@ -95,9 +95,7 @@ class OptimumPipeline:
             result = np.stack(vectors)
         else:
             result = [o["label"] for o in self.pipe(texts, batch_size=batch_size, **kwargs)]
-        elapsed = time.perf_counter() - started
-        batches = max(1, int(np.ceil(len(texts) / batch_size)))
-        return result, [elapsed / batches] * batches  # the pipeline does not expose per-batch times
+        return result, None  # pipeline() does not expose per-batch times: its batch latency is not measured
 
 
 def _agreement(task: str, a, b) -> float:
@@ -150,7 +148,10 @@ def run_workload(
                     outputs[index] = result  # warm-up round: keep outputs for the equality check
                     continue
                 totals[index].append(elapsed)
-                batch_times[index] += times
+                if times is None:
+                    batch_times[index] = None
+                elif batch_times[index] is not None:
+                    batch_times[index] += times
     results = []
     for index, row in enumerate(rows):
         seconds = float(np.median(totals[index]))
@@ -161,7 +162,11 @@ def run_workload(
                 "batch_size": batch_size,
                 "texts_per_s": len(texts) / seconds,
                 "seconds": seconds,
-                "batch_latency": summarize(batch_times[index]),
+                "batch_latency": (
+                    summarize(batch_times[index])
+                    if batch_times[index] is not None
+                    else {"n": 0, "not_measured": NO_BATCH_TIMES}
+                ),
                 "agreement_with_first_row": _agreement(bundle.task, outputs[0], outputs[index]),
             }
         )
@@ -179,10 +184,14 @@ def run_workload(
     }
     if out_dir is not None:
         _write_workload(report, Path(out_dir), bundle.name)
+    from .report import figure
+
     for result in results:
+        lat = result["batch_latency"]
+        why = lat.get("not_measured")
         info(
-            f"{result['label']}: {result['texts_per_s']:.1f} texts/s, batch p50 {result['batch_latency'].get('p50_ms', 0):.1f} ms, "
-            f"p99 {result['batch_latency'].get('p99_ms', 0):.1f} ms (bucketed is {result['speedup_of_bucketed']:.2f}×; "
+            f"{result['label']}: {result['texts_per_s']:.1f} texts/s, batch p50 {figure(lat.get('p50_ms'), 1, why)} ms, "
+            f"p99 {figure(lat.get('p99_ms'), 1, why)} ms (bucketed is {result['speedup_of_bucketed']:.2f}×; "
             f"agreement {result['agreement_with_first_row']:.4f})"
         )
     return report
@@ -194,11 +203,14 @@ def workload_markdown(report: dict) -> str:
         f"| row | texts/s | batch p50 ms | batch p99 ms | bucketed speed-up | {metric} vs bucketed |",
         "|---|---|---|---|---|---|",
     ]
+    from .report import figure
+
     for r in report["rows"]:
         lat = r["batch_latency"]
+        why = lat.get("not_measured")
         lines.append(
-            f"| {r['label']} | {r['texts_per_s']:.1f} | {lat.get('p50_ms', 0):.1f} | {lat.get('p99_ms', 0):.1f} | "
-            f"{r['speedup_of_bucketed']:.2f}× | {r['agreement_with_first_row']:.4f} |"
+            f"| {r['label']} | {r['texts_per_s']:.1f} | {figure(lat.get('p50_ms'), 1, why)} | "
+            f"{figure(lat.get('p99_ms'), 1, why)} | {r['speedup_of_bucketed']:.2f}× | {r['agreement_with_first_row']:.4f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -27,12 +27,22 @@ def benchmark_cmd(
         str, typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt | torch | all (comma list)")
     ] = "ort-cpu",
     variant: Annotated[str, typer.Option("--variant", help="variant name(s), comma list, or all")] = "fp32",
-    batch: Annotated[str, typer.Option("--batch", help="encoder batch sizes, e.g. 1,8")] = "1,8",
-    seq: Annotated[int, typer.Option("--seq", help="encoder sequence length (tokens)")] = 128,
+    batch: Annotated[
+        str | None,
+        typer.Option("--batch", help="encoder batch sizes [default: 1,8, those the bundle takes]"),
+    ] = None,
+    seq: Annotated[
+        int | None,
+        typer.Option("--seq", help="encoder sequence length in tokens [default: 128, or the bundle's max]"),
+    ] = None,
     prompt_len: Annotated[
-        str, typer.Option("--prompt-len", help="decoder prompt lengths, e.g. 32,512")
-    ] = "32,512",
-    new_tokens: Annotated[int, typer.Option("--new-tokens", help="decoder tokens to generate")] = 64,
+        str | None,
+        typer.Option("--prompt-len", help="decoder prompt lengths [default: 32,512, those that fit]"),
+    ] = None,
+    new_tokens: Annotated[
+        int | None,
+        typer.Option("--new-tokens", help="decoder tokens to generate [default: 64, or what fits]"),
+    ] = None,
     threads: ThreadsOpt = 2,
     warmup: Annotated[int, typer.Option("--warmup", help="warm-up runs per row")] = 2,
     iters: Annotated[int, typer.Option("--iters", help="runs per row per round")] = 4,
@@ -80,9 +90,9 @@ def benchmark_cmd(
             engine,
             parse_names(backend),
             parse_names(variant),
-            parse_ints(batch, "--batch"),
+            None if batch is None else parse_ints(batch, "--batch"),
             seq,
-            parse_ints(prompt_len, "--prompt-len"),
+            None if prompt_len is None else parse_ints(prompt_len, "--prompt-len"),
             new_tokens,
             threads,
             warmup,
@@ -102,8 +112,12 @@ def compare_cmd(
     bundles: Annotated[list[Path], typer.Argument(help="bundles to compare (e.g. BERT, ALBERT and GPT-2)")],
     threads: ThreadsOpt = 2,
     seq: Annotated[
-        int, typer.Option("--seq", help="tokens per forward pass (encoders) / prompt (GPT-2)")
-    ] = 128,
+        int | None,
+        typer.Option(
+            "--seq",
+            help="tokens per forward pass (encoders) / prompt (GPT-2) [default: 128, or what every bundle takes]",
+        ),
+    ] = None,
     memory: Annotated[
         bool, typer.Option("--memory/--no-memory", help="peak RSS per model (a fresh process each)")
     ] = True,

@@ -23,7 +23,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
-from .generate import Completion, Generator, Token
+from .generate import Completion, Generator, History, Token
 from .request import DONE, PREFILL, RUNNING, EngineStopped, QueueFull, Request
 from .sampling import Sampling, sample_next
 from .text import StopText
@@ -113,7 +113,8 @@ class BatchEngine:
         stops = set(stop_ids or [])
         if gen.eos_id is not None and not ignore_eos:
             stops.add(int(gen.eos_id))
-        history = np.asarray(ids, dtype=np.int64) if sampling.repetition_penalty != 1.0 else None
+        penalised = sampling.repetition_penalty != 1.0
+        history = History([ids], len(ids) + int(max_new_tokens)) if penalised else None
         request = Request(
             id=next(self.ids),
             prompt=texts[0],
@@ -251,7 +252,7 @@ class BatchEngine:
 
     def _emit(self, request: Request, logits: np.ndarray) -> None:
         """Sample the request's next token from its own logits row, exactly as `Generator.stream` would alone."""
-        history = [request.history] if request.history is not None else None
+        history = request.history.rows() if request.history is not None else None
         token = int(sample_next(logits[None], request.sampling, request.rng, history)[0])
         index = len(request.tokens)
         delta, finish = request.text.push(token, index == request.max_new_tokens - 1)
@@ -260,7 +261,7 @@ class BatchEngine:
         request.token_times.append(time.perf_counter())
         self.stats["tokens"] += 1
         if request.history is not None:
-            request.history = np.append(request.history, token)
+            request.history.add(0, token)
         request.pending = token
         if finish is not None:
             request.finish, request.state = finish, DONE

@@ -155,7 +155,7 @@ class Generator:
         capacity = max(len(p) for p in ids) + int(max_new_tokens)
         runner = self.runner
         cache = runner.new_cache(batch, capacity)
-        history = [np.asarray(p, dtype=np.int64) for p in ids] if sampling.repetition_penalty != 1.0 else None
+        history = History(ids, capacity) if sampling.repetition_penalty != 1.0 else None
         texts = [StopText(self.encoder, stop, stop_ids) for _ in range(batch)]
         done = np.zeros(batch, dtype=bool)
         lengths = np.array([len(p) for p in ids], dtype=np.int64)
@@ -172,7 +172,7 @@ class Generator:
                 variant=self.variant,
             )
         for step in range(int(max_new_tokens)):
-            next_ids = sample_next(logits, sampling, rng, history)
+            next_ids = sample_next(logits, sampling, rng, None if history is None else history.rows())
             last_step = step == max_new_tokens - 1
             for row in range(batch):
                 if done[row]:
@@ -182,7 +182,7 @@ class Generator:
                 if finish is not None:
                     done[row] = True
                 if history is not None:
-                    history[row] = np.append(history[row], token)
+                    history.add(row, token)
                 yield Token(row=row, id=token, text=delta, index=step, finish=finish)
             if done.all():
                 break
@@ -230,6 +230,24 @@ def _positions(positions: int, model: int) -> str:
     if positions == model:
         return f"the model has {model} positions"
     return f"a slot holds {positions} positions; the model has {model}"
+
+
+class History:
+    """Every row's prompt and new tokens (for the repetition penalty), in one buffer allocated once per request at
+    its capacity and written in place: no step copies a growing history."""
+
+    def __init__(self, prompts: list[list[int]], capacity: int):
+        self.ids = np.zeros((len(prompts), capacity), dtype=np.int64)
+        self.length = np.array([len(p) for p in prompts], dtype=np.int64)
+        for row, prompt in enumerate(prompts):
+            self.ids[row, : len(prompt)] = prompt
+
+    def add(self, row: int, token: int) -> None:
+        self.ids[row, self.length[row]] = token
+        self.length[row] += 1
+
+    def rows(self) -> list[np.ndarray]:
+        return [self.ids[row, :length] for row, length in enumerate(self.length)]
 
 
 # ---------------------------------------------------------------------------------------------------- oracle

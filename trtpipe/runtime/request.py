@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import UserError
-from .generate import Completion, Token
+from .generate import Completion, History, Token
 from .sampling import Sampling
 from .text import StopText
 
@@ -38,7 +38,7 @@ class Request:
     sampling: Sampling
     text: StopText
     rng: np.random.Generator
-    history: np.ndarray | None
+    history: History | None  # the prompt and new tokens, for the repetition penalty
     listener: Callable[[Request, Token | None], None] | None = None
     probe: Callable[[], bool] | None = None  # asked every step: has the client gone away?
     state: str = WAITING
