@@ -835,6 +835,31 @@ def test_server_under_concurrent_load(triton, classify, capsys):
     assert report["throughput_rps"] > 0 and report["p99_ms"] >= report["p50_ms"]
 
 
+def test_a_time_bounded_stream_load_builds_each_request_when_it_sends_it(triton):
+    """The soak asks for 100,000 requests per client and stops on time: inputs are made as requests go out, not all
+    up front (which once kept the soak from sending anything before its start gate gave up)."""
+    from trtpipe.serving.load import run_stream_load
+
+    server, _ = triton
+    made = []
+
+    def make(client, index):
+        made.append((client, index))
+        return [
+            ("text", _texts(PROMPTS[index % len(PROMPTS)])),
+            ("max_new_tokens", np.array([[4]], np.int32)),
+        ]
+
+    started = time.monotonic()
+    report = run_stream_load(
+        server.grpc_url, "tiny-gpt2-stream", make, clients=2, requests=100_000, timeout_s=2.0
+    )
+    assert report["errors"] == 0, report["first_error"]
+    assert report["completed"] > 0 and report["tokens"] >= 4 * report["completed"]
+    assert len(made) == report["completed"]  # one input per request sent, none built ahead
+    assert time.monotonic() - started < 60
+
+
 def test_a_model_that_fails_to_load_names_its_error(triton, tmp_path, embed):
     from trtpipe.serving import start_server
 

@@ -59,7 +59,6 @@ def run_load(
     def client(index: int) -> None:
         try:
             connection = http.InferenceServerClient(url, connection_timeout=30.0, network_timeout=60.0)
-            prepared = [_http_inputs(make_inputs(index, i)) for i in range(requests)]
             wanted = (
                 [http.InferRequestedOutput(name, binary_data=True) for name in outputs] if outputs else None
             )
@@ -73,9 +72,12 @@ def run_load(
             for i in range(requests):
                 if time.monotonic() > deadline:
                     break
+                inputs = _http_inputs(
+                    make_inputs(index, i)
+                )  # built when sent: `requests` may be a bound, not a plan
                 tick = time.perf_counter()
                 try:
-                    connection.infer(model, prepared[i], outputs=wanted)
+                    connection.infer(model, inputs, outputs=wanted)
                 except Exception as exc:  # counted and reported, the load goes on
                     with lock:
                         errors.append(f"{exc.__class__.__name__}: {exc}")
@@ -143,7 +145,6 @@ def run_stream_load(
             connection.start_stream(
                 callback=lambda result, error: answers.put((time.perf_counter(), result, error))
             )
-            prepared = [_grpc_inputs(grpc, make_inputs(index, i)) for i in range(requests)]
         except Exception as exc:
             with lock:
                 errors.append(f"client setup: {exc.__class__.__name__}: {exc}")
@@ -154,8 +155,9 @@ def run_stream_load(
             for i in range(requests):
                 if time.monotonic() > deadline:
                     break
+                inputs = _grpc_inputs(grpc, make_inputs(index, i))  # built when sent, not all up front
                 sent = time.perf_counter()
-                connection.async_stream_infer(model, prepared[i], enable_empty_final_response=True)
+                connection.async_stream_infer(model, inputs, enable_empty_final_response=True)
                 times, failure = [], None
                 while True:
                     arrived, result, error = answers.get(timeout=600)
