@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo-models export optimize engines parity bench test slow lint format clean
+.PHONY: help install install-gpu demo-models export optimize engines parity bench bench-serve test slow lint format clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ parity: $(STAMP) ## re-run parity on every bundle in bundles/
 
 bench: $(STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈15 min on 2 cores, after make optimize)
 	$(PY) bench/run_all.py
+
+bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak → docs/benchmarks.md (≈ 45 min)
+	$(PY) bench/serve_load.py --soak-minutes 10
 
 test: $(STAMP) ## run the test suite (CPU; GPU tests are skipped without a GPU)
 	$(PY) -m pytest -q -x --durations=15

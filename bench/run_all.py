@@ -15,8 +15,7 @@ SCRIPTS = [
     "compare.py",
     "demo_metrics.py",
     "soak.py",
-    "triton_load.py",
-]
+]  # Triton under load is `make bench-serve` (bench/serve_load.py): 45 minutes of its own
 
 
 def main() -> int:

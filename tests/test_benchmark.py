@@ -489,11 +489,17 @@ def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
     assert demo.last_run_line({"trained": ["a", "b"], "seconds": 12.4}).startswith(
         "Last `make demo-models` run: 2 model(s) trained in 12 s"
     )
-    triton = _bench("triton_load")
-    nothing = {"completed": 0, "throughput_rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
-    assert "nan" not in triton.load_cells(
-        nothing
-    ) and "not measured (no request completed)" in triton.load_cells(nothing)
+    from trtpipe.benchmark.serve import load_table
+
+    nothing = {"mode": "on", "clients": 8, "completed": 0, "throughput_rps": 0.0, "p50_ms": float("nan")}
+    for generation in (False, True):
+        row = load_table([{**nothing, "tpot_p50_ms": None}], generation)[-1]
+        assert "nan" not in row and "None" not in row and "not measured" in row
+    serve = _bench("serve_load")
+    stuck = serve.soak_report({"completed": 0, "errors": 0, "tokens_per_s": 0.0, "rss": [(0, 2**30)] * 5}, 10)
+    assert "0 requests" in stuck and "❌ missed" in stuck and "✅" not in stuck  # nothing served is no pass
+    fine = serve.soak_report({"completed": 90, "errors": 0, "tokens_per_s": 9.0, "rss": [(0, 2**30)] * 5}, 10)
+    assert "0.00 %" in fine and "✅" in fine
     decode = _bench("decode")
     assert decode.profile_cell({"MatMul": 1.234}, "MatMul") == "1.23"
     assert decode.profile_cell({"MatMul": 1.234}, "Gemm") == "–"  # the profiler saw no such kernel there
