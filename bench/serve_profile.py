@@ -1,0 +1,277 @@
+"""What bounds serving under load on this machine: the in-process profile behind `bench/serve_load.py`'s targets.
+
+No Triton here, no client on the same cores: the runtime alone, so the ceiling it shows is the model's and the
+machine's, not the server's.
+
+1. GPT-2 decode: one batched in-place step at 1, 2, 4, 8, 16 rows (context 160), with the tokens/s it gives and the
+   GFLOP/s and weight GB/s it reaches; and one prefill chunk of 64 tokens (the compute roof).
+2. The serve_load generation mix (prompts 8-256 tokens, 16-128 new) run by `BatchEngine` closed loop at concurrency
+   1 and 8: tokens/s, where the step time goes (prefill / decode / sampling and bookkeeping), and the ceiling the
+   mix allows: the machine's FLOP/s spent on its prompt and decode tokens, over tokens/s at concurrency 1.
+3. Encoders (1 intra-op thread, as each Triton instance runs): the serve_load texts one at a time, in arrival
+   batches of 8 padded to their longest, and in the same batches grouped by length (what `execute` does).
+
+Writes the `serve-profile` section of docs/benchmarks.md.
+
+    python bench/serve_profile.py      # ≈ 5 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+
+import numpy as np
+from common import REPORTS, ensure_bundle, write_section
+
+
+def best(fn, repeat: int) -> float:
+    """Median seconds of `repeat` calls after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def flops_per_token(c: dict, context: int) -> float:
+    """Forward FLOPs of one token (GPT-2 config `c`): 2 × (transformer weights + the tied LM head) + attention
+    over `context`."""
+    hidden, layers = c["n_embd"], c["n_layer"]
+    matmul = (
+        layers * 12 * hidden * hidden + c["vocab_size"] * hidden
+    )  # qkv 3, proj 1, mlp 8 (× hidden²) + head
+    return 2.0 * matmul + layers * 4.0 * hidden * context
+
+
+def decoder_profile(path, threads: int, repeat: int) -> dict:
+    from trtpipe.runtime import BatchEngine
+
+    engine = BatchEngine(path, slots=16, chunk=64, threads=threads)
+    config = json.loads((engine.bundle.path / "config.json").read_text())
+    weights = (engine.bundle.path / "model.kv-inplace.onnx").stat().st_size  # fp32 weights ≈ the ONNX file
+    context = 160
+    prompt = list(np.random.default_rng(0).integers(100, 20000, context))
+    for row in range(16):
+        for past in range(0, context, 64):
+            engine.runner.prefill_row(
+                prompt[past : past + 64], engine.cache, row, past, engine.prefill_logits
+            )
+    rows = []
+    for count in (1, 2, 4, 8, 16):
+        tokens = np.full(count, 318, dtype=np.int64)
+        lengths = np.full(count, context, dtype=np.int64)
+        seconds = best(lambda t=tokens, n=lengths: engine.runner.decode(t, n, engine.cache, None), repeat)
+        rows.append(
+            {
+                "rows": count,
+                "ms": seconds * 1000,
+                "tokens_per_s": count / seconds,
+                "gflops": count * flops_per_token(config, context) / seconds / 1e9,
+                "weight_gbs": weights / seconds / 1e9,
+            }
+        )
+    chunk = prompt[:64]
+    seconds = best(
+        lambda: engine.runner.prefill_row(chunk, engine.cache, 0, 0, engine.prefill_logits), repeat
+    )
+    prefill = {"tokens": 64, "ms": seconds * 1000, "gflops": 64 * flops_per_token(config, 32) / seconds / 1e9}
+    engine.close()
+    return {"decode": rows, "prefill": prefill, "weights_mb": weights / 1e6}
+
+
+def mix_profile(path, threads: int, clients: int, count: int) -> dict:
+    """The serve_load mix, closed loop at `clients` in one process; per-step time split."""
+    from trtpipe.benchmark.serve import generation_requests
+    from trtpipe.runtime import BatchEngine, Bundle, Sampling
+
+    engine = BatchEngine(path, slots=16, chunk=64, threads=threads)
+    work = generation_requests(Bundle.load(path), count=64)[:count]
+    todo, live, tokens = list(work), [], 0
+    before = dict(engine.stats)
+    started = time.perf_counter()
+    steps, decodes = 0.0, 0
+    while todo or live:
+        while todo and len(live) < clients:
+            r = todo.pop(0)
+            sampling = Sampling(temperature=r.temperature, seed=r.seed)
+            live.append(engine.submit(r.prompt, r.max_new_tokens, sampling))
+        tick, rows = time.perf_counter(), engine.stats["decode_rows"]
+        engine.step()
+        steps += time.perf_counter() - tick
+        decodes += engine.stats["decode_rows"] > rows
+        for request in [r for r in live if r.done.is_set()]:
+            tokens += len(request.tokens)
+            live.remove(request)
+    wall = time.perf_counter() - started
+    s = {
+        k: engine.stats[k] - before.get(k, 0)
+        for k in ("prefill_s", "decode_s", "decode_rows", "prefill_tokens")
+    }
+    engine.close()
+    return {
+        "clients": clients,
+        "requests": len(work),
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "prefill_share": s["prefill_s"] / steps,
+        "decode_share": s["decode_s"] / steps,
+        "other_share": 1 - (s["prefill_s"] + s["decode_s"]) / steps,
+        "prompt_tokens": s["prefill_tokens"],
+        "rows_per_decode": s["decode_rows"] / max(1, decodes),
+    }
+
+
+def encoder_profile(path, threads: int, count: int, repeat: int) -> dict:
+    from trtpipe.benchmark.serve import encoder_texts
+    from trtpipe.runtime import Bundle, load_pipeline
+    from trtpipe.runtime.text import length_buckets
+
+    bundle = Bundle.load(path)
+    pipeline = load_pipeline(bundle, threads=threads)
+    texts = encoder_texts(bundle, count=count)
+    encodings = pipeline.encoder.encode(texts)
+    arrivals = [list(range(i, min(i + 8, len(texts)))) for i in range(0, len(texts), 8)]
+
+    def run(groups):
+        for group in groups:
+            pipeline.session.run(pipeline.encoder.collate([encodings[i] for i in group]).feeds)
+
+    lengths = [len(e.ids) for e in encodings]
+    grouped = [
+        [batch[i] for i in sub]
+        for batch in arrivals
+        for sub in length_buckets([lengths[j] for j in batch], 8)
+    ]
+    real = sum(lengths)
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in arrivals)
+    padded_grouped = sum(len(g) * max(lengths[i] for i in g) for g in grouped)
+    result = {"texts": len(texts), "tokens_mean": real / len(texts)}
+    for name, groups, tokens in (
+        ("one at a time", [[i] for i in range(len(texts))], real),
+        ("arrival batches of 8, padded", arrivals, padded),
+        ("arrival batches of 8, grouped by length", grouped, padded_grouped),
+    ):
+        seconds = best(lambda groups=groups: run(groups), repeat)
+        result[name] = {
+            "texts_per_s": len(texts) / seconds,
+            "padding": tokens / real - 1,
+            "runs": len(groups),
+        }
+    pipeline.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=24, help="generation requests per concurrency")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    gpt2 = ensure_bundle("gpt2", "generate")
+    print("# decode steps and a prefill chunk", flush=True)
+    dec = decoder_profile(gpt2, threads=2, repeat=args.repeat)
+    print("# the serve_load mix at concurrency 1 and 8", flush=True)
+    mix = [mix_profile(gpt2, 2, c, args.requests) for c in (1, 8)]
+    print("# encoders", flush=True)
+    enc = {
+        name: encoder_profile(ensure_bundle(preset, task), 1, 128, args.repeat)
+        for name, preset, task in (
+            ("minilm-embed", "minilm", "embed"),
+            ("demo-bert-classify", "demo-bert-classify", "classify"),
+        )
+    }
+    REPORTS.mkdir(exist_ok=True)
+    (REPORTS / "serve-profile.json").write_text(
+        json.dumps({"decoder": dec, "mix": mix, "encoders": enc}, indent=2)
+    )
+    body = render(dec, mix, enc)
+    print(body)
+    if not args.no_write:
+        write_section("serve-profile", body)
+    return 0
+
+
+def render(dec: dict, mix: list[dict], enc: dict) -> str:
+    roof = dec["prefill"]["gflops"]
+    lines = [
+        "**GPT-2 124M fp32, one batched decode step (context 160) and one 64-token prefill chunk, 2 threads**",
+        "",
+        "| rows | step ms | tokens/s | GFLOP/s | weights read GB/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in dec["decode"]:
+        lines.append(
+            f"| {r['rows']} | {r['ms']:.1f} | {r['tokens_per_s']:.0f} | {r['gflops']:.0f} | {r['weight_gbs']:.1f} |"
+        )
+    lines.append(
+        f"| prefill chunk of 64 | {dec['prefill']['ms']:.1f} | {64 / dec['prefill']['ms'] * 1000:.0f} prompt tokens/s "
+        f"| {roof:.0f} | — |"
+    )
+    one = mix[0]
+    prompt = one["prompt_tokens"] / one["requests"]
+    new = one["tokens"] / one["requests"]
+    prefill_rate = 64 / dec["prefill"]["ms"] * 1000
+    step = {r["rows"]: r["ms"] / 1000 for r in dec["decode"]}
+
+    def ceiling(rows: int) -> float:
+        """Tokens/s if every decode step ran `rows` rows and prompts prefilled at the 64-token chunk's rate: a
+        request costs the machine prompt / prefill_rate + new × step(rows) / rows seconds."""
+        return new / (prompt / prefill_rate + new * step[rows] / rows)
+
+    lines += [
+        "",
+        f"**The serve_load generation mix in one process** ({one['requests']} requests per concurrency, on average "
+        f"{prompt:.0f} prompt + {new:.0f} new tokens; BatchEngine, 16 slots, chunk 64, closed loop)",
+        "",
+        "| concurrency | tokens/s | × concurrency 1 | rows per decode step | step time: prefill / decode / rest | "
+        "ceiling (full steps, prefill at its rate) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in mix:
+        c = m["clients"]
+        lines.append(
+            f"| {c} | {m['tokens_per_s']:.1f} | {m['tokens_per_s'] / one['tokens_per_s']:.2f}× | "
+            f"{m['rows_per_decode']:.1f} | {m['prefill_share']:.0%} / {m['decode_share']:.0%} / "
+            f"{m['other_share']:.0%} | {ceiling(c):.0f} tokens/s = {ceiling(c) / one['tokens_per_s']:.1f}× |"
+        )
+    lines += [
+        "",
+        f"Ceiling at 16 rows: {ceiling(16):.0f} tokens/s = {ceiling(16) / one['tokens_per_s']:.1f}× concurrency 1. "
+        f"A request's {prompt:.0f}-token prompt costs the machine {prompt / prefill_rate * 1000:.0f} ms at the "
+        f"prefill roof ({roof:.0f} GFLOP/s) whatever the scheduler does, and a decode step of 8 rows takes "
+        f"{step[8] / step[1]:.2f}× the time of 1 row (small-M GEMMs reach {dec['decode'][3]['gflops']:.0f} GFLOP/s and "
+        f"{dec['decode'][3]['weight_gbs']:.0f} GB/s, neither roof).",
+        "",
+    ]
+    for name, e in enc.items():
+        base = e["one at a time"]["texts_per_s"]
+        lines += [
+            f"**{name}, 1 thread, {e['texts']} serve_load texts (mean {e['tokens_mean']:.0f} tokens)**",
+            "",
+            "| how | texts/s | × one at a time | padding |",
+            "|---|---|---|---|",
+        ]
+        for how in (
+            "one at a time",
+            "arrival batches of 8, padded",
+            "arrival batches of 8, grouped by length",
+        ):
+            r = e[how]
+            lines.append(
+                f"| {how} | {r['texts_per_s']:.1f} | {r['texts_per_s'] / base:.2f}× | {r['padding']:.0%} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
