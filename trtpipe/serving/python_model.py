@@ -37,7 +37,9 @@ class BundleModel:
         root = Path(args["model_repository"]) / str(args["model_version"]) / params.get("bundle", "bundle")
         runtime = params.get("runtime") or "ort-cpu"
         variant = params.get("variant") or None
-        threads = tio.threads(params.get("threads", "auto"), config, generation=self.task == "generate")
+        hf_config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
+        light = self.task != "generate" and tio.flops_per_token(hf_config) < tio.LIGHT_FLOPS_PER_TOKEN
+        threads = tio.threads(params.get("threads", "auto"), config, light=light)
         self.batch_size = int(params.get("batch_size") or 32)
         self.top_k = int(params.get("top_k") or 5)
         self.pipeline = self.generation = None

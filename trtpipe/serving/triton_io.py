@@ -18,12 +18,25 @@ def params(config: dict) -> dict[str, str]:
     return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
 
 
-def threads(setting: str, config: dict, generation: bool = False) -> int | None:
-    """Intra-op threads per instance. "auto": half the CPUs, shared among the model's instances (at least 1).
-    The other half is for Triton's HTTP/gRPC threads, the batcher and the stubs' IPC, which ONNX Runtime's
-    (spin-waiting) workers on every core compete with: on 2 cores, 1 thread per instance served 2.2x the
-    requests/s of 2 (docs/serving.md). A generation instance gets all its share of the CPUs: its one engine thread
-    does all the work while the server's threads mostly wait (2 threads decoded 1.7x the tokens/s of 1 here)."""
+LIGHT_FLOPS_PER_TOKEN = 1e6  # below this a forward pass is too small to split across threads
+
+
+def flops_per_token(hf_config: dict) -> float:
+    """Forward FLOPs of one token through the transformer layers (2 × the per-layer matmul weights, counted once
+    per layer even where ALBERT shares them), from a Hugging Face config; embeddings cost none."""
+    hidden = int(hf_config.get("hidden_size") or hf_config.get("n_embd") or 0)
+    layers = int(hf_config.get("num_hidden_layers") or hf_config.get("n_layer") or 0)
+    inner = int(hf_config.get("intermediate_size") or hf_config.get("n_inner") or 4 * hidden)
+    return 2.0 * layers * (4 * hidden * hidden + 2 * hidden * inner)
+
+
+def threads(setting: str, config: dict, light: bool = False) -> int | None:
+    """Intra-op threads per instance. "auto": the CPUs shared among the model's instances (at least 1), or half of
+    that for a `light` model (under LIGHT_FLOPS_PER_TOKEN, a tiny test model). Measured on 2 cores, 8 clients of
+    real mixed-length text (docs/serving.md): MiniLM served 1.58x the requests/s with 2 threads than with 1, the demo
+    BERT 1.52x; only the tiny BERT, whose forward pass is shorter than Triton's own per-request work, served more
+    with 1 (1.31x) leaving a core to the HTTP threads, the batcher and the stubs' IPC. Generation decodes 1.7x the
+    tokens/s with 2 threads than with 1."""
     if setting in ("", "default"):
         return None
     if setting != "auto":
@@ -33,7 +46,7 @@ def threads(setting: str, config: dict, generation: bool = False) -> int | None:
     except AttributeError:
         cpus = os.cpu_count() or 1
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group") or [{}]) or 1
-    return max(1, cpus // ((1 if generation else 2) * instances))
+    return max(1, cpus // ((2 if light else 1) * instances))
 
 
 def error_response(exc: BaseException):
