@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--requests", type=int, default=400, help="encoder requests per level")
     parser.add_argument(
-        "--gen-requests", type=int, default=16, help="generation requests per level (≥ 2 each)"
+        "--gen-requests", type=int, default=48, help="generation requests per level (≥ 2 each)"
     )
     parser.add_argument("--seconds", type=float, default=180.0, help="no new request after this, per level")
     parser.add_argument(
