@@ -793,6 +793,74 @@ def test_a_client_that_cancels_mid_stream_frees_its_slot(triton, gpt2):
     client.close()
 
 
+KILLED_CLIENT = """
+import sys, time, numpy as np, tritonclient.grpc as grpc
+stream = grpc.InferenceServerClient(sys.argv[1], channel_args=[("grpc.enable_http_proxy", 0)])
+stream.start_stream(callback=lambda result, error: print("token" if error is None else error, flush=True))
+text = grpc.InferInput("text", [1, 1], "BYTES")
+text.set_data_from_numpy(np.array([[sys.argv[2].encode()]], dtype=np.object_))
+steps = grpc.InferInput("max_new_tokens", [1, 1], "INT32")
+steps.set_data_from_numpy(np.array([[240]], dtype=np.int32))
+stream.async_stream_infer("tiny-gpt2-stream", [text, steps])
+time.sleep(600)
+"""
+
+
+def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, gpt2):
+    """A client process SIGKILLed mid-stream: the engine hears it, frees the slot, and a request streaming beside it
+    gets exactly its own answer; afterwards no slot is busy and nothing waits (metrics)."""
+    import signal
+    import urllib.request
+
+    import tritonclient.grpc as grpc
+
+    server, _ = triton
+    before = server.log().count("cancelled by its client")
+    victim = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT, server.grpc_url, PROMPTS[0]], stdout=subprocess.PIPE, text=True
+    )
+    answers: queue.Queue = queue.Queue()
+    other = grpc.InferenceServerClient(server.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)])
+    other.start_stream(callback=lambda result, error: answers.put((result, error)))
+    steps = grpc.InferInput("max_new_tokens", [1, 1], "INT32")
+    steps.set_data_from_numpy(np.array([[200]], dtype=np.int32))
+    try:
+        assert victim.stdout.readline().strip() == "token"  # it is streaming: kill it while both run
+        other.async_stream_infer(
+            "tiny-gpt2-stream",
+            [_bytes_input(grpc, "text", [PROMPTS[1]]), steps],
+            enable_empty_final_response=True,
+        )
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        ids = []
+        while True:
+            result, error = answers.get(timeout=60)
+            assert error is None, error
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+            ids.append(int(result.as_numpy("ids")[0, 0]))
+    finally:
+        victim.kill()
+        other.stop_stream()
+        other.close()
+    assert ids == Generator(gpt2).generate(PROMPTS[1], max_new_tokens=200)[0].ids
+    deadline = time.monotonic() + 30
+    while server.log().count("cancelled by its client") == before:
+        assert time.monotonic() < deadline, "the engine never heard that the client died"
+        time.sleep(0.05)
+    line = [line for line in server.log().splitlines() if "cancelled by its client" in line][-1]
+    assert int(line.split("after ")[1].split(" tokens")[0]) < 240
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = opener.open(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    gauges = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("trtpipe_generation_") and 'model="tiny-gpt2-stream"' in line
+    }
+    assert gauges["trtpipe_generation_slots_busy"] == 0 and gauges["trtpipe_generation_requests_waiting"] == 0
+
+
 def test_stopping_the_server_mid_generation_ends_requests_without_a_hang(tmp_path, gpt2):
     """Requests in flight when the server stops get their answer or an error within bounded time, never a hang."""
     from concurrent.futures import ThreadPoolExecutor
