@@ -54,7 +54,7 @@ parity: $(STAMP) ## re-run parity on every bundle in bundles/
 bench: $(STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈15 min on 2 cores, after make optimize)
 	$(PY) bench/run_all.py
 
-bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak → docs/benchmarks.md (≈ 45 min)
+bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak → docs/benchmarks.md (≈ 45 min); bench/serve_profile.py shows what bounds it
 	$(PY) bench/serve_load.py --soak-minutes 10
 
 test: $(STAMP) ## run the test suite (CPU; GPU tests are skipped without a GPU)
