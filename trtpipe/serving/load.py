@@ -88,15 +88,7 @@ def run_load(
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    with contextlib.suppress(threading.BrokenBarrierError):
-        start_gate.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join(max(1.0, deadline - time.monotonic() + 30))
-    seconds = time.perf_counter() - began
+    seconds = _drive(client, clients, start_gate, deadline, grace_s=30)
     done = np.array([t for per in latencies for t in per], dtype=np.float64) * 1000.0
     pct = (lambda q: float(np.percentile(done, q))) if len(done) else (lambda q: float("nan"))
     return {
@@ -181,6 +173,15 @@ def run_stream_load(
             connection.stop_stream()
             connection.close()
 
+    report = summarize_streams(records, _drive(client, clients, start_gate, deadline, grace_s=600))
+    report.update(model=model, clients=clients, requests_per_client=requests, errors=len(errors))
+    report["first_error"] = errors[0] if errors else None
+    return report
+
+
+def _drive(client, clients: int, start_gate: threading.Barrier, deadline: float, grace_s: float) -> float:
+    """Start `clients` threads running client(index), open the start gate together, wait for them (up to the
+    deadline plus `grace_s` for requests in flight); the seconds from the gate to the last one's end."""
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
@@ -188,11 +189,8 @@ def run_stream_load(
         start_gate.wait()
     began = time.perf_counter()
     for thread in threads:
-        thread.join(max(1.0, deadline - time.monotonic() + 600))
-    report = summarize_streams(records, time.perf_counter() - began)
-    report.update(model=model, clients=clients, requests_per_client=requests, errors=len(errors))
-    report["first_error"] = errors[0] if errors else None
-    return report
+        thread.join(max(1.0, deadline - time.monotonic() + grace_s))
+    return time.perf_counter() - began
 
 
 def _grpc_inputs(grpc, pairs: Inputs):
