@@ -757,7 +757,8 @@ def test_the_engine_reports_its_state_on_tritons_metrics_endpoint(triton):
             for line in text.splitlines()
             if line.startswith("trtpipe_generation_") and 'model="tiny-gpt2-generate"' in line
         }
-        if values.get("trtpipe_generation_tokens", 0) >= 5 or time.monotonic() > deadline:
+        settled = values.get("trtpipe_generation_slots_busy") == 0  # a finished row leaves at the next step
+        if (values.get("trtpipe_generation_tokens", 0) >= 5 and settled) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert values["trtpipe_generation_tokens"] >= 5 and values["trtpipe_generation_steps"] >= 4
@@ -852,13 +853,19 @@ def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, 
     line = [line for line in server.log().splitlines() if "cancelled by its client" in line][-1]
     assert int(line.split("after ")[1].split(" tokens")[0]) < 240
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    text = opener.open(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    gauges = {
-        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("trtpipe_generation_") and 'model="tiny-gpt2-stream"' in line
-    }
-    assert gauges["trtpipe_generation_slots_busy"] == 0 and gauges["trtpipe_generation_requests_waiting"] == 0
+    deadline = time.monotonic() + 10  # the gauges refresh once a second: wait a few refreshes, no longer
+    while True:
+        text = opener.open(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        gauges = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("trtpipe_generation_") and 'model="tiny-gpt2-stream"' in line
+        }
+        busy, waiting = gauges["trtpipe_generation_slots_busy"], gauges["trtpipe_generation_requests_waiting"]
+        if busy == 0 and waiting == 0:
+            break
+        assert time.monotonic() < deadline, f"a slot stayed busy: {gauges}"
+        time.sleep(0.2)
 
 
 def test_stopping_the_server_mid_generation_ends_requests_without_a_hang(tmp_path, gpt2):

@@ -189,9 +189,9 @@ class BatchEngine:
                     request.cancelled = True
         for slot, request in enumerate(self.table):
             if request is not None and (request.cancelled or request.state == DONE):
+                self.table[slot] = None  # free first: whoever hears the end may count the slots
                 if request.cancelled and request.state != DONE:
                     self._end(request, "cancelled")
-                self.table[slot] = None
         with self.lock:
             for request in [r for r in self.waiting if r.cancelled]:
                 self.waiting.remove(request)
