@@ -175,6 +175,48 @@ def test_decoder_benchmark_with_peers(make_bundle, tmp_path):
     assert "not measured (--no-memory)" in (out / f"benchmark-{path.name}.md").read_text()
 
 
+@pytest.mark.parametrize("warmup, runs", [(None, 3), ("0", 2), ("3", 5)])
+def test_decoder_benchmark_warms_up_as_asked(make_bundle, tmp_path, monkeypatch, warmup, runs):
+    """--warmup reaches the GPT-2 benchmark (whole generations, 1 by default); --iters says it does not apply."""
+    from trtpipe.benchmark import decode
+
+    calls = []
+    real = decode.make_rows
+
+    def counted(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        wrapped = []
+        for kind, factory in rows:
+
+            def build(factory=factory):
+                runner = factory()
+                run = runner.run
+
+                def counting(prompt, new_tokens):
+                    calls.append(len(prompt))
+                    return run(prompt, new_tokens)
+
+                runner.run = counting
+                return runner
+
+            wrapped.append((kind, build))
+        return wrapped
+
+    monkeypatch.setattr(decode, "make_rows", counted)
+    path = make_bundle("tiny-gpt2", "generate")
+    args = ["benchmark", "--engine", path, "--prompt-len", "8", "--new-tokens", "3", "--rounds", "2"]
+    args += ["--no-memory", "--out", tmp_path, "--iters", "7"] + (
+        [] if warmup is None else ["--warmup", warmup]
+    )
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert calls == [8] * runs  # warm-up generations + 2 measured rounds, our runtime only
+    assert "a GPT-2 round is one generation" in " ".join(result.output.split())
+    report = json.loads((tmp_path / f"benchmark-{path.name}.json").read_text())
+    assert report["config"]["warmup"] == runs - 2 and report["config"]["iters"] is None
+    assert report["decoder"][0]["ttft"]["n"] == 2
+
+
 def test_missing_backends_are_skipped_with_their_reason(make_bundle, tmp_path):
     path = make_bundle("tiny-bert", "embed")
     result = CliRunner().invoke(

@@ -87,8 +87,8 @@ def benchmark(
     prompt_lens: list[int] | None,
     new_tokens: int | None,
     threads: int | None,
-    warmup: int,
-    iters: int,
+    warmup: int | None,
+    iters: int | None,
     seconds: float | None,
     baselines: list[str],
     out_dir: Path,
@@ -96,6 +96,12 @@ def benchmark(
     memory: bool = True,
 ) -> dict:
     bundle = Bundle.load(bundle_path)
+    if bundle.is_decoder and (iters is not None or seconds is not None):
+        warn(
+            "--iters / --seconds time encoder rows; a GPT-2 round is one generation (use --rounds, --new-tokens)"
+        )
+    iters = 4 if iters is None else iters
+    warmup = (1 if bundle.is_decoder else 2) if warmup is None else warmup
     if iters < 1 or warmup < 0 or rounds < 1:
         raise UserError("--iters and --rounds must be ≥ 1 and --warmup ≥ 0")
     if seconds is not None and seconds <= 0:
@@ -129,8 +135,8 @@ def benchmark(
             "new_tokens": new_tokens,
             "threads": threads,
             "warmup": warmup,
-            "iters": iters,
-            "seconds": seconds,
+            "iters": None if bundle.is_decoder else iters,  # a decoder round is one whole generation
+            "seconds": None if bundle.is_decoder else seconds,
             "rounds": rounds,
             "baselines": baselines,
         },
@@ -143,7 +149,17 @@ def benchmark(
     try:
         if bundle.is_decoder:
             _decoder(
-                bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, report, memory
+                bundle,
+                usable,
+                variants,
+                prompt_lens,
+                new_tokens,
+                threads,
+                baselines,
+                rounds,
+                warmup,
+                report,
+                memory,
             )
         else:
             _encoder(
@@ -223,7 +239,9 @@ def _encoder(
         report["encoder"].append(asdict(result))
 
 
-def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, report, memory):
+def _decoder(
+    bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, warmup, report, memory
+):
     from .decode import floors, make_rows, measure_floors, run_decode
     from .memory import NOT_ASKED, measure_or_reason
 
@@ -237,7 +255,7 @@ def _decoder(bundle, usable, variants, prompt_lens, new_tokens, threads, baselin
     if "torch" in usable and "torch" not in extra and "torch" in report["config"]["backends"]:
         extra.append("torch")
     rows += make_rows(bundle, [], extra, threads)
-    results = run_decode(bundle, prompt_lens, new_tokens, rows, rounds=rounds)
+    results = run_decode(bundle, prompt_lens, new_tokens, rows, rounds=rounds, warmup=warmup)
     bandwidth, gemm = measure_floors(threads or 2)
     for p in prompt_lens:
         report["floors"].append(

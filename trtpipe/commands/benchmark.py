@@ -44,11 +44,19 @@ def benchmark_cmd(
         typer.Option("--new-tokens", help="decoder tokens to generate [default: 64, or what fits]"),
     ] = None,
     threads: ThreadsOpt = 2,
-    warmup: Annotated[int, typer.Option("--warmup", help="warm-up runs per row")] = 2,
-    iters: Annotated[int, typer.Option("--iters", help="runs per row per round")] = 4,
+    warmup: Annotated[
+        int | None,
+        typer.Option("--warmup", help="warm-up runs per row [default: 2; GPT-2: 1 whole generation]"),
+    ] = None,
+    iters: Annotated[
+        int | None,
+        typer.Option(
+            "--iters", help="runs per encoder row per round [default: 4]; a GPT-2 round is one generation"
+        ),
+    ] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="interleaved rounds")] = 5,
     seconds: Annotated[
-        float | None, typer.Option("--seconds", help="time per row instead of --iters")
+        float | None, typer.Option("--seconds", help="time per encoder row instead of --iters")
     ] = None,
     baseline: Annotated[
         str,
