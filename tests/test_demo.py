@@ -63,6 +63,29 @@ def test_tiny_checkpoints_export_and_pass_parity(tiny_models, tmp_path, name, ta
         assert tokenizer["mask_token"] == "[MASK]" and tokenizer["mask_id"] == 4 and tokenizer["pad_id"] == 0
 
 
+def test_a_demo_bundle_checks_parity_from_any_working_directory(tiny_models, tmp_path, monkeypatch):
+    """Exported by preset name from $TRTPIPE_MODELS, checked later from elsewhere: the reference is rebuilt from the
+    checkpoint the manifest names; with that gone, the error says where it looked and how to point at it."""
+    from trtpipe.cli import app
+    from trtpipe.export import export_bundle
+
+    out, _ = tiny_models
+    models = tmp_path / "models"
+    shutil.copytree(out / "demo-bert-classify", models / "demo-bert-classify")
+    monkeypatch.setenv("TRTPIPE_MODELS", str(models))
+    bundle = export_bundle("demo-bert-classify", "classify", tmp_path / "bundle")
+    monkeypatch.delenv("TRTPIPE_MODELS")
+    monkeypatch.chdir(tmp_path / "bundle")  # no models/ here
+    result = CliRunner().invoke(app, ["parity", str(bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "pass" in result.output
+    shutil.rmtree(models)
+    result = CliRunner().invoke(app, ["parity", str(bundle)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert "not trained yet" in message and "$TRTPIPE_MODELS" in message
+
+
 def test_encoder_tokenizer_as_the_runtime_reads_it(tiny_models):
     from tokenizers import Tokenizer
 

@@ -216,7 +216,8 @@ def _load_preset(preset: Preset, task: str | None, seed: int) -> Source:
         path = models_dir() / preset.name
         if not (path / "config.json").is_file():
             raise UserError(
-                f"demo model {preset.name} is not trained yet ({path} missing); run `make demo-models`"
+                f"demo model {preset.name} is not trained yet ({path.resolve()} missing); run `make demo-models`, "
+                f"or point ${DEMO_DIR_ENV} at the folder that holds it"
             )
         source = _load_checkpoint(path, task, name=preset.name)
         source.info.update(kind="preset", preset=preset.name, description=preset.description)

@@ -48,6 +48,8 @@ class TorchSession:
                     f"cannot rebuild the PyTorch reference: the checkpoint {target} is gone; "
                     "parity needs the source checkpoint (or re-export from where it lives)"
                 )
+        elif src.get("path") and (Path(src["path"]) / "config.json").is_file():
+            target = src["path"]  # a demo preset: the checkpoint it was exported from, wherever parity runs
         else:
             target = src.get("preset") or src.get("name")
         source = load_source(str(target), bundle.task, seed=int(src.get("seed", 0) or 0))
