@@ -437,3 +437,32 @@ def test_parity_cli_on_decoder(gpt2_bundle, copy_bundle):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["verdict"] == "pass" and report["levels"]["sequences"]["passed"]
+
+
+def test_export_max_length_bounds_every_decoding_path(make_bundle, tmp_path):
+    """`export --max-length 48` on GPT-2: Generator, BatchEngine, perplexity, benchmark shapes and genai's config all
+    hold prompt + new tokens to 48 (the TensorRT profiles already do), and the error names the export option."""
+    from trtpipe.benchmark.shapes import decoder_shapes
+    from trtpipe.export.genai import genai_config
+    from trtpipe.runtime import BatchEngine
+    from trtpipe.runtime.score import perplexity
+
+    path = make_bundle("tiny-gpt2", "generate", max_length=48)
+    bundle = Bundle.load(path)
+    assert bundle.max_length == 48 < bundle.limits["max_positions"]
+    generator = Generator(bundle)
+    prompt = list(range(5, 45))  # 40 tokens
+    assert len(generator.generate([prompt], max_new_tokens=8)[0].ids) == 8
+    with pytest.raises(UserError, match="exported with --max-length 48"):
+        generator.generate([prompt], max_new_tokens=9)
+    assert generator.fit([prompt], 9, truncate=True)[0] == prompt[1:]
+    engine = BatchEngine(bundle, slots=2)
+    assert engine.capacity == 48 and engine.cache.capacity == 48
+    with pytest.raises(UserError, match="48"):
+        engine.submit(prompt, max_new_tokens=9)
+    shapes = decoder_shapes(bundle, None, None)
+    assert all(p + shapes.new_tokens <= 48 for p in shapes.prompt_lens) and shapes.prompt_lens
+    with pytest.raises(UserError, match="48 positions"):
+        decoder_shapes(bundle, [40], 16)
+    assert perplexity(bundle, "The list of values is sorted in place. " * 20)["window"] == 48
+    assert genai_config(bundle.manifest)["search"]["max_length"] == 48

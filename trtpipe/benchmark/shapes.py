@@ -91,7 +91,7 @@ def encoder_shapes(
 def decoder_shapes(bundle: Bundle, prompt_lens: list[int] | None, new_tokens: int | None) -> Shapes:
     """Prompt lengths and new tokens for decoder rows; None = the defaults, cut so that prompt + new tokens fit the
     bundle's positions."""
-    name, positions = bundle.name, bundle.limits["max_positions"]
+    name, positions = bundle.name, bundle.max_length  # the model's positions, or export's --max-length
     shapes = Shapes()
     if new_tokens is not None:
         if new_tokens < MIN_NEW_TOKENS:
@@ -157,7 +157,7 @@ def compare_seq(bundles: list[Bundle], seq: int | None, decode_tokens: int) -> t
 
     def room(bundle: Bundle) -> tuple[int, str]:
         if bundle.is_decoder:
-            positions = bundle.limits["max_positions"]
+            positions = bundle.max_length
             return (
                 positions - decode_tokens,
                 f"{bundle.name}'s {positions} positions with {decode_tokens} tokens decoded after the prompt",

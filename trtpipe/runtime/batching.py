@@ -57,7 +57,7 @@ class BatchEngine:
         capacity = positions if capacity is None else capacity
         if not isinstance(capacity, (int, np.integer)) or not 2 <= capacity <= positions:
             raise UserError(
-                f"capacity must be between 2 and the model's {positions} positions (got {capacity!r})"
+                f"capacity must be between 2 and the bundle's {positions} positions (got {capacity!r})"
             )
         self.slots, self.capacity, self.chunk, self.max_queue = (
             int(slots),

@@ -71,7 +71,10 @@ class Generator:
         tok = bundle.manifest["tokenizer"]
         self.eos_id = tok.get("eos_id")
         self.pad_id = int(tok.get("pad_id", self.eos_id or 0))
-        self.max_positions = bundle.limits["max_positions"]
+        self.model_positions = bundle.limits["max_positions"]
+        self.max_positions = (
+            bundle.max_length
+        )  # prompt + new tokens: the model's positions, or export's --max-length
 
     # -- inputs
     def encode(self, prompts) -> tuple[list[list[int]], list[str | None]]:
@@ -121,7 +124,7 @@ class Generator:
                 if not truncate:
                     raise UserError(
                         f"prompt {index + 1} is {len(prompt)} tokens; with --max-new-tokens {max_new_tokens} it must be "
-                        f"≤ {room} ({_positions(positions, self.max_positions)}); shorten it or pass --truncate to keep its tail"
+                        f"≤ {room} ({_positions(positions, self.max_positions, self.model_positions)}); shorten it or pass --truncate to keep its tail"
                     )
                 prompt = prompt[-room:]
             fitted.append(prompt)
@@ -226,10 +229,12 @@ class Generator:
         ]
 
 
-def _positions(positions: int, model: int) -> str:
-    if positions == model:
-        return f"the model has {model} positions"
-    return f"a slot holds {positions} positions; the model has {model}"
+def _positions(positions: int, limit: int, model: int) -> str:
+    if positions == limit:
+        if limit == model:
+            return f"the model has {model} positions"
+        return f"the bundle takes {limit} tokens, exported with --max-length {limit}; the model has {model} positions"
+    return f"a slot holds {positions} positions; the bundle takes {limit}"
 
 
 class History:

@@ -40,7 +40,7 @@ def perplexity(
     ids = encoder.encode_prompt(text)
     if len(ids) < 2:
         raise UserError("the text is shorter than two tokens; perplexity needs at least two")
-    positions = bundle.limits["max_positions"]
+    positions = bundle.max_length  # the model's positions, or export's --max-length
     if window is not None and window < 2:
         raise UserError(f"--window must be ≥ 2 tokens (got {window})")
     window = min(window or positions, positions)
