@@ -61,6 +61,29 @@ def gpt2(make_bundle):
     return make_bundle("tiny-gpt2", "generate")
 
 
+LONG = 2000  # tokens a long stream asks for: seconds on Triton, so a client can go away while it runs
+
+
+@pytest.fixture(scope="module")
+def long_gpt2(tmp_path_factory):
+    """tiny-gpt2 with 2,048 positions (a checkpoint made here, seeded): a stream of LONG tokens lasts seconds, far
+    longer than a scheduling hiccup of the test process, so cancel and kill tests are not racing its end."""
+    import torch
+    import transformers
+
+    from trtpipe.export import export_bundle
+    from trtpipe.export.vocab import gpt2_tokenizer_dir
+    from trtpipe.models import PRESETS
+
+    config = {**PRESETS["tiny-gpt2"].config, "n_positions": 2048}
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("long-gpt2")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).save_pretrained(root / "checkpoint")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_tokenizer_dir(config["vocab_size"]))
+    tokenizer.save_pretrained(root / "checkpoint")
+    return export_bundle(str(root / "checkpoint"), "generate", root / "bundle")
+
+
 # ------------------------------------------------------------------------------------------ configs / schema
 
 
@@ -584,7 +607,7 @@ def test_python_model_frees_a_cancelled_slot_and_bounds_its_queue(python_model, 
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory, classify, embed, gpt2):
+def triton(tmp_path_factory, classify, embed, gpt2, long_gpt2):
     """tritonserver from the nvidia-pytriton wheel on free loopback ports, serving python-backend models."""
     from trtpipe.serving import start_server
 
@@ -596,7 +619,11 @@ def triton(tmp_path_factory, classify, embed, gpt2):
     except UserError as exc:
         pytest.skip(f"tritonserver cannot start on this machine: {exc}")
     write_repository([str(classify), str(embed), str(gpt2)], root / "repo", RepoOptions(max_batch=8))
-    write_repository([f"tiny-gpt2-stream={gpt2}"], root / "stream", RepoOptions(stream=True))
+    write_repository(
+        [f"tiny-gpt2-stream={gpt2}", f"long-gpt2-stream={long_gpt2}"],
+        root / "stream",
+        RepoOptions(stream=True),
+    )
     from trtpipe.serving.server import free_port
 
     server = start_server([root / "repo", root / "stream"], timeout_s=120, metrics_port=free_port())
@@ -774,8 +801,8 @@ def test_a_client_that_cancels_mid_stream_frees_its_slot(triton, gpt2):
     stream = grpc.InferenceServerClient(server.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)])
     stream.start_stream(callback=lambda result, error: first.put((result, error)))
     steps = grpc.InferInput("max_new_tokens", [1, 1], "INT32")
-    steps.set_data_from_numpy(np.array([[240]], dtype=np.int32))
-    stream.async_stream_infer("tiny-gpt2-stream", [_bytes_input(grpc, "text", [PROMPTS[0]]), steps])
+    steps.set_data_from_numpy(np.array([[LONG]], dtype=np.int32))
+    stream.async_stream_infer("long-gpt2-stream", [_bytes_input(grpc, "text", [PROMPTS[0]]), steps])
     result, error = first.get(timeout=60)
     assert error is None
     stream.stop_stream(cancel_requests=True)
@@ -785,7 +812,7 @@ def test_a_client_that_cancels_mid_stream_frees_its_slot(triton, gpt2):
         assert time.monotonic() < deadline, "the server never heard of the cancellation"
         time.sleep(0.05)
     line = next(line for line in server.log().splitlines() if "cancelled by its client" in line)
-    assert int(line.split("after ")[1].split(" tokens")[0]) < 240
+    assert int(line.split("after ")[1].split(" tokens")[0]) < LONG
     http, client = _http(server)  # the server goes on serving
     steps = http.InferInput("max_new_tokens", [1, 1], "INT32")
     steps.set_data_from_numpy(np.array([[6]], dtype=np.int32))
@@ -801,13 +828,13 @@ stream.start_stream(callback=lambda result, error: print("token" if error is Non
 text = grpc.InferInput("text", [1, 1], "BYTES")
 text.set_data_from_numpy(np.array([[sys.argv[2].encode()]], dtype=np.object_))
 steps = grpc.InferInput("max_new_tokens", [1, 1], "INT32")
-steps.set_data_from_numpy(np.array([[240]], dtype=np.int32))
-stream.async_stream_infer("tiny-gpt2-stream", [text, steps])
+steps.set_data_from_numpy(np.array([[int(sys.argv[3])]], dtype=np.int32))
+stream.async_stream_infer("long-gpt2-stream", [text, steps])
 time.sleep(600)
 """
 
 
-def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, gpt2):
+def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, long_gpt2):
     """A client process SIGKILLed mid-stream: the engine hears it, frees the slot, and a request streaming beside it
     gets exactly its own answer; afterwards no slot is busy and nothing waits (metrics)."""
     import signal
@@ -818,7 +845,9 @@ def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, 
     server, _ = triton
     before = server.log().count("cancelled by its client")
     victim = subprocess.Popen(
-        [sys.executable, "-c", KILLED_CLIENT, server.grpc_url, PROMPTS[0]], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", KILLED_CLIENT, server.grpc_url, PROMPTS[0], str(LONG)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     answers: queue.Queue = queue.Queue()
     other = grpc.InferenceServerClient(server.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)])
@@ -828,7 +857,7 @@ def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, 
     try:
         assert victim.stdout.readline().strip() == "token"  # it is streaming: kill it while both run
         other.async_stream_infer(
-            "tiny-gpt2-stream",
+            "long-gpt2-stream",
             [_bytes_input(grpc, "text", [PROMPTS[1]]), steps],
             enable_empty_final_response=True,
         )
@@ -845,13 +874,13 @@ def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, 
         victim.kill()
         other.stop_stream()
         other.close()
-    assert ids == Generator(gpt2).generate(PROMPTS[1], max_new_tokens=200)[0].ids
+    assert ids == Generator(long_gpt2).generate(PROMPTS[1], max_new_tokens=200)[0].ids
     deadline = time.monotonic() + 30
     while server.log().count("cancelled by its client") == before:
         assert time.monotonic() < deadline, "the engine never heard that the client died"
         time.sleep(0.05)
     line = [line for line in server.log().splitlines() if "cancelled by its client" in line][-1]
-    assert int(line.split("after ")[1].split(" tokens")[0]) < 240
+    assert int(line.split("after ")[1].split(" tokens")[0]) < LONG
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + 10  # the gauges refresh once a second: wait a few refreshes, no longer
     while True:
@@ -859,7 +888,7 @@ def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, 
         gauges = {
             line.split("{")[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("trtpipe_generation_") and 'model="tiny-gpt2-stream"' in line
+            if line.startswith("trtpipe_generation_") and 'model="long-gpt2-stream"' in line
         }
         busy, waiting = gauges["trtpipe_generation_slots_busy"], gauges["trtpipe_generation_requests_waiting"]
         if busy == 0 and waiting == 0:
