@@ -418,19 +418,26 @@ def python_model(monkeypatch):
     sys.modules.pop("trtpipe.serving.python_model", None)
 
 
-def test_auto_threads_give_a_real_model_every_cpu_and_a_tiny_one_half(python_model, monkeypatch):
+def test_auto_threads_give_a_real_model_every_cpu_and_a_tiny_one_half(
+    python_model, monkeypatch, tmp_path, classify, capsys
+):
     tio = importlib.import_module("trtpipe.serving.triton_io")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    minilm = {"hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
-    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64}
-    gpt2 = {"n_embd": 768, "n_layer": 12, "n_inner": None}
+    minilm = {"hidden_size": 384, "num_layers": 6, "intermediate_size": 1536}  # manifest["model"] summaries
+    tiny = {"hidden_size": 32, "num_layers": 2, "intermediate_size": 64}
+    gpt2 = {"hidden_size": 768, "num_layers": 12}
     assert tio.flops_per_token(minilm) == 2 * 6 * (4 * 384**2 + 2 * 384 * 1536)  # ≈ 21 MFLOP
-    assert tio.flops_per_token(gpt2) == 2 * 12 * 12 * 768**2  # n_inner None → 4 × hidden
+    assert tio.flops_per_token(gpt2) == 2 * 12 * 12 * 768**2  # no intermediate_size → 4 × hidden
     assert tio.flops_per_token(tiny) < tio.LIGHT_FLOPS_PER_TOKEN < tio.flops_per_token(minilm)
     two = {"instance_group": [{"count": 2}]}
     assert tio.threads("auto", {}) == 8 and tio.threads("auto", two) == 4
     assert tio.threads("auto", {}, light=True) == 4 and tio.threads("auto", two, light=True) == 2
     assert tio.threads("3", two) == 3 and tio.threads("", {}) is None
+    write_repository([str(classify)], tmp_path / "repo", RepoOptions())
+    for light_below, threads in ((tio.LIGHT_FLOPS_PER_TOKEN, 4), (1e3, 8)):  # the instance reads its manifest
+        monkeypatch.setattr(tio, "LIGHT_FLOPS_PER_TOKEN", light_below)  # 1e3: the tiny BERT counts as real
+        _instance(python_model, tmp_path / "repo", "tiny-bert-classify").finalize()
+        assert f"{threads} threads" in capsys.readouterr().out
 
 
 def _instance(module, repo: Path, name: str):

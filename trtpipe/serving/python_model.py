@@ -21,6 +21,7 @@ import triton_python_backend_utils as pb_utils
 
 from .. import __version__
 from ..runtime import UserError, load_pipeline
+from ..runtime.manifest import MANIFEST
 from . import triton_io as tio
 from .generation import GenerationModel
 
@@ -37,8 +38,10 @@ class BundleModel:
         root = Path(args["model_repository"]) / str(args["model_version"]) / params.get("bundle", "bundle")
         runtime = params.get("runtime") or "ort-cpu"
         variant = params.get("variant") or None
-        hf_config = json.loads((root / "config.json").read_text()) if (root / "config.json").exists() else {}
-        light = self.task != "generate" and tio.flops_per_token(hf_config) < tio.LIGHT_FLOPS_PER_TOKEN
+        summary = (
+            json.loads((root / MANIFEST).read_text()).get("model", {}) if (root / MANIFEST).exists() else {}
+        )
+        light = self.task != "generate" and tio.flops_per_token(summary) < tio.LIGHT_FLOPS_PER_TOKEN
         threads = tio.threads(params.get("threads", "auto"), config, light=light)
         self.batch_size = int(params.get("batch_size") or 32)
         self.top_k = int(params.get("top_k") or 5)

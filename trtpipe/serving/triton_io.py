@@ -21,12 +21,12 @@ def params(config: dict) -> dict[str, str]:
 LIGHT_FLOPS_PER_TOKEN = 1e6  # below this a forward pass is too small to split across threads
 
 
-def flops_per_token(hf_config: dict) -> float:
+def flops_per_token(model: dict) -> float:
     """Forward FLOPs of one token through the transformer layers (2 × the per-layer matmul weights, counted once
-    per layer even where ALBERT shares them), from a Hugging Face config; embeddings cost none."""
-    hidden = int(hf_config.get("hidden_size") or hf_config.get("n_embd") or 0)
-    layers = int(hf_config.get("num_hidden_layers") or hf_config.get("n_layer") or 0)
-    inner = int(hf_config.get("intermediate_size") or hf_config.get("n_inner") or 4 * hidden)
+    per layer even where ALBERT shares them), from a bundle manifest's `model` summary; embeddings cost none."""
+    hidden = int(model.get("hidden_size") or 0)
+    layers = int(model.get("num_layers") or 0)
+    inner = int(model.get("intermediate_size") or 4 * hidden)
     return 2.0 * layers * (4 * hidden * hidden + 2 * hidden * inner)
 
 
