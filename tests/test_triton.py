@@ -773,37 +773,57 @@ def test_server_batches_concurrent_generation_in_flight(triton, gpt2):
 
 def test_the_engine_reports_its_state_on_tritons_metrics_endpoint(triton):
     """After the generation tests: tokens and steps counted per model, busy slots and waiting requests as gauges."""
-    import urllib.request
-
     server, _ = triton
     http, client = _http(server)
     steps = http.InferInput("max_new_tokens", [1, 1], "INT32")
     steps.set_data_from_numpy(np.array([[5]], dtype=np.int32))
     client.infer("tiny-gpt2-generate", [_bytes_input(http, "text", [PROMPTS[0]]), steps])
     client.close()
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 10
-    while True:
-        text = opener.open(url, timeout=10).read().decode()
-        values = {
-            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("trtpipe_generation_") and 'model="tiny-gpt2-generate"' in line
-        }
-        settled = values.get("trtpipe_generation_slots_busy") == 0  # a finished row leaves at the next step
-        if (values.get("trtpipe_generation_tokens", 0) >= 5 and settled) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    values = _generation_metrics(  # a finished row leaves its slot at the next step
+        server,
+        "tiny-gpt2-generate",
+        lambda v: v.get("trtpipe_generation_tokens", 0) >= 5 and v.get("trtpipe_generation_slots_busy") == 0,
+    )
     assert values["trtpipe_generation_tokens"] >= 5 and values["trtpipe_generation_steps"] >= 4
     assert values["trtpipe_generation_prefill_tokens"] > 0
     assert values["trtpipe_generation_slots_busy"] == 0 and values["trtpipe_generation_requests_waiting"] == 0
+
+
+def _generation_metrics(server, model: str, ready, timeout_s: float = 10.0) -> dict:
+    """The engine's trtpipe_generation_* values for `model` from the metrics endpoint, polled until `ready(values)`
+    (they refresh once a second) or for timeout_s at most; the last values read either way."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = opener.open(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        values = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("trtpipe_generation_") and f'model="{model}"' in line
+        }
+        if ready(values) or time.monotonic() > deadline:
+            return values
+        time.sleep(0.2)
+
+
+def _tokens_before_cancellation(server, before: int) -> int:
+    """Waits (≤ 30 s) for the server to log one more client cancellation than `before`; the tokens that request
+    had streamed when the engine freed its slot."""
+    deadline = time.monotonic() + 30
+    while server.log().count("cancelled by its client") <= before:
+        assert time.monotonic() < deadline, "the engine never heard that its client went away"
+        time.sleep(0.05)
+    line = [line for line in server.log().splitlines() if "cancelled by its client" in line][before]
+    return int(line.split("after ")[1].split(" tokens")[0])
 
 
 def test_a_client_that_cancels_mid_stream_frees_its_slot(triton, gpt2):
     import tritonclient.grpc as grpc
 
     server, _ = triton
+    before = server.log().count("cancelled by its client")
     first: queue.Queue = queue.Queue()
     stream = grpc.InferenceServerClient(server.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)])
     stream.start_stream(callback=lambda result, error: first.put((result, error)))
@@ -814,12 +834,7 @@ def test_a_client_that_cancels_mid_stream_frees_its_slot(triton, gpt2):
     assert error is None
     stream.stop_stream(cancel_requests=True)
     stream.close()
-    deadline = time.monotonic() + 30
-    while "cancelled by its client" not in server.log():
-        assert time.monotonic() < deadline, "the server never heard of the cancellation"
-        time.sleep(0.05)
-    line = next(line for line in server.log().splitlines() if "cancelled by its client" in line)
-    assert int(line.split("after ")[1].split(" tokens")[0]) < LONG
+    assert _tokens_before_cancellation(server, before) < LONG
     http, client = _http(server)  # the server goes on serving
     steps = http.InferInput("max_new_tokens", [1, 1], "INT32")
     steps.set_data_from_numpy(np.array([[6]], dtype=np.int32))
@@ -845,7 +860,6 @@ def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, 
     """A client process SIGKILLed mid-stream: the engine hears it, frees the slot, and a request streaming beside it
     gets exactly its own answer; afterwards no slot is busy and nothing waits (metrics)."""
     import signal
-    import urllib.request
 
     import tritonclient.grpc as grpc
 
@@ -882,26 +896,10 @@ def test_a_client_killed_mid_stream_frees_its_slot_and_the_others_go_on(triton, 
         other.stop_stream()
         other.close()
     assert ids == Generator(long_gpt2).generate(PROMPTS[1], max_new_tokens=200)[0].ids
-    deadline = time.monotonic() + 30
-    while server.log().count("cancelled by its client") == before:
-        assert time.monotonic() < deadline, "the engine never heard that the client died"
-        time.sleep(0.05)
-    line = [line for line in server.log().splitlines() if "cancelled by its client" in line][-1]
-    assert int(line.split("after ")[1].split(" tokens")[0]) < LONG
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 10  # the gauges refresh once a second: wait a few refreshes, no longer
-    while True:
-        text = opener.open(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-        gauges = {
-            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("trtpipe_generation_") and 'model="long-gpt2-stream"' in line
-        }
-        busy, waiting = gauges["trtpipe_generation_slots_busy"], gauges["trtpipe_generation_requests_waiting"]
-        if busy == 0 and waiting == 0:
-            break
-        assert time.monotonic() < deadline, f"a slot stayed busy: {gauges}"
-        time.sleep(0.2)
+    assert _tokens_before_cancellation(server, before) < LONG
+    idle = ("trtpipe_generation_slots_busy", "trtpipe_generation_requests_waiting")
+    gauges = _generation_metrics(server, "long-gpt2-stream", lambda v: all(v[name] == 0 for name in idle))
+    assert all(gauges[name] == 0 for name in idle), f"a slot stayed busy: {gauges}"
 
 
 def test_stopping_the_server_mid_generation_ends_requests_without_a_hang(tmp_path, gpt2):
