@@ -48,7 +48,7 @@ def genai_config(manifest: dict, filename: str = "model.onnx", share_buffer: boo
             "do_sample": False,
             "early_stopping": True,
             "length_penalty": 1.0,
-            "max_length": int(manifest["limits"].get("max_length", manifest["limits"]["max_positions"])),
+            "max_length": int(manifest["limits"]["max_length"]),  # the writer always sets it
             "min_length": 0,
             "no_repeat_ngram_size": 0,
             "num_beams": 1,

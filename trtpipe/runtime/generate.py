@@ -72,9 +72,8 @@ class Generator:
         self.eos_id = tok.get("eos_id")
         self.pad_id = int(tok.get("pad_id", self.eos_id or 0))
         self.model_positions = bundle.limits["max_positions"]
-        self.max_positions = (
-            bundle.max_length
-        )  # prompt + new tokens: the model's positions, or export's --max-length
+        # prompt + new tokens: the model's positions, or fewer with export's --max-length
+        self.max_positions = bundle.max_length
 
     # -- inputs
     def encode(self, prompts) -> tuple[list[list[int]], list[str | None]]:

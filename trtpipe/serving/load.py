@@ -72,9 +72,8 @@ def run_load(
             for i in range(requests):
                 if time.monotonic() > deadline:
                     break
-                inputs = _http_inputs(
-                    make_inputs(index, i)
-                )  # built when sent: `requests` may be a bound, not a plan
+                # built when sent: `requests` may be a bound, not a plan
+                inputs = _http_inputs(make_inputs(index, i))
                 tick = time.perf_counter()
                 try:
                     connection.infer(model, inputs, outputs=wanted)
