@@ -39,13 +39,12 @@ def best(fn, repeat: int) -> float:
     return float(np.median(times))
 
 
-def flops_per_token(c: dict, context: int) -> float:
-    """Forward FLOPs of one token (GPT-2 config `c`): 2 × (transformer weights + the tied LM head) + attention
-    over `context`."""
-    hidden, layers = c["n_embd"], c["n_layer"]
-    matmul = (
-        layers * 12 * hidden * hidden + c["vocab_size"] * hidden
-    )  # qkv 3, proj 1, mlp 8 (× hidden²) + head
+def flops_per_token(m: dict, context: int) -> float:
+    """Forward FLOPs of one token (a GPT-2 bundle's manifest `model` summary `m`): 2 × (transformer weights + the
+    tied LM head) + attention over `context`."""
+    hidden, layers = m["hidden_size"], m["num_layers"]
+    # qkv 3, proj 1, mlp 8 (× hidden²) + head
+    matmul = layers * 12 * hidden * hidden + m["vocab_size"] * hidden
     return 2.0 * matmul + layers * 4.0 * hidden * context
 
 
@@ -53,7 +52,7 @@ def decoder_profile(path, threads: int, repeat: int) -> dict:
     from trtpipe.runtime import BatchEngine
 
     engine = BatchEngine(path, slots=16, chunk=64, threads=threads)
-    config = json.loads((engine.bundle.path / "config.json").read_text())
+    config = engine.bundle.model
     weights = (engine.bundle.path / "model.kv-inplace.onnx").stat().st_size  # fp32 weights ≈ the ONNX file
     context = 160
     prompt = list(np.random.default_rng(0).integers(100, 20000, context))
