@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from trtpipe.build.defaults import build_defaults
+    from trtpipe.engines.defaults import build_defaults
     from trtpipe.runtime import Bundle
 
     results = build_defaults(Path(args.bundles), flavour="rtx", overwrite=True)

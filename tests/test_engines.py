@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from trtpipe.build import plan as plan_mod
-from trtpipe.build.builder import build_engine
-from trtpipe.build.memory import GIB, check_memory, estimate_memory, kv_cache_bytes
-from trtpipe.build.plan import BuildOptions, plan_build, up_to_date
-from trtpipe.build.profiles import (
+from trtpipe.cli import app
+from trtpipe.engines import plan as plan_mod
+from trtpipe.engines.builder import build_engine
+from trtpipe.engines.memory import GIB, check_memory, estimate_memory, kv_cache_bytes
+from trtpipe.engines.plan import BuildOptions, plan_build, up_to_date
+from trtpipe.engines.profiles import (
     default_profiles,
     parse_shapes,
     profiles_from_flags,
@@ -23,7 +24,6 @@ from trtpipe.build.profiles import (
     shape_flags,
     validate_profiles,
 )
-from trtpipe.cli import app
 from trtpipe.runtime.bundle import Bundle
 from trtpipe.runtime.errors import UserError
 from trtpipe.runtime.paths import sha256_file
@@ -301,7 +301,7 @@ def test_lint_table_flags_asymmetric_quantization():
     ]
     graph = helper.make_graph(nodes, "g", [x], [y], [scale, zero])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    from trtpipe.build.lint import lint_with_table
+    from trtpipe.engines.lint import lint_with_table
 
     findings, nodes_seen, ops = lint_with_table(onnx.load_from_string(model.SerializeToString()))
     assert nodes_seen == 2 and ops == {"DequantizeLinear": 1, "QuantizeLinear": 1}

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "trtpipe"
 MAX_LINES = 400
 # Generic stages: what differs between families is answered by models.py's spec table, not by branches here.
-GENERIC = ("runtime", "optimize", "build", "serving", "benchmark", "parity", "commands")
+GENERIC = ("runtime", "optimize", "engines", "serving", "benchmark", "parity", "commands")
 FAMILY_BRANCH = re.compile(r"""family\s*[!=]=|model_type\s*[!=]=|["'](bert|albert|gpt2)["']""")
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from trtpipe.build import builder as builder_mod
-from trtpipe.build import plan as plan_mod
-from trtpipe.build.memory import GIB
-from trtpipe.build.plan import BuildOptions, plan_build
-from trtpipe.build.progress import BuildProgress
 from trtpipe.cli import app
+from trtpipe.engines import builder as builder_mod
+from trtpipe.engines import plan as plan_mod
+from trtpipe.engines.memory import GIB
+from trtpipe.engines.plan import BuildOptions, plan_build
+from trtpipe.engines.progress import BuildProgress
 from trtpipe.runtime.bundle import Bundle
 from trtpipe.runtime.errors import UserError
 from trtpipe.runtime.generate import Generator

@@ -87,9 +87,9 @@ def build_cmd(
     quiet: QuietOpt = False,
 ):
     """Build a TensorRT engine from a bundle's ONNX variant (skipped when up to date)."""
-    from ..build.builder import build_engine
-    from ..build.plan import BuildOptions, plan_build
-    from ..build.profiles import describe
+    from ..engines.builder import build_engine
+    from ..engines.plan import BuildOptions, plan_build
+    from ..engines.profiles import describe
 
     options = BuildOptions(
         variant=variant,
@@ -149,7 +149,7 @@ def build_defaults_cmd(
     """Build engines for every bundle in a directory (what `make engines` runs); skips what is up to date."""
     from rich.table import Table
 
-    from ..build.defaults import build_defaults
+    from ..engines.defaults import build_defaults
 
     results = build_defaults(out_dir, flavour=flavour, overwrite=overwrite)
     if as_json:
@@ -186,7 +186,7 @@ def lint_cmd(
     """Will TensorRT parse this variant? Names each unsupported node and why; exits 1 if any."""
     from rich.markup import escape
 
-    from ..build.lint import lint_bundle
+    from ..engines.lint import lint_bundle
 
     report = lint_bundle(bundle, variant, flavour=flavour, table=table)
     if as_json:
@@ -229,8 +229,8 @@ def advise_cmd(
     """Suggest TensorRT min/opt/max shapes from the token lengths of real text."""
     from rich.table import Table
 
-    from ..build.advise import advise
-    from ..build.profiles import write_profile_file
+    from ..engines.advise import advise
+    from ..engines.profiles import write_profile_file
 
     if max_batch is not None and max_batch < 1:
         raise UserError(f"--max-batch must be ≥ 1 (got {max_batch})")
