@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from trtpipe.cli import app
-from trtpipe.runtime import Bundle, Generator, Sampling, UserError, open_session
+from trtpipe.runtime import Bundle, Generator, PromptTruncated, Sampling, UserError, open_session
 from trtpipe.runtime.generate import generate_uncached
 from trtpipe.runtime.kv import KVCache
 from trtpipe.runtime.sampling import sample_next
@@ -404,11 +404,32 @@ def test_generate_bad_input(gpt2_bundle, args, message):
 
 
 def test_generate_truncate_keeps_the_tail(generator):
-    long_prompt = "word " * 300
+    long_prompt = "Start here. " + "word " * 300
     ids = generator.encode(long_prompt)[0][0]
-    completion = generator.generate(long_prompt, max_new_tokens=8, truncate=True)[0]
+    with pytest.warns(PromptTruncated, match=rf"prompt 1 has {len(ids)} tokens; truncated to 248"):
+        completion = generator.generate(long_prompt, max_new_tokens=8, truncate=True)[0]
     assert completion.prompt_tokens == 256 - 8 and len(ids) > 248
+    assert completion.prompt_tokens_dropped == len(ids) - 248
+    assert completion.prompt == generator.encoder.decode(ids[-248:], skip_special_tokens=False)
+    assert "Start here" not in completion.prompt and long_prompt.endswith(completion.prompt)
     assert completion.ids == generator.generate([ids[-248:]], max_new_tokens=8)[0].ids
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-stream"], ["--json"]])
+def test_generate_cli_truncate_warns_and_echoes_the_prompt_it_used(gpt2_bundle, generator, mode):
+    long_prompt = "Start here. " + "word " * 300
+    dropped = len(generator.encode(long_prompt)[0][0]) - 248
+    result = CliRunner().invoke(
+        app, ["generate", str(gpt2_bundle), long_prompt, "-n", "8", "--truncate", *mode]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"truncated to 248 (its first {dropped} dropped" in result.stderr
+    if mode == ["--json"]:
+        completion = json.loads(result.stdout)["completions"][0]
+        assert completion["prompt_tokens_dropped"] == dropped and completion["prompt_tokens"] == 248
+        assert "Start here" not in completion["prompt"]
+    else:
+        assert "Start here" not in result.stdout and result.stdout.startswith(" word")
 
 
 def test_ids_out_of_range_and_encoder_bundle(generator, make_bundle):

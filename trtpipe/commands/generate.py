@@ -40,7 +40,7 @@ def generate_cmd(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="print tokens as they come")] = True,
     truncate: Annotated[
-        bool, typer.Option("--truncate", help="keep the tail of a prompt that is too long")
+        bool, typer.Option("--truncate", help="keep the tail of a prompt that is too long (with a warning)")
     ] = False,
     kv: Annotated[str, typer.Option("--kv", help="auto | inplace | pingpong (KV cache strategy)")] = "auto",
     backend: BackendOpt = "ort-cpu",
@@ -61,24 +61,24 @@ def generate_cmd(
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
     generator = Generator(bundle, backend=backend, variant=variant, threads=threads, kv=kv)
-    generator.check(prompts, max_new_tokens, truncate)
+    prepared = generator.check(prompts, max_new_tokens, truncate)
+    for message in prepared.messages:
+        warn(message)
     if generator.bundle.random_weights and not as_json:
         warn(f"{generator.bundle.name} has random weights: the text is meaningless (speed and parity only)")
     started = time.perf_counter()
     if stream and not as_json and len(prompts) == 1:
         stats: dict = {}
-        out.print(prompts[0], end="", style="bold", markup=False, highlight=False)
+        out.print(prepared.texts[0], end="", style="bold", markup=False, highlight=False)
         count = 0
-        for token in generator.stream(
-            prompts, max_new_tokens, sampling, stop, truncate=truncate, stats=stats
-        ):
+        for token in generator.stream(prepared, max_new_tokens, sampling, stop, stats=stats):
             sys.stdout.write(token.text)
             sys.stdout.flush()
             count += 1
         sys.stdout.write("\n")
         _generation_stats(count, time.perf_counter() - started, stats)
         return
-    completions = generator.generate(prompts, max_new_tokens, sampling, stop, truncate=truncate)
+    completions = generator.generate(prepared, max_new_tokens, sampling, stop)
     if as_json:
         print_json(
             {
@@ -91,6 +91,7 @@ def generate_cmd(
                         "ids": c.ids,
                         "finish": c.finish,
                         "prompt_tokens": c.prompt_tokens,
+                        "prompt_tokens_dropped": c.prompt_tokens_dropped,
                     }
                     for c in completions
                 ],

@@ -9,7 +9,7 @@ from .batching import BatchEngine
 from .bundle import Bundle
 from .errors import CheckFailed, UserError
 from .feeds import check_feeds
-from .generate import Completion, Generator, Token
+from .generate import Completion, Generator, PromptTruncated, Token
 from .sampling import Sampling
 from .score import perplexity
 from .session import BACKENDS, Session, open_decoder, open_session
@@ -26,6 +26,7 @@ __all__ = [
     "Sampling",
     "Token",
     "Pipeline",
+    "PromptTruncated",
     "Session",
     "TextEncoder",
     "UserError",

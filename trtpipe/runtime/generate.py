@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -40,6 +41,24 @@ class Completion:
     finish: str
     prompt_tokens: int
     stats: dict = field(default_factory=dict)
+    prompt_tokens_dropped: int = (
+        0  # leading prompt tokens cut by truncate=True (then `prompt` is the kept tail)
+    )
+
+
+class PromptTruncated(UserWarning):
+    """A prompt was cut to its tail to leave room for the new tokens (truncate=True)."""
+
+
+@dataclass
+class Prompts:
+    """A request's prompts as they will run: token ids after truncation, the text those ids spell (None for id
+    prompts), and how many leading tokens truncation dropped from each."""
+
+    ids: list[list[int]]
+    texts: list[str | None]
+    dropped: list[int]
+    messages: list[str]  # one warning per truncated prompt
 
 
 class Generator:
@@ -99,12 +118,28 @@ class Generator:
             ids.append(encoded)
         return ids, texts
 
-    def check(self, prompts, max_new_tokens: int, truncate: bool = False) -> None:
-        """Validate a request up front (UserError), before anything is printed or run."""
+    def check(self, prompts, max_new_tokens: int, truncate: bool = False) -> Prompts:
+        """Validate a request up front (UserError), before anything is printed or run; the prompts as they will run."""
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
-        ids, _ = self.encode(prompts)
-        self.fit(ids, int(max_new_tokens), truncate)
+        return self.prepare(prompts, int(max_new_tokens), truncate)
+
+    def prepare(self, prompts, max_new_tokens: int, truncate: bool) -> Prompts:
+        """Encode and fit the prompts; a truncated text prompt is replaced by the text of the tail it keeps."""
+        ids, texts = self.encode(prompts)
+        fitted = self.fit(ids, max_new_tokens, truncate)
+        dropped = [len(given) - len(kept) for given, kept in zip(ids, fitted)]
+        messages = [
+            f"prompt {index + 1} has {len(given)} tokens; truncated to {len(kept)} "
+            f"(its first {cut} dropped to leave room for {max_new_tokens} new tokens)"
+            for index, (given, kept, cut) in enumerate(zip(ids, fitted, dropped))
+            if cut
+        ]
+        texts = [
+            self.encoder.decode(kept, skip_special_tokens=False) if cut and text is not None else text
+            for text, kept, cut in zip(texts, fitted, dropped)
+        ]
+        return Prompts(fitted, texts, dropped, messages)
 
     def fit(
         self, ids: list[list[int]], max_new_tokens: int, truncate: bool, positions: int | None = None
@@ -142,16 +177,16 @@ class Generator:
         ignore_eos: bool = False,
     ) -> Iterator[Token]:
         """Yield tokens as they are generated (rows of a batch interleaved, in step order). ignore_eos generates
-        exactly max_new_tokens (benchmarks)."""
+        exactly max_new_tokens (benchmarks). `prompts` may be what `check` returned (then nothing is re-encoded)."""
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
             raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
+        prepared = self._prepared(prompts, int(max_new_tokens), truncate)
         sampling = sampling or Sampling()
         stop = [s for s in (stop or []) if s]
         stop_ids = set(stop_ids or [])
         if self.eos_id is not None and not ignore_eos:
             stop_ids.add(int(self.eos_id))
-        ids, _ = self.encode(prompts)
-        ids = self.fit(ids, int(max_new_tokens), truncate)
+        ids = prepared.ids
         batch = len(ids)
         rng = np.random.default_rng(sampling.seed)
         capacity = max(len(p) for p in ids) + int(max_new_tokens)
@@ -169,6 +204,7 @@ class Generator:
                 ttft_s=time.perf_counter() - started,
                 kv_bytes=cache.nbytes,
                 prompt_tokens=lengths.tolist(),
+                prompt_tokens_dropped=prepared.dropped,
                 step_s=step_times,
                 kv=("inplace" if cache.inplace else "pingpong"),
                 variant=self.variant,
@@ -203,29 +239,35 @@ class Generator:
         stop_ids: list[int] | None = None,
         truncate: bool = False,
     ) -> list[Completion]:
-        """Run to completion; one Completion per prompt (text, ids, finish reason, timing stats)."""
-        texts_in = [prompts] if isinstance(prompts, str) else list(prompts)
+        """Run to completion; one Completion per prompt (text, ids, finish reason, timing stats). A prompt cut by
+        truncate=True warns (PromptTruncated) and its Completion holds the kept tail and the count dropped."""
+        prepared = self._prepared(prompts, max_new_tokens, truncate)
+        texts_in = prepared.texts
         stats: dict = {}
         ids: list[list[int]] = [[] for _ in texts_in]
         pieces: list[list[str]] = [[] for _ in texts_in]
         finish = ["length"] * len(texts_in)
-        for token in self.stream(prompts, max_new_tokens, sampling, stop, stop_ids, truncate, stats):
+        for token in self.stream(prepared, max_new_tokens, sampling, stop, stop_ids, truncate, stats):
             ids[token.row].append(token.id)  # like transformers, the ids include an EOS that ended the row
             pieces[token.row].append(token.text)
             if token.finish:
                 finish[token.row] = token.finish
         counts = stats.get("prompt_tokens", [0] * len(texts_in))
         return [
-            Completion(
-                prompt=p if isinstance(p, str) else None,
-                ids=i,
-                text="".join(t),
-                finish=f,
-                prompt_tokens=n,
-                stats=stats,
-            )
-            for p, i, t, f, n in zip(texts_in, ids, pieces, finish, counts)
+            Completion(p, i, "".join(t), f, n, stats, prompt_tokens_dropped=d)
+            for p, i, t, f, n, d in zip(texts_in, ids, pieces, finish, counts, prepared.dropped)
         ]
+
+    def _prepared(self, prompts, max_new_tokens: int, truncate: bool) -> Prompts:
+        """`check`'s result as given (re-fitted, in case max_new_tokens grew), or the prompts prepared here, with a
+        PromptTruncated warning for each one cut."""
+        if isinstance(prompts, Prompts):
+            self.fit(prompts.ids, int(max_new_tokens), truncate=False)
+            return prompts
+        prepared = self.prepare(prompts, int(max_new_tokens), truncate)
+        for message in prepared.messages:
+            warnings.warn(message, PromptTruncated, stacklevel=3)
+        return prepared
 
 
 def _positions(positions: int, limit: int, model: int) -> str:
