@@ -122,6 +122,58 @@ def test_hash_mismatch_and_truncation_are_caught_before_loading(make_bundle, cop
         open_session(path)
 
 
+def test_inspect_fails_a_file_that_no_longer_matches_the_manifest(make_bundle, copy_bundle):
+    """Sizes are checked on every inspect (a stat per file), sha256 with --verify; a mismatch is a failed check
+    (exit 1, like parity), shown in the file's row, and the fix is named."""
+    from typer.testing import CliRunner
+
+    from trtpipe.cli import app
+    from trtpipe.runtime.paths import sha256_file
+
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    plan = path / "engines" / "fp32.rtx-ampere.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"plan" * 64)
+    data = _manifest(path)
+    engine = {"flavour": "rtx", "variant": "fp32", "sha256": sha256_file(plan), "bytes": 256}
+    data["engines"] = {"engines/fp32.rtx-ampere.plan": engine, "engines/gone.plan": dict(engine)}
+    write_manifest(path, data)
+
+    def inspect(*options):
+        result = CliRunner().invoke(app, ["inspect", str(path), *options])
+        return result.exit_code, " ".join(result.stdout.split()), " ".join(result.stderr.split())
+
+    code, shown, error = inspect()
+    assert code == 1 and "engine engines/gone.plan: engines/gone.plan is missing" in error
+    assert "trtpipe build" in error and shown.count("size ok") == 2  # fp32 and the good plan
+    data["engines"].pop("engines/gone.plan")
+    write_manifest(path, data)
+    assert inspect()[0] == 0
+
+    model = path / "model.onnx"
+    whole = model.read_bytes()
+    model.write_bytes(whole[: len(whole) // 2])
+    code, shown, error = inspect()
+    assert (
+        code == 1 and f"FAIL: {len(whole) // 2:,} bytes on disk, the manifest records {len(whole):,}" in shown
+    )
+    assert error.startswith("check failed:") and "variant fp32" in error and "re-export" in error
+    assert Bundle.load(path).file_problems() == {
+        ("variant", "fp32"): f"{len(whole) // 2:,} bytes on disk, the manifest records {len(whole):,}"
+    }
+    code, _, error = inspect("--json")
+    assert code == 1 and "variant fp32" in error
+
+    flipped = bytearray(whole)  # same size, different bytes: only the sha256 sees it
+    flipped[len(whole) // 2] ^= 0xFF
+    model.write_bytes(bytes(flipped))
+    assert inspect()[0] == 0
+    code, shown, error = inspect("--verify")
+    assert code == 1 and "model.onnx does not match its sha256" in shown and "sha256 ok" in shown
+    plan.write_bytes(b"nalp" * 64)
+    assert ("engine", "engines/fp32.rtx-ampere.plan") in Bundle.load(path).file_problems(sha256=True)
+
+
 def test_corrupt_model_with_matching_hash_is_a_user_error(make_bundle, copy_bundle):
     from trtpipe.runtime.paths import sha256_file
 

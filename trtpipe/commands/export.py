@@ -9,7 +9,7 @@ import typer
 
 from ..console import info, warn
 from ..runtime.bundle import Bundle
-from ..runtime.errors import UserError
+from ..runtime.errors import CheckFailed, UserError
 from ._common import BundleArg, JsonOpt, QuietOpt, command, print_json
 
 
@@ -99,12 +99,39 @@ def export_defaults_cmd(
 
 
 @command("inspect")
-def inspect_cmd(bundle: BundleArg, as_json: JsonOpt = False):
-    """Print a bundle's manifest summary, I/O table, variants and engines."""
+def inspect_cmd(
+    bundle: BundleArg,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="also check every file's sha256 (reads every byte; sizes are always checked)"
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+):
+    """Print a bundle's manifest summary, I/O table, variants and engines. A variant or engine whose file is
+    missing or no longer has the size the manifest records (or, with --verify, its sha256) fails: exit 1."""
     from .render import print_inspect
 
     loaded = Bundle.load(bundle)
+    problems = loaded.file_problems(sha256=verify)
     if as_json:
         print_json(loaded.manifest)
-        return
-    print_inspect(loaded)
+    else:
+        print_inspect(loaded, problems, sha256=verify)
+    if problems:
+        found = "; ".join(f"{kind} {name}: {problem}" for (kind, name), problem in problems.items())
+        fixes = sorted({_fix(loaded, kind, name) for kind, name in problems})
+        raise CheckFailed(f"bundle {bundle}: {found}; {'; '.join(fixes)}")
+
+
+def _fix(bundle: Bundle, kind: str, name: str) -> str:
+    """The command that rewrites a file that no longer matches the manifest."""
+    from ..runtime.trt.compat import rebuild_command
+
+    if kind == "engine":
+        return f"rebuild it: `{rebuild_command(bundle.path, bundle.engines[name])}`"
+    precision = bundle.variants[name].get("precision", "fp32") if kind == "variant" else "fp32"
+    if precision != "fp32":  # optimize wrote it (and its .kv-inplace twin); export wrote the fp32 graphs
+        return f"recreate it: `trtpipe optimize {bundle.path} --precision {precision} --overwrite`"
+    return "re-export the bundle (`trtpipe export ... --overwrite`)"

@@ -10,7 +10,14 @@ from ..console import out
 from ._common import mib
 
 
-def print_inspect(bundle) -> None:
+def print_inspect(bundle, problems: dict[tuple[str, str], str], sha256: bool = False) -> None:
+    """The manifest summary, I/O, variants and engines; each file's check against the manifest in "on disk"
+    (`problems` from Bundle.file_problems: size always, sha256 if it was asked)."""
+    checked = "[green]sha256 ok[/]" if sha256 else "[green]size ok[/]"
+
+    def on_disk(key: tuple[str, str]) -> str:
+        return f"[red]FAIL[/]: {escape(problems[key])}" if key in problems else checked
+
     m = bundle.manifest
     src = m.get("source", {})
     model = m.get("model", {})
@@ -41,14 +48,20 @@ def print_inspect(bundle) -> None:
             )
     out.print(io)
     variants = Table(title="variants", show_edge=False)
-    for col in ("variant", "file", "size", "made from", "parity", "gate"):
+    for col in ("variant", "file", "size", "made from", "parity", "gate", "on disk"):
         variants.add_column(col)
     for name, v in m["variants"].items():
         parity = ", ".join(f"{b}: {r.get('verdict')}" for b, r in (v.get("parity") or {}).items()) or "-"
         gate = v.get("gate") or {}
         gate_text = gate.get("verdict", "-") + (" (forced)" if gate.get("forced") else "") if gate else "-"
         variants.add_row(
-            name, v["file"], mib(v.get("bytes", 0)), str(v.get("made_from") or "-"), parity, gate_text
+            name,
+            v["file"],
+            mib(v.get("bytes", 0)),
+            str(v.get("made_from") or "-"),
+            parity,
+            gate_text,
+            on_disk(("variant", name)),
         )
     for name, r in (m.get("refused") or {}).items():
         failures = [
@@ -56,12 +69,12 @@ def print_inspect(bundle) -> None:
             for metric, (op, bound) in r["gate"].get("thresholds", {}).items()
         ]
         variants.add_row(
-            name, "[dim]not written[/]", "-", "fp32", "-", "[red]refused[/]: " + "; ".join(failures)
+            name, "[dim]not written[/]", "-", "fp32", "-", "[red]refused[/]: " + "; ".join(failures), "-"
         )
     out.print(variants)
     if m.get("engines"):
         engines = Table(title="engines", show_edge=False)
-        for col in ("file", "flavour", "target", "precision", "TensorRT", "profiles"):
+        for col in ("file", "flavour", "target", "precision", "TensorRT", "profiles", "on disk"):
             engines.add_column(col)
         for file, e in m["engines"].items():
             engines.add_row(
@@ -71,8 +84,12 @@ def print_inspect(bundle) -> None:
                 e.get("variant", ""),
                 e.get("tensorrt_version", ""),
                 str(len(e.get("profiles", []))),
+                on_disk(("engine", file)),
             )
         out.print(engines)
+    for (kind, name), problem in problems.items():
+        if kind == "tokenizer":
+            out.print(f"tokenizer {escape(name)}: [red]FAIL[/]: {escape(problem)}")
 
 
 def print_task_result(task: str, items: list[str], result, question: str | None = None) -> None:

@@ -145,6 +145,40 @@ class Bundle:
                 )
             self._verified[rel] = key
 
+    def file_problems(self, sha256: bool = False) -> dict[tuple[str, str], str]:
+        """What no longer matches manifest.json, by ("variant", name), ("engine", file) or ("tokenizer", file): a
+        missing file or a size other than the recorded bytes (one stat per file, always), and with `sha256` a
+        different hash (reads every byte)."""
+        problems: dict[tuple[str, str], str] = {}
+        for name, entry in self.variants.items():
+            problem = self._problem(entry["sha256"], entry.get("bytes"), sha256)
+            if problem:
+                problems["variant", name] = problem
+        for file, entry in self.engines.items():
+            if isinstance(entry, dict):
+                problem = self._problem({file: entry.get("sha256")}, entry.get("bytes"), sha256)
+                if problem:
+                    problems["engine", file] = problem
+        tok = self.manifest["tokenizer"]
+        problem = self._problem({tok["file"]: tok.get("sha256")}, None, sha256)
+        if problem:
+            problems["tokenizer", tok["file"]] = problem
+        return problems
+
+    def _problem(self, hashes: dict[str, str | None], recorded: int | None, sha256: bool) -> str | None:
+        paths = {rel: self.file(rel) for rel in hashes}
+        missing = [rel for rel, path in paths.items() if not path.is_file()]
+        if missing:
+            return f"{missing[0]} is missing"
+        size = sum(path.stat().st_size for path in paths.values())
+        if isinstance(recorded, int) and size != recorded:
+            return f"{size:,} bytes on disk, the manifest records {recorded:,}"
+        if sha256:
+            for rel, expected in hashes.items():
+                if expected and sha256_file(paths[rel]) != expected:
+                    return f"{rel} does not match its sha256 in manifest.json"
+        return None
+
     def model_path(self, variant: str | None = None, verify: bool = True) -> Path:
         """Path of a variant's ONNX file, after checking every file of the variant against its sha256 and every
         external-data location inside the ONNX file against the bundle (confined, listed, hashed)."""
