@@ -153,6 +153,54 @@ def test_qa_long_context_runs_in_windows(make_bundle):
     assert 0 < answer["score"] <= 1
 
 
+CALLS = {
+    "embed": ("a sentence", ["a sentence", "another one"]),
+    "classify": ("a sentence", ["a sentence", "another one"]),
+    "ner": ("Ada Lovelace lives in London.", ["Ada Lovelace lives in London.", "Paris"]),
+    "fill-mask": ("Paris is the [MASK] of France.", ["Paris is the [MASK] of France.", "A [MASK] sat."]),
+}
+
+
+@pytest.mark.parametrize("task", sorted(CALLS))
+def test_calling_a_pipeline_with_one_text_gives_one_answer_and_with_a_list_a_list(make_bundle, task):
+    """As transformers pipelines: pipe("text") → one answer, pipe([texts]) → a list, the same answers."""
+    pipe = load_pipeline(make_bundle("tiny-bert", task))
+    one, many = CALLS[task]
+    single, listed = pipe(one), pipe(many)
+    assert len(listed) == len(many)
+    if task == "embed":
+        assert single.shape == (32,) and listed.shape == (2, 32)
+        assert_close(single, listed[0], atol=1e-6, what="one text vs the first of a list")
+    else:
+        assert single == listed[0] and single == pipe([one])[0]
+        assert isinstance(
+            single, dict if task == "classify" else list
+        )  # a label, or one text's entities / fills
+    if task == "classify":
+        assert (
+            pipe("a premise", text_pairs="a hypothesis")
+            == pipe(["a premise"], text_pairs=["a hypothesis"])[0]
+        )
+    with pytest.raises(UserError, match="a text or a list of texts"):
+        pipe()
+
+
+def test_calling_a_qa_pipeline_as_transformers_does(make_bundle):
+    pipe = load_pipeline(make_bundle("tiny-bert", "qa"))
+    question, context = "Where did the cat sit?", "The cat sat on the mat in the house."
+    answer = pipe(question=question, context=context)
+    assert isinstance(answer, dict) and context[answer["start"] : answer["end"]] == answer["answer"]
+    assert pipe(question, context=context) == answer == pipe({"question": question, "context": context})
+    pairs = [{"question": question, "context": context}, {"question": "What sat?", "context": context}]
+    listed = pipe(pairs)
+    assert isinstance(listed, list) and len(listed) == 2 and listed[0] == answer
+    assert pipe(question=[question, "What sat?"], context=context) == listed
+    with pytest.raises(UserError, match='needs a "question" and a "context"'):
+        pipe([{"question": question}])
+    with pytest.raises(UserError, match="question answering needs a question and a context"):
+        pipe()
+
+
 class FakeEncoding:
     def __init__(self, word_ids, offsets, special, sequence_ids=None):
         self.word_ids = word_ids

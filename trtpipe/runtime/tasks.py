@@ -55,18 +55,49 @@ class Pipeline:
     def close(self) -> None:
         self.session.close()
 
-    def __call__(self, texts, **kwargs):
+    def __call__(self, inputs=None, **kwargs):
+        """As transformers pipelines are called: one text (a str) gives one answer, a list of texts a list. QA takes
+        question= (or the question first) and context=: a str gives one answer, a list a list; or a {"question",
+        "context"} dict, or a list of them."""
+        if self.task == "qa":
+            return self._qa_call(inputs, **kwargs)
         handlers = {
             "embed": self.embed,
             "classify": self.classify,
             "ner": self.ner,
             "fill-mask": self.fill_mask,
         }
-        if self.task == "qa":
-            return self.qa(**kwargs)
         if self.task not in handlers:
             raise UserError(f"bundle task {self.task!r} is not an encoder task; use trtpipe.runtime.generate")
-        return handlers[self.task](texts, **kwargs)
+        if inputs is None:
+            raise UserError(f'{self.task} needs a text or a list of texts, e.g. pipe("one sentence")')
+        if not isinstance(inputs, str):
+            return handlers[self.task](inputs, **kwargs)
+        if isinstance(kwargs.get("text_pairs"), str):
+            kwargs["text_pairs"] = [kwargs["text_pairs"]]
+        return handlers[self.task]([inputs], **kwargs)[0]
+
+    def _qa_call(self, inputs, **kwargs):
+        if inputs is None:
+            return self.qa(**kwargs)
+        if isinstance(inputs, dict):
+            return self.qa(**inputs, **kwargs)
+        if isinstance(inputs, str) or (
+            isinstance(inputs, (list, tuple)) and inputs and all(isinstance(item, str) for item in inputs)
+        ):
+            return self.qa(
+                question=inputs, **kwargs
+            )  # the question(s), positionally, as transformers takes them
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(item, dict) for item in inputs):
+            questions = [item.get("question") for item in inputs]
+            contexts = [item.get("context") for item in inputs]
+            if None in questions or None in contexts:
+                raise UserError('each question answering input needs a "question" and a "context"')
+            return self.qa(question=questions, context=contexts, **kwargs)
+        raise UserError(
+            "question answering takes question= and context= (or a {'question': …, 'context': …} dict, or a list "
+            f"of them), not {type(inputs).__name__}"
+        )
 
     # -------------------------------------------------------------------------------------------- plumbing
 
