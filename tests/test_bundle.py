@@ -71,6 +71,7 @@ def test_previous_format_loads_and_newer_is_refused(make_bundle, copy_bundle):
         (lambda m: m["limits"].update(vocab_size=-1), "limits.vocab_size"),
         (lambda m: m["inputs"][0].update(shape=["batch", 10**9]), "invalid dimension"),
         (lambda m: m["inputs"][0].update(dtype="complex128"), "dtype"),
+        (lambda m: m["inputs"][0].update(name=""), "has an input without a name"),
         (lambda m: m["variants"]["fp32"].update(sha256={"/etc/passwd": "0"}), "absolute path"),
         (lambda m: m["variants"]["fp32"].update(sha256={"../x.onnx": "0"}), "leaves the bundle"),
         (lambda m: m["tokenizer"].update(file="../../tokenizer.json"), "leaves the bundle"),

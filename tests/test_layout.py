@@ -140,3 +140,35 @@ def test_the_family_grep_catches_what_it_is_for():
     assert FAMILY_BRANCH.search('model_type = "gpt2" if x else "bert"')
     assert FAMILY_BRANCH.search("if config.model_type != spec:")
     assert not FAMILY_BRANCH.search("if bundle.is_decoder:")
+
+
+def a_before_a_name(source: str) -> list[int]:
+    """Lines of f-strings whose text puts a fixed "a " right before a placeholder ("is a {task} bundle"): the article
+    depends on the name there, so it goes through runtime.errors.with_article ("is an embed bundle")."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.JoinedStr):
+            parts = node.values
+            for part, after in zip(parts, parts[1:]):
+                text = part.value if isinstance(part, ast.Constant) else ""
+                if isinstance(after, ast.FormattedValue) and re.search(r"(^|[^\w$])[aA] $", str(text)):
+                    lines.append(node.lineno)
+    return lines
+
+
+def test_no_message_puts_a_fixed_a_before_a_name():
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line in a_before_a_name(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == [], 'write f"is {with_article(name)} …" (trtpipe.runtime.errors), not f"is a {name} …"'
+
+
+def test_the_article_check_catches_what_it_is_for():
+    assert a_before_a_name('f"{path} is a {bundle.task} bundle"') == [1]
+    assert a_before_a_name('x = (\n    "is a "\n    f"{task} bundle"\n)') == [2]
+    assert a_before_a_name('f"A {kind} has no name"') == [1]
+    assert a_before_a_name('f"is {with_article(task)} bundle"') == []
+    assert a_before_a_name('f"{bos} $A {eos}"') == []
+    assert a_before_a_name('"""a {question} dict in a docstring"""') == []

@@ -282,6 +282,46 @@ def test_empty_and_bad_texts(make_bundle):
         pipe.embed(["x"])
 
 
+@pytest.mark.parametrize(
+    "name, phrase",
+    [
+        ("embed", "an embed"),
+        ("classify", "a classify"),
+        ("fill-mask", "a fill-mask"),
+        ("albert", "an albert"),
+        ("gpt2", "a gpt2"),
+        ("fp16", "an fp16"),
+        ("int8-qdq", "an int8-qdq"),
+        ("kv-inplace", "a kv-inplace"),
+        ("fused", "a fused"),
+        ("input", "an input"),
+        ("TensorRT-RTX", "a TensorRT-RTX"),
+        ("NER", "an NER"),
+        ("user", "a user"),
+        (8, "an 8"),
+        (18, "an 18"),
+        (86, "an 86"),
+        (32, "a 32"),
+        (128, "a 128"),
+        (800, "an 800"),
+    ],
+)
+def test_with_article_reads_names_as_they_are_said(name, phrase):
+    from trtpipe.runtime.errors import with_article
+
+    assert with_article(name) == phrase
+
+
+def test_messages_built_from_a_task_name_take_its_article(make_bundle):
+    from trtpipe.runtime import Generator, perplexity
+
+    path = make_bundle("tiny-bert", "embed")
+    with pytest.raises(UserError, match="is an embed bundle; generation needs a GPT-2 bundle"):
+        Generator(path)
+    with pytest.raises(UserError, match="is an embed bundle; perplexity needs a GPT-2 bundle"):
+        perplexity(path, "some text to score")
+
+
 def test_check_finite_names_the_bad_output():
     from trtpipe.runtime.tasks import check_finite
 

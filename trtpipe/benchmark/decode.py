@@ -11,7 +11,7 @@ import numpy as np
 from .. import corpus
 from ..console import progress, warn
 from ..runtime.bundle import Bundle
-from ..runtime.errors import UserError
+from ..runtime.errors import UserError, with_article
 from .stats import per_round_p99, summarize
 
 
@@ -112,7 +112,7 @@ def prompt_ids(bundle: Bundle, length: int) -> list[int]:
         ids += encoder.encode_prompt(sentence + " ")
         if len(ids) >= length:
             return ids[:length]
-    raise UserError(f"the offline corpus is too short for a {length}-token prompt")
+    raise UserError(f"the offline corpus is too short for {with_article(length)}-token prompt")
 
 
 def run_decode(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..runtime.bundle import Bundle
-from ..runtime.errors import UserError
+from ..runtime.errors import UserError, with_article
 
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_SEQ = 128
@@ -129,7 +129,7 @@ def decoder_shapes(bundle: Bundle, prompt_lens: list[int] | None, new_tokens: in
         # not even the shortest default prompt fits: fewer new tokens, the prompt keeps at least half the room
         shapes.new_tokens = max(MIN_NEW_TOKENS, min(DEFAULT_NEW_TOKENS, positions // 2))
         shapes.notes.append(
-            f"{DEFAULT_NEW_TOKENS} new tokens after a {min(DEFAULT_PROMPT_LENS)}-token prompt do not fit {name}'s "
+            f"{DEFAULT_NEW_TOKENS} new tokens after {with_article(min(DEFAULT_PROMPT_LENS))}-token prompt do not fit {name}'s "
             f"{positions} positions; measuring {shapes.new_tokens} new tokens"
         )
     room = positions - shapes.new_tokens
@@ -141,7 +141,7 @@ def decoder_shapes(bundle: Bundle, prompt_lens: list[int] | None, new_tokens: in
         instead = f"measuring {_listed(shapes.prompt_lens)} only"
     else:
         shapes.prompt_lens = [room]
-        instead = f"measuring a {room}-token prompt instead"
+        instead = f"measuring {with_article(room)}-token prompt instead"
     if dropped:
         shapes.notes.append(
             f"prompt length{'s' if len(dropped) > 1 else ''} {_listed(dropped)} "

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import kv as kv_layout
 from .bundle import Bundle
-from .errors import UserError
+from .errors import UserError, with_article
 from .sampling import Sampling, sample_next
 from .session import open_decoder
 from .text import StopText, TextEncoder
@@ -80,7 +80,7 @@ class Generator:
             bundle = Bundle.load(bundle)
         if not bundle.is_decoder:
             raise UserError(
-                f"{bundle.path} is a {bundle.task} bundle; generation needs a GPT-2 bundle "
+                f"{bundle.path} is {with_article(bundle.task)} bundle; generation needs a GPT-2 bundle "
                 "(`trtpipe export gpt2 --task generate`)"
             )
         self.bundle = bundle

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import ALL_TASKS, MODELS
-from .errors import UserError
+from .errors import UserError, with_article
 from .paths import inside
 
 FORMAT_VERSION = 2
@@ -29,7 +29,11 @@ def _check_io(root: Path, entries: Any, kind: str) -> None:
     _require(isinstance(entries, list) and entries, root, f"has no {kind}")
     for entry in entries:
         _require(isinstance(entry, dict), root, f"has a malformed {kind} entry")
-        _require(isinstance(entry.get("name"), str) and entry["name"], root, f"has a {kind} without a name")
+        _require(
+            isinstance(entry.get("name"), str) and entry["name"],
+            root,
+            f"has {with_article(kind)} without a name",
+        )
         _require(
             entry.get("dtype") in DTYPES,
             root,

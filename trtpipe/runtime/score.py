@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .bundle import Bundle
-from .errors import UserError
+from .errors import UserError, with_article
 from .generate import Generator
 from .session import open_session
 from .text import TextEncoder
@@ -33,7 +33,9 @@ def perplexity(
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
     if not bundle.is_decoder:
-        raise UserError(f"{bundle.path} is a {bundle.task} bundle; perplexity needs a GPT-2 bundle")
+        raise UserError(
+            f"{bundle.path} is {with_article(bundle.task)} bundle; perplexity needs a GPT-2 bundle"
+        )
     if not isinstance(text, str) or not text.strip():
         raise UserError("the text to score is empty; give a UTF-8 file with some text")
     encoder = TextEncoder(bundle)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..models import ENCODER_TASKS
 from .bundle import Bundle
-from .errors import UserError
+from .errors import UserError, with_article
 from .session import Session, open_session
 from .text import TextEncoder, length_buckets
 
@@ -355,7 +355,7 @@ def load_pipeline(
         bundle = Bundle.load(bundle)
     if bundle.task not in ENCODER_TASKS:
         raise UserError(
-            f"bundle {bundle.path} is a {bundle.task} model; use `trtpipe generate` / trtpipe.runtime.generate"
+            f"bundle {bundle.path} is {with_article(bundle.task)} model; use `trtpipe generate` / trtpipe.runtime.generate"
         )
     if bundle.random_weights:
         warnings.warn(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..runtime.bundle import Bundle
-from ..runtime.errors import UserError
+from ..runtime.errors import UserError, with_article
 
 # Triton backends this package writes, and the platform each one pairs with (python has none).
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": ""}
@@ -265,7 +265,7 @@ def _problems(config, pb, expected_name: str | None) -> list[str]:
             problems.append(f"duplicate {kind} names {sorted(n for n in set(names) if names.count(n) > 1)}")
         for tensor in tensors:
             if not tensor.name:
-                problems.append(f"an {kind} without a name")
+                problems.append(f"{with_article(kind)} without a name")
             if tensor.data_type == pb.TYPE_INVALID:
                 problems.append(f"{kind} {tensor.name!r} has no data_type")
             if not tensor.dims and not tensor.HasField("reshape"):

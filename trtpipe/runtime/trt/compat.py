@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle import Bundle
-from ..errors import UserError
+from ..errors import UserError, with_article
 from .platform import FLAVOUR_NAMES, FLAVOURS, Gpu, installed_version, module_available, nvidia_gpus
 
 # Options that only one flavour takes, with how many values follow each.
@@ -94,7 +94,7 @@ def check_engine(bundle: Bundle, file: str, entry: dict, env: Environment) -> No
     gpu = env.gpu
     if flavour != env.flavour:
         raise UserError(
-            f"{bundle.path}/{file} is a {FLAVOUR_NAMES[flavour]} plan but this machine runs {FLAVOUR_NAMES[env.flavour]}; "
+            f"{bundle.path}/{file} is {with_article(FLAVOUR_NAMES[flavour])} plan but this machine runs {FLAVOUR_NAMES[env.flavour]}; "
             f"rebuild it: `{rebuild_command(bundle.path, entry, env.flavour)}`"
         )
     built = str(entry.get("tensorrt_version") or "")
