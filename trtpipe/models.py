@@ -51,6 +51,13 @@ class ModelSpec:
     ]  # fused op(s) -> (per layer, plus): how many fusion must make
     # one set of layer weights reused by every layer (ALBERT): its int8 search measures each weight's error
     shared_layers: bool = False
+    # segment ids: "yes" (BERT), "no" (the graph has no token_type_ids input), "config" (only when the
+    # checkpoint's type_vocab_size > 0: DeBERTa-v3 has none, DeBERTa-v2 may)
+    token_types: str = "yes"
+    # position ids count from padding_idx + 1 (RoBERTa, XLM-R, MPNet): that many positions are never usable
+    positions_after_pad: bool = False
+    # what ONNX Runtime's optimizer cannot fuse for this family, and why (the optimize report and warning say so)
+    fusion_gap: str = ""
 
     @property
     def kind_spec(self) -> KindSpec:
@@ -59,50 +66,57 @@ class ModelSpec:
     def fusions_for(self, layers: int) -> dict[str, int]:
         return {ops: per * layers + plus for ops, (per, plus) in self.expected_fusions.items()}
 
+    def has_token_types(self, config) -> bool:
+        """Whether the exported graph takes token_type_ids, for a checkpoint's config of this family."""
+        if self.token_types == "config":
+            return int(getattr(config, "type_vocab_size", 0) or 0) > 0
+        return self.token_types == "yes"
+
 
 _ENCODER_FUSIONS = {
     "Attention|MultiHeadAttention": (1, 0),
     "SkipLayerNormalization": (2, 0),
     "FastGelu|BiasGelu|Gelu": (1, 0),
 }
+
+
+def _encoder(family: str, display: str, prefix: str, fusions=None, **kwargs) -> ModelSpec:
+    """An encoder family whose transformers classes follow the <Prefix>Model / <Prefix>For<Head> naming."""
+    heads = {
+        "embed": f"{prefix}Model",
+        "classify": f"{prefix}ForSequenceClassification",
+        "ner": f"{prefix}ForTokenClassification",
+        "qa": f"{prefix}ForQuestionAnswering",
+        "fill-mask": f"{prefix}ForMaskedLM",
+    }
+    fusions = _ENCODER_FUSIONS if fusions is None else fusions
+    return ModelSpec(
+        family,
+        display,
+        (family,),
+        "encoder",
+        ENCODER_TASKS,
+        heads,
+        f"{prefix}Config",
+        "bert",
+        True,
+        fusions,
+        **kwargs,
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
-    "bert": ModelSpec(
-        "bert",
-        "BERT",
-        ("bert",),
-        "encoder",
-        ENCODER_TASKS,
-        {
-            "embed": "BertModel",
-            "classify": "BertForSequenceClassification",
-            "ner": "BertForTokenClassification",
-            "qa": "BertForQuestionAnswering",
-            "fill-mask": "BertForMaskedLM",
-        },
-        "BertConfig",
-        "bert",
-        True,
-        _ENCODER_FUSIONS,
+    "bert": _encoder("bert", "BERT", "Bert"),
+    "albert": _encoder("albert", "ALBERT", "Albert", shared_layers=True),
+    "distilbert": _encoder("distilbert", "DistilBERT", "DistilBert", token_types="no"),
+    "roberta": _encoder("roberta", "RoBERTa", "Roberta", token_types="no", positions_after_pad=True),
+    "xlm-roberta": _encoder(
+        "xlm-roberta", "XLM-RoBERTa", "XLMRoberta", token_types="no", positions_after_pad=True
     ),
-    "albert": ModelSpec(
-        "albert",
-        "ALBERT",
-        ("albert",),
-        "encoder",
-        ENCODER_TASKS,
-        {
-            "embed": "AlbertModel",
-            "classify": "AlbertForSequenceClassification",
-            "ner": "AlbertForTokenClassification",
-            "qa": "AlbertForQuestionAnswering",
-            "fill-mask": "AlbertForMaskedLM",
-        },
-        "AlbertConfig",
-        "bert",
-        True,
-        _ENCODER_FUSIONS,
-        shared_layers=True,
-    ),
+    "electra": _encoder("electra", "ELECTRA", "Electra"),
+    "mpnet": _encoder("mpnet", "MPNet", "MPNet", token_types="no", positions_after_pad=True),
+    "deberta-v2": _encoder("deberta-v2", "DeBERTa-v2", "DebertaV2", token_types="config"),
+    "modernbert": _encoder("modernbert", "ModernBERT", "ModernBert", token_types="no"),
     "gpt2": ModelSpec(
         "gpt2",
         "GPT-2",
@@ -224,6 +238,100 @@ PRESETS: dict[str, Preset] = {
             n_positions=256,
             initializer_range=0.2,
             **_TRAINED_BPE,
+        ),
+    ),
+    # one tiny test model per encoder family, each with its family's own tokenizer type (built offline)
+    "tiny-distilbert": Preset(
+        "tiny-distilbert",
+        "distilbert",
+        "random",
+        "minilm",
+        "test model: DistilBERT, dim 32, 2 layers, 4 heads, WordPiece",
+        "classify",
+        dict(
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            vocab_size=30522,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+        ),
+    ),
+    "tiny-roberta": Preset(
+        "tiny-roberta",
+        "roberta",
+        "random",
+        "roberta-bpe-2048",
+        "test model: RoBERTa, hidden 32, 2 layers, 4 heads, byte-level BPE",
+        "classify",
+        {**_TINY_ENCODER, "vocab_size": 2048, "max_position_embeddings": 130, "type_vocab_size": 1},
+    ),
+    "tiny-xlm-roberta": Preset(
+        "tiny-xlm-roberta",
+        "xlm-roberta",
+        "random",
+        "xlmr-unigram-2048",
+        "test model: XLM-RoBERTa, hidden 32, 2 layers, 4 heads, SentencePiece Unigram",
+        "classify",
+        {**_TINY_ENCODER, "vocab_size": 2048, "max_position_embeddings": 130, "type_vocab_size": 1},
+    ),
+    "tiny-electra": Preset(
+        "tiny-electra",
+        "electra",
+        "random",
+        "minilm",
+        "test model: ELECTRA discriminator, hidden 32 (embedding 16), 2 layers, 4 heads, WordPiece",
+        "classify",
+        {**_TINY_ENCODER, "embedding_size": 16},
+    ),
+    "tiny-mpnet": Preset(
+        "tiny-mpnet",
+        "mpnet",
+        "random",
+        "mpnet-wordpiece",
+        "test model: MPNet, hidden 32, 2 layers, 4 heads, WordPiece with <s> </s>",
+        "embed",
+        {**_TINY_ENCODER, "max_position_embeddings": 130, "relative_attention_num_buckets": 32},
+    ),
+    "tiny-deberta-v2": Preset(
+        "tiny-deberta-v2",
+        "deberta-v2",
+        "random",
+        "deberta-unigram-2048",
+        "test model: DeBERTa-v3 layout (relative c2p/p2c attention, no segment ids), hidden 32, 2 layers",
+        "classify",
+        {
+            **_TINY_ENCODER,
+            "vocab_size": 2048,
+            "relative_attention": True,
+            "position_buckets": 64,
+            "max_relative_positions": -1,
+            "pos_att_type": ["p2c", "c2p"],
+            "norm_rel_ebd": "layer_norm",
+            "share_att_key": True,
+            "position_biased_input": False,
+            "type_vocab_size": 0,
+        },
+    ),
+    "tiny-modernbert": Preset(
+        "tiny-modernbert",
+        "modernbert",
+        "random",
+        "modernbert-bpe-2048",
+        "test model: ModernBERT, hidden 32, 2 layers (global + local window 16), rotary, BPE",
+        "classify",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=2048,
+            max_position_embeddings=128,
+            global_attn_every_n_layers=2,
+            local_attention=16,
+            initializer_range=0.2,
+            reference_compile=False,
         ),
     ),
     "demo-gpt2": Preset(

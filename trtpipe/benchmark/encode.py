@@ -58,20 +58,20 @@ class TorchRow:
     def __init__(self, bundle: Bundle, threads: int | None):
         import torch
 
-        from ..export.encoder import EncoderForExport
+        from ..export.encoder import input_names, wrapper_for
         from .peers import source_model
 
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.model = EncoderForExport(source_model(bundle).model, bundle.task).eval()
+        source = source_model(bundle)
+        self.model = wrapper_for(source)
+        self.inputs = input_names(source)
 
     def run(self, feed: dict):
         torch = self.torch
         with torch.no_grad():
-            return self.model(
-                *(torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
-            )
+            return self.model(*(torch.from_numpy(feed[k]) for k in self.inputs))
 
 
 class OptimumRow:

@@ -174,6 +174,10 @@ def _load_checkpoint(path: Path, task: str | None, name: str) -> Source:
         ) from None
     model.eval()
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    if task == "embed":
+        from .pooling import read_pooling
+
+        source_pooling = read_pooling(path)
     tokenizer = _load_tokenizer(path)
     source_info = {
         "kind": "checkpoint",
@@ -184,6 +188,8 @@ def _load_checkpoint(path: Path, task: str | None, name: str) -> Source:
         "random_head": bool(missing),
         "missing_keys": missing[:20],
     }
+    if task == "embed":
+        source_info["pooling"] = source_pooling
     return Source(name, spec, task, model, tokenizer, source_info)
 
 
@@ -195,7 +201,7 @@ def _load_tokenizer(path: Path):
     except Exception as exc:
         raise UserError(
             f"could not load a tokenizer from {path} ({str(exc).splitlines()[0][:200]}); the checkpoint needs "
-            "tokenizer.json, vocab.txt (BERT) or spiece.model (ALBERT)"
+            "tokenizer.json, vocab.txt (BERT) or spiece.model (ALBERT, XLM-R, DeBERTa)"
         ) from None
     if not getattr(tok, "is_fast", False):
         raise UserError(f"the tokenizer in {path} has no fast (Rust) version; save it with tokenizer.json")
@@ -229,10 +235,26 @@ def _random_preset(preset: Preset, spec: ModelSpec, task: str, seed: int) -> Sou
     import torch
     import transformers
 
+    from .family_vocabs import family_tokenizer_dir, is_family_tokenizer
     from .vocab import gpt2_tokenizer_dir, minilm_dir
 
     transformers.logging.set_verbosity_error()
+    if preset.tokenizer == "minilm":
+        tok_dir = minilm_dir()
+    elif is_family_tokenizer(preset.tokenizer):
+        tok_dir = family_tokenizer_dir(preset.tokenizer)
+    else:
+        tok_dir = gpt2_tokenizer_dir(int(preset.tokenizer.rsplit("-", 1)[1]))
+    tokenizer = _load_tokenizer(tok_dir)
     config = getattr(transformers, spec.config_class)(**preset.config)
+    if spec.kind == "encoder":
+        # the model's embedding table covers every id its tokenizer makes, and padding is the tokenizer's
+        # (RoBERTa / MPNet count position ids from padding_idx + 1)
+        config.vocab_size = max(int(config.vocab_size), len(tokenizer))
+        for key in ("pad", "bos", "eos", "cls", "sep"):
+            token_id = getattr(tokenizer, f"{key}_token_id", None)
+            if token_id is not None and hasattr(config, f"{key}_token_id"):
+                setattr(config, f"{key}_token_id", int(token_id))
     if task in PRESET_LABELS:
         names = PRESET_LABELS[task]
         config.id2label = dict(enumerate(names))
@@ -240,11 +262,6 @@ def _random_preset(preset: Preset, spec: ModelSpec, task: str, seed: int) -> Sou
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = _head_class(spec, task)(config).eval()
-    if preset.tokenizer == "minilm":
-        tok_dir = minilm_dir()
-    else:
-        tok_dir = gpt2_tokenizer_dir(int(preset.tokenizer.rsplit("-", 1)[1]))
-    tokenizer = _load_tokenizer(tok_dir)
     info = {
         "kind": "preset",
         "name": preset.name,
@@ -255,4 +272,8 @@ def _random_preset(preset: Preset, spec: ModelSpec, task: str, seed: int) -> Sou
         "random_head": True,
         "description": preset.description,
     }
+    if task == "embed":
+        from .pooling import DEFAULT
+
+        info["pooling"] = dict(DEFAULT)
     return Source(preset.name, spec, task, model, tokenizer, info)

@@ -38,9 +38,15 @@ def _model_summary(source: Source) -> dict:
     return summary
 
 
-def _tokenizer_entry(source: Source, staging: Path) -> dict:
+def _tokenizer_entry(source: Source, staging: Path, inputs: list[dict]) -> dict:
     tok = source.tokenizer
     tok_dir = staging / "tokenizer"
+    # what the tokenizer returns is what the graph takes: AutoTokenizer(<bundle>/tokenizer)(text) feeds Optimum's
+    # ORTModel directly (a GPT-2 or RoBERTa graph has no token_type_ids)
+    tok.model_input_names = [
+        i["name"] for i in inputs if i["name"] in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    tok.init_kwargs["model_input_names"] = list(tok.model_input_names)
     tok.save_pretrained(tok_dir)
     for stray in tok_dir.glob("*.txt"):
         if stray.name != "vocab.txt":
@@ -136,6 +142,9 @@ def export_bundle(
         source = source or load_source(model, task, seed)
     config = source.config
     positions = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 512))
+    if source.spec.positions_after_pad:
+        # RoBERTa-style position ids start at padding_idx + 1: the first pad + 1 rows are never a position
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
     if max_length is not None and not 1 <= max_length <= positions:
         raise UserError(
             f"--max-length must be between 1 and the model's {positions} positions (got {max_length})"
@@ -177,14 +186,14 @@ def export_bundle(
         else:
             from . import encoder as enc
 
-            inputs, outputs = enc.input_specs(), enc.output_specs(source)
+            inputs, outputs = enc.input_specs(source), enc.output_specs(source)
             with status(f"exporting {source.name} ({source.task}) to ONNX"):
                 enc.export_encoder(source, raw / "model.onnx", opset)
                 files, stats = _finish_onnx(raw / "model.onnx", staging / "model.onnx", inputs, outputs, meta)
             variants["fp32"] = {"file": "model.onnx", "files": files, "stats": stats}
         shutil.rmtree(raw)
 
-        tokenizer = _tokenizer_entry(source, staging)
+        tokenizer = _tokenizer_entry(source, staging, inputs)
         config.save_pretrained(staging / "source-config")
         shutil.move(staging / "source-config" / "config.json", staging / "config.json")
         shutil.rmtree(staging / "source-config")

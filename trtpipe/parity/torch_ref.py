@@ -21,7 +21,7 @@ class TorchSession:
         import torch
 
         from ..export.decoder import input_specs, output_specs
-        from ..export.encoder import INPUTS, EncoderForExport
+        from ..export.encoder import input_names, wrapper_for
         from ..export.encoder import output_specs as encoder_outputs
 
         self.torch = torch
@@ -32,8 +32,8 @@ class TorchSession:
             self.input_names = tuple(s["name"] for s in input_specs(source.config))
             self.output_names = tuple(s["name"] for s in output_specs(source.config, all_logits))
         else:
-            self.wrapper = EncoderForExport(source.model, source.task).eval()
-            self.input_names = INPUTS
+            self.wrapper = wrapper_for(source)
+            self.input_names = input_names(source)
             self.output_names = tuple(s["name"] for s in encoder_outputs(source))
 
     @classmethod
@@ -65,9 +65,7 @@ class TorchSession:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         with torch.no_grad():
             if not self.decoder:
-                outputs = self.wrapper(
-                    tensors["input_ids"], tensors["attention_mask"], tensors["token_type_ids"]
-                )
+                outputs = self.wrapper(*(tensors[name] for name in self.input_names))
                 outputs = outputs if isinstance(outputs, tuple) else (outputs,)
                 return {n: o.float().numpy() for n, o in zip(self.output_names, outputs)}
             return self._run_decoder(tensors)
