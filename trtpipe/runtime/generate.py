@@ -41,9 +41,8 @@ class Completion:
     finish: str
     prompt_tokens: int
     stats: dict = field(default_factory=dict)
-    prompt_tokens_dropped: int = (
-        0  # leading prompt tokens cut by truncate=True (then `prompt` is the kept tail)
-    )
+    # leading prompt tokens cut by truncate=True (then `prompt` is the tail that ran)
+    prompt_tokens_dropped: int = 0
 
 
 class PromptTruncated(UserWarning):
@@ -177,10 +176,8 @@ class Generator:
         ignore_eos: bool = False,
     ) -> Iterator[Token]:
         """Yield tokens as they are generated (rows of a batch interleaved, in step order). ignore_eos generates
-        exactly max_new_tokens (benchmarks). `prompts` may be what `check` returned (then nothing is re-encoded)."""
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
-            raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
-        prepared = self._prepared(prompts, int(max_new_tokens), truncate)
+        exactly max_new_tokens (benchmarks). `prompts` may be what `check` returned (then the text is not tokenized again)."""
+        prepared = self._prepared(prompts, max_new_tokens, truncate)
         sampling = sampling or Sampling()
         stop = [s for s in (stop or []) if s]
         stop_ids = set(stop_ids or [])
@@ -262,9 +259,9 @@ class Generator:
         """`check`'s result as given (re-fitted, in case max_new_tokens grew), or the prompts prepared here, with a
         PromptTruncated warning for each one cut."""
         if isinstance(prompts, Prompts):
-            self.fit(prompts.ids, int(max_new_tokens), truncate=False)
+            self.check(prompts.ids, max_new_tokens)
             return prompts
-        prepared = self.prepare(prompts, int(max_new_tokens), truncate)
+        prepared = self.check(prompts, max_new_tokens, truncate)
         for message in prepared.messages:
             warnings.warn(message, PromptTruncated, stacklevel=3)
         return prepared
