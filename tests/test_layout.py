@@ -162,7 +162,9 @@ def test_no_message_puts_a_fixed_a_before_a_name():
         for path in sorted(PACKAGE.rglob("*.py"))
         for line in a_before_a_name(path.read_text(encoding="utf-8"))
     ]
-    assert offenders == [], 'write f"is {with_article(name)} …" (trtpipe.runtime.errors), not f"is a {name} …"'
+    assert offenders == [], (
+        'write f"is {with_article(name)} …" (trtpipe.runtime.errors), not f"is a {name} …"'
+    )
 
 
 def test_the_article_check_catches_what_it_is_for():
