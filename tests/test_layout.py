@@ -13,7 +13,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trtpipe"
 MAX_LINES = 400
 # Generic stages: what differs between families is answered by models.py's spec table, not by branches here.
 GENERIC = ("runtime", "optimize", "engines", "serving", "benchmark", "parity", "commands")
-FAMILY_BRANCH = re.compile(r"""family\s*[!=]=|model_type\s*[!=]=|["'](bert|albert|gpt2)["']""")
+FAMILY_BRANCH = re.compile(
+    r"""family\s*[!=]=|model_type\s*[!=]=|"""
+    r"""["'](bert|albert|gpt2|distilbert|roberta|xlm-roberta|electra|mpnet|deberta-v2|modernbert)["']"""
+)
 
 
 def modules(root: Path = PACKAGE) -> dict[str, Path]:

@@ -73,7 +73,7 @@ def long_gpt2(tmp_path_factory):
 
     from trtpipe.export import export_bundle
     from trtpipe.export.vocab import gpt2_tokenizer_dir
-    from trtpipe.models import PRESETS
+    from trtpipe.presets import PRESETS
 
     config = {**PRESETS["tiny-gpt2"].config, "n_positions": 2048}
     torch.manual_seed(0)

@@ -44,7 +44,8 @@ def export_cmd(
 ):
     """Export a Hugging Face checkpoint or preset to an ONNX bundle, then check parity against PyTorch."""
     from ..export import export_bundle
-    from ..models import ALL_TASKS, PRESETS
+    from ..models import ALL_TASKS
+    from ..presets import PRESETS
 
     if task is not None and task not in ALL_TASKS:
         raise UserError(f"unknown task {task!r}; choose one of: {', '.join(ALL_TASKS)}")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..console import info, progress, warn
-from ..models import PRESETS
+from ..presets import PRESETS
 from ..runtime.errors import UserError
 from ..runtime.paths import sha256_file
 from ..runtime.store import staged_bundle, write_json_atomic

@@ -8,7 +8,7 @@ import platform
 import time
 from pathlib import Path
 
-from ..models import PRESETS
+from ..presets import PRESETS
 from ..runtime.errors import UserError
 from .recipes import (
     BASES,

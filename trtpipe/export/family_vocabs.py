@@ -68,7 +68,10 @@ def _unigram(vocab_size: int, specials: tuple[str, ...], unk: str, texts: list[s
     tok.normalizer = normalizers.Sequence(
         [normalizers.Nmt(), normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
     )
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    # split on whitespace first (as DeBERTa-v3 ships it): "▁word" then spans the word, not the space before it
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
+    )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=list(specials), unk_token=unk, show_progress=False
@@ -169,7 +172,7 @@ def family_tokenizer_dir(name: str) -> Path:
 
     kind, _, size = name.rpartition("-") if name not in BUILDERS else (name, "", "0")
     texts = bpe_corpus()
-    key = hashlib.sha256(f"{name}:{corpus.fingerprint(texts)}:1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{name}:{corpus.fingerprint(texts)}:2".encode()).hexdigest()[:12]
     target = cache_dir() / f"{name}-{key}"
     if (target / "tokenizer.json").is_file():
         return target

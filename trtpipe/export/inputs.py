@@ -11,15 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models import (
-    MODELS,
-    PRESET_LABELS,
-    PRESETS,
-    ModelSpec,
-    Preset,
-    family_for_model_type,
-    supported_families,
-)
+from ..models import MODELS, ModelSpec, family_for_model_type, supported_families
+from ..presets import PRESET_LABELS, PRESETS, Preset
 from ..runtime.errors import UserError
 from ..runtime.paths import read_json
 
@@ -160,7 +153,10 @@ def _load_checkpoint(path: Path, task: str | None, name: str) -> Source:
         if task == "qa" and config.num_labels != 2:
             config.num_labels = 2  # a QA head scores start and end; a classifier's labels do not carry over
         kwargs = dict(
-            config=config, local_files_only=True, output_loading_info=True, attn_implementation="eager"
+            config=config,
+            local_files_only=True,
+            output_loading_info=True,
+            attn_implementation=spec.attention,
         )
         if state is not None:
             model, info = cls.from_pretrained(None, state_dict=state, **kwargs)
@@ -259,7 +255,7 @@ def _random_preset(preset: Preset, spec: ModelSpec, task: str, seed: int) -> Sou
         names = PRESET_LABELS[task]
         config.id2label = dict(enumerate(names))
         config.label2id = {n: i for i, n in enumerate(names)}
-    config._attn_implementation = "eager"
+    config._attn_implementation = spec.attention
     torch.manual_seed(seed)
     model = _head_class(spec, task)(config).eval()
     info = {

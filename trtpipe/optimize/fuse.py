@@ -1,5 +1,6 @@
 """ORT transformer fusion (onnxruntime.transformers' optimizer), with the model type and the fusions to expect
-taken from the family's spec (bert for BERT and ALBERT, gpt2 for GPT-2).
+taken from the family's spec (bert for the encoders, gpt2 for GPT-2); where the optimizer has no pattern for a
+family (MPNet, DeBERTa, ModernBERT attention) the spec says so and the report and a warning name it.
 
 Fusion packs Q, K and V of each layer into one weight per Attention node, so ALBERT's twelve layers — which share
 one set of weights — would each get their own copy (Optimum's O2 grows albert-base from 42 to 116 MiB). The graph
@@ -62,11 +63,16 @@ def fuse(
         if have < want:
             missing.append(f"{ops}: {have} of {want}")
             warn(f"fusion: expected {want} {ops.replace('|', ' or ')} node(s), found {have}")
+    if spec.fusion_gap:
+        warn(
+            f"fusion ({spec.display}): ONNX Runtime's optimizer has {spec.fusion_gap}; that part stays unfused"
+        )
     saved = graph.dedupe_initializers(model)
     shared = graph.share_packed_weights(model)
     return model, {
         "fused_ops": {k: v for k, v in counts.items() if v},
         "missing": missing,
+        "unfusable": spec.fusion_gap or None,
         "dedup_bytes_saved": saved,
         "packed_slices_shared_bytes": shared,
     }

@@ -25,6 +25,11 @@ def check_feeds(feeds: dict, specs: list[dict], limits: dict | None = None) -> d
         raise UserError("feeds must be a dict of input name -> numpy array")
     expected = {spec["name"]: spec for spec in specs}
     unknown = sorted(set(feeds) - set(expected))
+    if unknown == ["token_type_ids"] and "input_ids" in expected:
+        raise UserError(
+            f"this model has no token_type_ids input (its family has no segment embeddings); drop token_type_ids "
+            f"from the feeds (tokenizer(..., return_token_type_ids=False)); it takes: {', '.join(expected)}"
+        )
     if unknown:
         raise UserError(f"unknown input(s) {', '.join(unknown)}; this model takes: {', '.join(expected)}")
     missing = [name for name in expected if name not in feeds]

@@ -17,7 +17,7 @@ from ..models import ENCODER_TASKS
 from .bundle import Bundle
 from .errors import UserError, with_article
 from .session import Session, open_session
-from .text import TextEncoder, length_buckets
+from .text import TextEncoder, exact_span, length_buckets
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -270,6 +270,7 @@ class Pipeline:
                 )
                 if candidate and candidate[0] > best["score"]:
                     score, start, end = candidate
+                    start, end = exact_span(context, start, end)
                     best = {"answer": context[start:end], "score": score, "start": start, "end": end}
         return best
 
@@ -337,6 +338,7 @@ def _aggregate_entities(text: str, encoding, probs: np.ndarray, labels: dict[int
         current = {"entity": kind, "start": start, "end": end, "_scores": [score]}
         entities.append(current)
     for entity in entities:
+        entity["start"], entity["end"] = exact_span(text, entity["start"], entity["end"])
         scores = entity.pop("_scores")
         entity["score"] = float(sum(scores) / len(scores))
         entity["word"] = text[entity["start"] : entity["end"]]

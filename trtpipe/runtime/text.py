@@ -149,6 +149,23 @@ class TextEncoder:
         return list(self.plain.encode(text, add_special_tokens=False).ids)
 
 
+def exact_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """A token span as characters of the text a person reads: tokenizers that keep the space before a word
+    (SentencePiece's "▁") lose it here, and a combining mark, variation selector or joiner the normaliser left
+    outside the span (café as e + U+0301, ❤️, 👩‍💻) joins the character it belongs to."""
+    import unicodedata
+
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    while end < len(text) and (unicodedata.combining(text[end]) or text[end] in "\ufe0e\ufe0f\u200d"):
+        end += 1
+        if text[end - 1] == "\u200d" and end < len(text):
+            end += 1  # a zero-width joiner binds the next character too
+    return start, end
+
+
 class TextStream:
     """Incremental detokenisation for byte-level BPE: emits text only once it forms whole UTF-8 characters."""
 
