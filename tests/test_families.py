@@ -294,3 +294,28 @@ def test_a_family_still_unsupported_keeps_the_one_line_refusal(tmp_path, model_t
     assert "\n" not in line and f"unsupported architecture '{model_type}'" in line
     for family in FAMILIES:
         assert family in line
+
+
+def test_a_distilgpt2_shaped_checkpoint_exports_and_passes_parity(tmp_path):
+    """The GPT-2 family across its real shapes: 6 layers × 768 wide (distilgpt2, DialoGPT-small's width), from a
+    checkpoint directory; every parity level passes (tensors, top-k, greedy sequences vs transformers, cache)."""
+    import torch
+    import transformers
+
+    from trtpipe.export import export_bundle
+    from trtpipe.export.vocab import gpt2_tokenizer_dir
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_tokenizer_dir(2048))
+    config = transformers.GPT2Config(
+        n_embd=768, n_layer=6, n_head=12, vocab_size=2048, n_positions=256, bos_token_id=0, eos_token_id=0
+    )
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "distilgpt2-like"
+    transformers.GPT2LMHeadModel(config).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    bundle = Bundle.load(export_bundle(str(checkpoint), "generate", tmp_path / "bundle"))
+    assert (bundle.model["num_layers"], bundle.model["hidden_size"]) == (6, 768)
+    parity = bundle.variants["fp32"]["parity"]
+    assert parity and all(v["verdict"] == "pass" for v in parity.values()), parity
+    tokenizer_config = json.loads((bundle.path / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_input_names"] == ["input_ids", "attention_mask"]
