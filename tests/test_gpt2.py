@@ -268,6 +268,21 @@ def test_sampling_is_seeded_and_degenerates_to_greedy(generator):
     )
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-45, 1e-38, 1e-20])
+def test_a_tiny_temperature_samples_the_argmax_without_nan(temperature):
+    """logits / T overflowed to inf for a tiny T, and inf - inf made every probability NaN (the fuzz test's
+    warnings): such a softmax is one-hot, so the argmax comes back, and numpy warns about nothing."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 30, (3, 500)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for top_k, top_p in ((0, 1.0), (5, 1.0), (0, 0.9)):
+            sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=0)
+            assert (sample_next(logits, sampling, rng) == logits.argmax(-1)).all()
+
+
 def test_greedy_sampling_reads_the_logits_without_copying_them():
     """Every decode step samples: greedy without a penalty must not allocate a [B, V] copy of the logits (200 KiB
     per step for GPT-2's vocabulary), and no mode may change the caller's logits."""

@@ -57,9 +57,15 @@ def sample_next(
     logits = np.array(logits, dtype=np.float32, copy=True)
     if history is not None:
         apply_repetition_penalty(logits, history, sampling.repetition_penalty)
-    if sampling.greedy:
+    scale = 1.0 / sampling.temperature if not sampling.greedy else np.inf
+    # a temperature below float32's range is greedy: the softmax is one-hot
+    if not scale < np.finfo(np.float32).max:
         return logits.argmax(axis=-1)
-    logits /= sampling.temperature
+    # shift first: (logits - max) / T is ≤ 0, so a tiny temperature sends the rest to -inf (probability 0) instead of
+    # overflowing to inf and making inf - inf = NaN
+    logits -= logits.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):
+        logits *= np.float32(scale)
     rows, vocab = logits.shape
     out = np.empty(rows, dtype=np.int64)
     for row in range(rows):
