@@ -132,6 +132,27 @@ def test_the_queue_is_bounded_and_bad_requests_fail_alone(gpt2):
             BatchEngine(gpt2, **bad)
 
 
+def test_a_truncated_request_warns_and_says_what_it_dropped(gpt2):
+    """truncate=True in the engine keeps the tail that fits a slot, as the Generator does: a PromptTruncated
+    warning, the kept tail as the prompt, the count dropped on the Completion, and the tokens the tail gets alone."""
+    from trtpipe.runtime import PromptTruncated
+
+    generator = Generator(gpt2)
+    long_prompt = " ".join(corpus.sample(8, split="heldout", seed=2))
+    ids = generator.encoder.encode_prompt(long_prompt)
+    assert len(ids) > 60
+    engine = BatchEngine(gpt2, slots=2, capacity=64)
+    with pytest.warns(PromptTruncated, match=rf"has {len(ids)} tokens; truncated to 56"):
+        request = engine.submit(long_prompt, max_new_tokens=8, truncate=True)
+    short = engine.submit("The list", max_new_tokens=8, truncate=True)
+    engine.run()
+    done = request.result()
+    assert done.prompt_tokens_dropped == len(ids) - 56 and done.prompt_tokens == 56
+    assert done.prompt == generator.encoder.decode(ids[-56:], skip_special_tokens=False) != long_prompt
+    assert done.ids == generator.generate([ids[-56:]], 8)[0].ids
+    assert short.result().prompt_tokens_dropped == 0
+
+
 def test_streams_token_by_token_like_the_generator(gpt2):
     generator = Generator(gpt2)
     engine = BatchEngine(gpt2, slots=2)

@@ -93,6 +93,24 @@ def test_long_text_errors_or_truncates_with_warning(make_bundle):
     assert result.exit_code == 2 and "--truncate" in result.output
     result = invoke("run", path, long_text, "--truncate")
     assert result.exit_code == 0 and "truncated to 128" in result.output
+    # a pair that pushes the text past the limit is counted whole, and warned about too
+    result = invoke("run", path, "token " * 100, "--text-pair", "token " * 100, "--truncate")
+    assert result.exit_code == 0 and "text 1 and its pair have 203 tokens; truncated to 128" in result.output
+
+
+def test_the_python_pipeline_warns_when_it_truncates(make_bundle):
+    """pipe(text, truncate=True) cuts with a TextTruncated warning, as `run --truncate` prints; fitting text and
+    truncate=False never warn."""
+    import warnings
+
+    from trtpipe.runtime import TextTruncated, load_pipeline
+
+    pipe = load_pipeline(make_bundle("tiny-bert", "classify"))
+    with pytest.warns(TextTruncated, match="text 2 has 302 tokens; truncated to 128"):
+        pipe(["short", "token " * 300], truncate=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TextTruncated)
+        pipe(["short", "token " * 100], truncate=True)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import typer
 from ..console import warn
 from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
+from ..runtime.text import TextTruncated
 from ._common import (
     BackendOpt,
     BundleArg,
@@ -81,21 +82,13 @@ def run_cmd(
         pipe = load_pipeline(
             loaded, backend=backend, variant=variant, threads=threads, check_outputs=check_finite
         )
-    if truncate:
-        _warn_truncation(pipe, items)
     task = loaded.task
-    if task == "qa":
-        result = pipe.qa(question=question, context=context)
-    elif task == "classify":
-        result = pipe.classify(items, text_pair, top_k=top_k, batch_size=batch_size, truncate=truncate)
-    elif task == "ner":
-        result = pipe.ner(items, batch_size=batch_size, truncate=truncate)
-    elif task == "fill-mask":
-        result = pipe.fill_mask(
-            items, top_k=max(top_k, 5) if top_k == 1 else top_k, batch_size=batch_size, truncate=truncate
-        )
-    else:
-        result = pipe.embed(items, batch_size=batch_size, truncate=truncate)
+    with warnings.catch_warnings(record=True) as caught:  # the runtime's truncation warnings, as red lines
+        warnings.simplefilter("always", TextTruncated)
+        result = _answer(pipe, task, items, text_pair, question, context, top_k, batch_size, truncate)
+    for message in caught:
+        if issubclass(message.category, TextTruncated):
+            warn(str(message.message))
     if as_json:
         print_json(
             {
@@ -118,8 +111,14 @@ def run_cmd(
     print_task_result(task, items, result, question=question)
 
 
-def _warn_truncation(pipe, items: list[str]) -> None:
-    limit = pipe.bundle.max_length
-    for index, enc in enumerate(pipe.encoder.plain.encode_batch(items)):
-        if len(enc.ids) > limit:
-            warn(f"text {index + 1} has {len(enc.ids)} tokens; truncated to {limit}")
+def _answer(pipe, task, items, text_pair, question, context, top_k, batch_size, truncate):
+    if task == "qa":
+        return pipe.qa(question=question, context=context)
+    if task == "classify":
+        return pipe.classify(items, text_pair, top_k=top_k, batch_size=batch_size, truncate=truncate)
+    if task == "ner":
+        return pipe.ner(items, batch_size=batch_size, truncate=truncate)
+    if task == "fill-mask":
+        top = max(top_k, 5) if top_k == 1 else top_k
+        return pipe.fill_mask(items, top_k=top, batch_size=batch_size, truncate=truncate)
+    return pipe.embed(items, batch_size=batch_size, truncate=truncate)

@@ -14,7 +14,7 @@ from .sampling import Sampling
 from .score import perplexity
 from .session import BACKENDS, Session, open_decoder, open_session
 from .tasks import Pipeline, load_pipeline
-from .text import TextEncoder
+from .text import TextEncoder, TextTruncated
 
 __all__ = [
     "BACKENDS",
@@ -29,6 +29,7 @@ __all__ = [
     "PromptTruncated",
     "Session",
     "TextEncoder",
+    "TextTruncated",
     "UserError",
     "check_feeds",
     "load_pipeline",

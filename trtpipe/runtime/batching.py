@@ -17,13 +17,14 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
-from .generate import Completion, Generator, History, Token
+from .generate import Completion, Generator, History, PromptTruncated, Token
 from .request import DONE, PREFILL, RUNNING, EngineStopped, QueueFull, Request
 from .sampling import Sampling, sample_next
 from .text import StopText
@@ -108,8 +109,10 @@ class BatchEngine:
         if not isinstance(sampling, Sampling):
             raise UserError("sampling must be a trtpipe.runtime.Sampling")
         gen = self.generator
-        ids, texts = gen.encode([prompt])
-        ids = gen.fit(ids, int(max_new_tokens), truncate, positions=self.capacity)[0]
+        prepared = gen.prepare([prompt], int(max_new_tokens), truncate, positions=self.capacity)
+        for message in prepared.messages:
+            warnings.warn(message, PromptTruncated, stacklevel=2)
+        ids = prepared.ids[0]
         stops = set(stop_ids or [])
         if gen.eos_id is not None and not ignore_eos:
             stops.add(int(gen.eos_id))
@@ -117,8 +120,9 @@ class BatchEngine:
         history = History([ids], len(ids) + int(max_new_tokens)) if penalised else None
         request = Request(
             id=next(self.ids),
-            prompt=texts[0],
+            prompt=prepared.texts[0],
             ids=ids,
+            prompt_tokens_dropped=prepared.dropped[0],
             max_new_tokens=int(max_new_tokens),
             sampling=sampling,
             text=StopText(gen.encoder, [s for s in (stop or []) if s], stops),

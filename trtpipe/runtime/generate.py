@@ -123,10 +123,11 @@ class Generator:
             raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
         return self.prepare(prompts, int(max_new_tokens), truncate)
 
-    def prepare(self, prompts, max_new_tokens: int, truncate: bool) -> Prompts:
-        """Encode and fit the prompts; a truncated text prompt is replaced by the text of the tail it keeps."""
+    def prepare(self, prompts, max_new_tokens: int, truncate: bool, positions: int | None = None) -> Prompts:
+        """Encode and fit the prompts (into `positions`, default the model's); a truncated text prompt is replaced
+        by the text of the tail it keeps."""
         ids, texts = self.encode(prompts)
-        fitted = self.fit(ids, max_new_tokens, truncate)
+        fitted = self.fit(ids, max_new_tokens, truncate, positions=positions)
         dropped = [len(given) - len(kept) for given, kept in zip(ids, fitted)]
         messages = [
             f"prompt {index + 1} has {len(given)} tokens; truncated to {len(kept)} "

@@ -39,6 +39,7 @@ class Request:
     text: StopText
     rng: np.random.Generator
     history: History | None  # the prompt and new tokens, for the repetition penalty
+    prompt_tokens_dropped: int = 0  # cut by truncate=True; `prompt` is then the tail that runs
     listener: Callable[[Request, Token | None], None] | None = None
     probe: Callable[[], bool] | None = None  # asked every step: has the client gone away?
     state: str = WAITING
@@ -69,7 +70,13 @@ class Request:
     def completion(self) -> Completion:
         stats = {"ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "slot": self.slot}
         return Completion(
-            self.prompt, list(self.tokens), "".join(self.pieces), self.finish or "", len(self.ids), stats
+            self.prompt,
+            list(self.tokens),
+            "".join(self.pieces),
+            self.finish or "",
+            len(self.ids),
+            stats,
+            prompt_tokens_dropped=self.prompt_tokens_dropped,
         )
 
     def result(self, timeout: float | None = None) -> Completion:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
+
+
+class TextTruncated(UserWarning):
+    """A text (with its pair) was longer than the model's limit and was cut to fit (truncate=True)."""
 
 
 @dataclass
@@ -105,6 +110,18 @@ class TextEncoder:
                         f"text {index + 1} is {len(enc.ids)} tokens, longer than the model's limit of {limit}; "
                         "shorten it or pass --truncate (truncate=True) to cut it with a warning"
                     )
+            return encodings
+        # a truncated encoding is exactly `limit` long: only those are counted again, whole (with the pair)
+        cut = [index for index, enc in enumerate(encodings) if len(enc.ids) >= limit]
+        full = self.plain.encode_batch([items[i] for i in cut], add_special_tokens=True) if cut else []
+        for index, enc in zip(cut, full):
+            if len(enc.ids) > limit:
+                what = "and its pair have" if pairs is not None else "has"
+                warnings.warn(
+                    f"text {index + 1} {what} {len(enc.ids)} tokens; truncated to {limit}",
+                    TextTruncated,
+                    stacklevel=3,
+                )
         return encodings
 
     def encode_windows(
