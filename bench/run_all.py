@@ -13,6 +13,7 @@ SCRIPTS = [
     "optimize.py",
     "workload.py",
     "compare.py",
+    "families.py",
     "demo_metrics.py",
     "soak.py",
 ]  # Triton under load is `make bench-serve` (bench/serve_load.py): 45 minutes of its own
