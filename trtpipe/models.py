@@ -112,7 +112,15 @@ def _encoder(family: str, display: str, prefix: str, fusions=None, **kwargs) -> 
 
 MODELS: dict[str, ModelSpec] = {
     "bert": _encoder("bert", "BERT", "Bert"),
-    "albert": _encoder("albert", "ALBERT", "Albert", shared_layers=True),
+    "albert": _encoder(
+        "albert",
+        "ALBERT",
+        "Albert",
+        {**_ENCODER_FUSIONS, "Attention|MultiHeadAttention": (0, 1)},
+        shared_layers=True,
+        fusion_gap="no Attention fusion for ALBERT's shared layers after the first (one Attention per graph, "
+        "measured); the others keep MatMul + Softmax attention over the one packed QKV weight",
+    ),
     "distilbert": _encoder("distilbert", "DistilBERT", "DistilBert", token_types="no", attention="sdpa"),
     "roberta": _encoder("roberta", "RoBERTa", "Roberta", token_types="no", positions_after_pad=True),
     "xlm-roberta": _encoder(

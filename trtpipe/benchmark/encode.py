@@ -34,7 +34,7 @@ def fixed_feeds(bundle: Bundle, batch: int, seq: int, count: int = 4) -> list[di
                 text += pool[cursor % len(pool)] + " "
                 cursor += 1
             rows.append(text)
-        encodings = encoder.encode(rows, truncate=True, max_length=seq)
+        encodings = encoder.encode(rows, truncate=True, max_length=seq, quiet=True)
         feeds.append(encoder.collate(encodings).feeds)
     return feeds
 

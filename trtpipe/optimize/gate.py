@@ -162,7 +162,9 @@ def encoder_batches(bundle: Bundle, texts: list[str], batch: int = 8, max_tokens
                 for i, text in enumerate(chunk)
             ]
         pairs = list(reversed(chunk)) if bundle.task == "qa" else None
-        feeds.append(encoder.collate(encoder.encode(chunk, pairs, truncate=True, max_length=limit)).feeds)
+        feeds.append(
+            encoder.collate(encoder.encode(chunk, pairs, truncate=True, max_length=limit, quiet=True)).feeds
+        )
     return feeds
 
 

@@ -30,7 +30,7 @@ def encoder_feeds(bundle: Bundle, n: int = 16, batch: int = 4, max_tokens: int =
         pairs = None
         if bundle.task in ("classify", "qa") and (start // batch) % 2 == 1:
             pairs = list(reversed(chunk))
-        encodings = encoder.encode(chunk, pairs, truncate=True, max_length=limit)
+        encodings = encoder.encode(chunk, pairs, truncate=True, max_length=limit, quiet=True)
         feeds.append(encoder.collate(encodings).feeds)
     return feeds
 

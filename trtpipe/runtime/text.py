@@ -92,8 +92,11 @@ class TextEncoder:
         pairs: list[str] | None = None,
         truncate: bool = False,
         max_length: int | None = None,
+        quiet: bool = False,
     ) -> list:
-        """Encode texts (and optional second segments) with special tokens; refuse over-long input unless truncating."""
+        """Encode texts (and optional second segments) with special tokens; refuse over-long input unless truncating,
+        which warns (TextTruncated) for each text it cuts — unless `quiet`, for callers that cut on purpose (parity,
+        gates and benchmarks at a fixed sequence length)."""
         check_texts(texts)
         if pairs is not None:
             check_texts(pairs, what="text pair")
@@ -110,6 +113,8 @@ class TextEncoder:
                         f"text {index + 1} is {len(enc.ids)} tokens, longer than the model's limit of {limit}; "
                         "shorten it or pass --truncate (truncate=True) to cut it with a warning"
                     )
+            return encodings
+        if quiet:
             return encodings
         # a truncated encoding is exactly `limit` long: only those are counted again, whole (with the pair)
         cut = [index for index, enc in enumerate(encodings) if len(enc.ids) >= limit]
