@@ -11,7 +11,13 @@ import numpy as np
 from ..runtime.errors import CheckFailed
 
 # (atol, rtol) for fp32 variants, per backend (DESIGN §7). TensorRT and CUDA may use TF32.
-TOLERANCES = {"ort-cpu": (1e-4, 1e-4), "ort-cuda": (1e-3, 1e-3), "ort-trt": (1e-3, 1e-3), "trt": (1e-3, 1e-3)}
+TOLERANCES = {
+    "ort-cpu": (1e-4, 1e-4),
+    "ort-cuda": (1e-3, 1e-3),
+    "ort-trt": (1e-3, 1e-3),
+    "trt": (1e-3, 1e-3),
+    "ov": (1e-4, 1e-4),  # OpenVINO's CPU plugin at f32 (the session never lets it pick bf16)
+}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The Session contract and the backend switches: `open_session` (any graph) and `open_decoder` (GPT-2 decoding).
 
-Every backend (ONNX Runtime on CPU/CUDA/TensorRT-EP, TensorRT engines, and the PyTorch reference that lives in
-trtpipe.parity) has the same small surface, Polygraphy-style: `run(feeds) -> outputs`.
+Every backend (ONNX Runtime on CPU/CUDA/TensorRT-EP, OpenVINO on the CPU, TensorRT engines, and the PyTorch
+reference that lives in trtpipe.parity) has the same small surface, Polygraphy-style: `run(feeds) -> outputs`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from .bundle import Bundle
 from .errors import UserError
 
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "ov")
 
 
 @runtime_checkable
@@ -46,6 +46,10 @@ def open_session(
         from .trt.session import TrtSession
 
         return TrtSession.from_bundle(bundle, variant=variant, verify=verify)
+    if backend == "ov":
+        from .ov import OvSession
+
+        return OvSession.from_bundle(bundle, variant=variant, threads=threads, verify=verify)
     from .ort import OrtSession
 
     return OrtSession.from_bundle(bundle, backend=backend, variant=variant, threads=threads, verify=verify)
@@ -62,6 +66,11 @@ def open_decoder(
     variant where ONNX Runtime on the CPU has one (kv="auto" or "inplace"), else the interop graph (ping-pong)."""
     if kv not in ("auto", "inplace", "pingpong"):
         raise UserError(f"kv must be auto, inplace or pingpong (got {kv!r})")
+    if kv == "inplace" and backend == "ov":
+        raise UserError(
+            "the in-place KV graph runs on ONNX Runtime only; with --backend ov use kv=pingpong (or auto), "
+            "or use --backend ort-cpu"
+        )
     base = variant or "fp32"
     inplace_name = "kv-inplace" if base == "fp32" else f"{base}.kv-inplace"
     inplace = backend == "ort-cpu" and kv != "pingpong" and inplace_name in bundle.variants
