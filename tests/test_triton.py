@@ -574,6 +574,39 @@ def test_python_model_generation_matches_the_runtime(python_model, tmp_path, gpt
         streaming.finalize()
 
 
+def test_python_model_on_the_ov_runtime_answers_like_ort_cpu(python_model, tmp_path, classify, gpt2):
+    """--runtime ov: a CPU instance; classification and generation (one request at a time, ping-pong KV) give the
+    answers ONNX Runtime gives."""
+    pytest.importorskip("openvino")
+    repo = tmp_path / "repo"
+    result = invoke("triton", f"cls={classify}", f"gen={gpt2}", "--runtime", "ov", "--out", repo, "-q")
+    assert result.exit_code == 0, result.output
+    pb = importlib.import_module("tritonclient.grpc.model_config_pb2")
+    for name in ("cls", "gen"):
+        config = read_config(repo / name / "config.pbtxt")
+        assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+        assert config.parameters["runtime"].string_value == "ov"
+    model = _instance(python_model, repo, "cls")
+    try:
+        (response,) = model.execute([FakeRequest(text=_texts(TEXTS[0], TEXTS[1]))])
+        expected = load_pipeline(classify).classify(TEXTS[:2], top_k=None)
+        assert [v.decode() for v in response.outputs["label"].ravel()] == [e["label"] for e in expected]
+        scores = [e["score"] for e in expected]
+        assert_close(response.outputs["score"][:, 0], scores, atol=1e-4, what="scores")
+    finally:
+        model.finalize()
+    model = _instance(python_model, repo, "gen")
+    try:
+        assert model.generation.engine is None and model.generation.generator.runner.session.backend == "ov"
+        request = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[8]], np.int32))
+        model.execute([request])
+        _finished(request.sender)
+        expected = Generator(gpt2).generate(PROMPTS[0], max_new_tokens=8)[0]
+        assert request.sender.sent[0][0].outputs["ids"][0].tolist() == expected.ids
+    finally:
+        model.finalize()
+
+
 def test_python_model_frees_a_cancelled_slot_and_bounds_its_queue(python_model, tmp_path, gpt2):
     """One slot, no queue: a second request is refused at once; a client that goes away mid-stream frees the slot
     within a step and the next request runs; finalize() ends what is still running with an error, not a hang."""

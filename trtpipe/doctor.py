@@ -1,6 +1,6 @@
 """`trtpipe doctor`: what is installed, what the machine has, which backends can run here, what clashes, and what
 to install for each backend. It probes without importing the heavy libraries (package metadata, nvidia-smi);
-only onnxruntime is imported, to list its execution providers.
+only onnxruntime is imported, to list its execution providers, and openvino where installed, to ask its CPU device.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
+from .runtime.ov import openvino_info
 from .runtime.trt.platform import Gpu, nvidia_gpus, run_nvidia_smi
 
 PACKAGES = (
@@ -17,6 +18,7 @@ PACKAGES = (
     "tokenizers",
     "onnxruntime",
     "onnxruntime-gpu",
+    "openvino",
     "tensorrt",
     "tensorrt-cu12",
     "tensorrt-cu13",
@@ -60,6 +62,7 @@ class Diagnosis:
     cuda_runtime: str | None
     backends: list[Backend] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    openvino: dict | None = None  # version, CPU name, optimisation capabilities (runtime/ov.py openvino_info)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,6 +248,12 @@ def backends(packages: dict[str, str | None], gpus: list[Gpu], providers: list[s
             "pip install trtpipe[gpu]  (after pip uninstall onnxruntime)",
         ),
         row(
+            "ov",
+            "run bundles on the CPU with OpenVINO",
+            {"openvino": has.get("openvino", False)},
+            "pip install trtpipe[ov]",
+        ),
+        row(
             "ort-trt",
             "ONNX Runtime's TensorRT execution provider",
             {
@@ -290,6 +299,16 @@ def diagnose() -> Diagnosis:
     gpus = list(nvidia_gpus())
     providers = ort_providers()
     driver_cuda = driver_cuda_version() if gpus else None
+    problems = find_problems(packages, gpus, providers, driver_cuda)
+    openvino = openvino_info() if packages.get("openvino") else None
+    if openvino and openvino.get("error"):
+        problems.append(
+            Problem(
+                "warning",
+                f"openvino {openvino['version']} is installed but its CPU device does not load ({openvino['error']})",
+                "pip install --force-reinstall 'openvino>=2025.0' (or trtpipe[ov])",
+            )
+        )
     return Diagnosis(
         python=sys.version.split()[0],
         platform=f"{platform.system()} {platform.machine()}",
@@ -301,7 +320,8 @@ def diagnose() -> Diagnosis:
         if packages.get("cuda-python") or packages.get("cuda-bindings")
         else None,
         backends=backends(packages, gpus, providers),
-        problems=find_problems(packages, gpus, providers, driver_cuda),
+        problems=problems,
+        openvino=openvino,
     )
 
 
@@ -325,6 +345,14 @@ def print_diagnosis(diagnosis: Diagnosis) -> None:
     out.print(
         f"ONNX Runtime providers: {', '.join(diagnosis.providers) or 'none (onnxruntime not importable)'}"
     )
+    ov = diagnosis.openvino
+    if ov and not ov.get("error"):
+        out.print(
+            f"OpenVINO {ov['version']}: {escape(ov['cpu'])} · capabilities {', '.join(ov['capabilities'])} · "
+            f"default precision {ov['default_precision']} (the ov backend asks for f32)"
+        )
+    elif not ov:
+        out.print("OpenVINO: not installed (backend ov: pip install trtpipe[ov])")
     packages = Table(title="packages", show_edge=False)
     packages.add_column("package")
     packages.add_column("version")

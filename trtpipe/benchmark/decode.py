@@ -33,6 +33,7 @@ class OursDecoder:
         )
         self.variant_file = bundle.variants[self.generator.variant]["file"] if backend != "trt" else None
         self.variant = variant
+        self.backend = backend
 
     def run(self, prompt: list[int], new_tokens: int):
         """Timed as the peers are (a clock at every token as the caller receives it): TTFT = the first token,
@@ -68,6 +69,7 @@ class DecodeResult:
     peak_rss_note: str | None = None  # why peak_rss was not measured
     error: str | None = None
     variant: str | None = None
+    backend: str | None = None  # our rows: the session backend (memory is measured on the same one)
 
 
 def make_rows(
@@ -148,7 +150,13 @@ def run_decode(
             for index, (kind, runner, error) in enumerate(built):
                 label = getattr(runner, "label", kind)
                 result = DecodeResult(
-                    label, kind, p, new_tokens, error=error, variant=getattr(runner, "variant", None)
+                    label,
+                    kind,
+                    p,
+                    new_tokens,
+                    error=error,
+                    variant=getattr(runner, "variant", None),
+                    backend=getattr(runner, "backend", None),
                 )
                 if runner is not None:
                     steps = [s for run in samples[index]["steps"] for s in run]
@@ -215,6 +223,7 @@ def floors(
 
 
 def measure_floors(threads: int) -> tuple[float, float]:
+    """(DRAM read bandwidth B/s, fp32 compute roof FLOP/s): the machine's roofs, not one engine's."""
     from .floors import dram_read_bandwidth, gemm_rate
 
     return dram_read_bandwidth(threads), gemm_rate(threads)

@@ -48,7 +48,7 @@ def _run(spec: dict) -> None:
 
         row = spec["row"]
         if row == "ours":
-            runner = OursDecoder(bundle, spec.get("variant"), threads)
+            runner = OursDecoder(bundle, spec.get("variant"), threads, backend=spec.get("backend", "ort-cpu"))
         elif row == "torch":
             runner = TorchDecoder(bundle, threads)
         elif row == "optimum":

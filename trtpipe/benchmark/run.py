@@ -26,6 +26,8 @@ def backend_available(backend: str, bundle: Bundle) -> str | None:
         )
     if importlib.util.find_spec("onnxruntime") is None and backend.startswith("ort"):
         return "onnxruntime is not installed (pip install trtpipe[cpu] or [gpu])"
+    if backend == "ov" and importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install trtpipe[ov])"
     if backend in ("ort-cuda", "ort-trt"):
         import onnxruntime as ort
 
@@ -49,7 +51,7 @@ def _variants_for(bundle: Bundle, backend: str, variants: list[str]) -> list[str
         if backend == "trt":
             return sorted({e.get("variant", "fp32") for e in bundle.engines.values()})
         names = [n for n in bundle.variants if n not in ("all-logits",) and not n.endswith("kv-inplace")]
-        if backend != "ort-cpu":
+        if backend not in ("ort-cpu", "ov"):  # OpenVINO reads ORT's CPU-only ops too (runtime/ov.py)
             names = [n for n in names if not bundle.variants[n].get("ort_only")]
         return names
     for name in variants:
@@ -279,5 +281,6 @@ def _decoder(
             }
             if result.kind == "ours":
                 spec["variant"] = result.variant
+                spec["backend"] = result.backend or "ort-cpu"
             result.peak_rss, result.peak_rss_note = measure_or_reason(spec)
         report["decoder"].append(asdict(result))

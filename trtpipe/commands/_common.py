@@ -27,7 +27,7 @@ BundleArg = Annotated[
     Path, typer.Argument(help="bundle directory (written by `trtpipe export`)", show_default=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt | ov")]
 VariantOpt = Annotated[
     str | None, typer.Option("--variant", help="fp32 (default), fused, fp16, int8, int8-qdq, int8-wo, int4")
 ]

@@ -24,7 +24,8 @@ from ._common import (
 def benchmark_cmd(
     engine: Annotated[Path, typer.Option("--engine", help="the bundle to benchmark (directory)")],
     backend: Annotated[
-        str, typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt | torch | all (comma list)")
+        str,
+        typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt | ov | torch | all (comma list)"),
     ] = "ort-cpu",
     variant: Annotated[str, typer.Option("--variant", help="variant name(s), comma list, or all")] = "fp32",
     batch: Annotated[

@@ -49,7 +49,7 @@ def triton_cmd(
         str,
         typer.Option(
             "--runtime",
-            help="--backend python: trtpipe session inside Triton (ort-cpu, ort-cuda, ort-trt, trt)",
+            help="--backend python: trtpipe session inside Triton (ort-cpu, ort-cuda, ort-trt, trt, ov)",
         ),
     ] = "ort-cpu",
     variant: Annotated[

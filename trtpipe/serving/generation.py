@@ -92,7 +92,7 @@ def completion_response(rows: list[Request]):
 
 @dataclass
 class AloneRow:
-    """A row generated outside the engine (GPU runtimes), with what `Reply` reads of an engine request."""
+    """A row generated outside the engine (GPU runtimes, ov), with what `Reply` reads of an engine request."""
 
     tokens: list[int] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
@@ -231,7 +231,7 @@ class GenerationModel:
                 self.metrics = EngineMetrics(self.engine, name)
             except Exception:
                 self.metrics = None
-        else:  # GPU runtimes keep the KV cache on the device per request: one request at a time
+        else:  # GPU runtimes keep the KV cache on the device, OpenVINO has no in-place KV graph: one at a time
             self.generator = Generator(root, backend=runtime, variant=variant, threads=threads)
 
     def execute(self, requests: list) -> None:
@@ -262,7 +262,7 @@ class GenerationModel:
         return None
 
     def _run_alone(self, items: list[dict], reply: Reply) -> None:
-        """GPU runtimes: each row through `Generator.stream`, in this call, with the same answers and replies."""
+        """GPU runtimes and OpenVINO: each row through `Generator.stream`, in this call, with the same replies."""
         for item in items:
             row = AloneRow()
             reply.add(row)

@@ -163,7 +163,9 @@ def _check_options(options: RepoOptions) -> None:
 def _kind(options: RepoOptions) -> str:
     if options.device != "auto":
         return options.device
-    if options.backend == "tensorrt" or (options.backend == "python" and options.runtime != "ort-cpu"):
+    if options.backend == "tensorrt" or (
+        options.backend == "python" and options.runtime not in ("ort-cpu", "ov")
+    ):
         return "gpu"
     return "cpu"
 
