@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 BUNDLES ?= bundles
 TORCH_VERSION ?= 2.13.0
-EXTRAS ?= cpu,export,rtx,bench,triton,dev
+EXTRAS ?= cpu,export,rtx,ov,bench,triton,dev
 export TRTPIPE_PROGRESS ?= 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv with torch (CPU) and trtpipe[cpu,export,rtx,bench,triton,dev]
+install: $(STAMP) ## create .venv with torch (CPU) and trtpipe[cpu,export,rtx,ov,bench,triton,dev]
 
 install-gpu: ## GPU venv (.venv-gpu): onnxruntime-gpu + TensorRT 10 + cuda-python instead of onnxruntime
 	$(PYTHON) -m venv .venv-gpu
