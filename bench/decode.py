@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
     args = parser.parse_args()
 
-    from trtpipe.benchmark.decode import floors, make_rows, measure_floors, run_decode
+    from trtpipe.benchmark.decode import floors, make_rows, run_decode
     from trtpipe.benchmark.memory import measure_or_reason
     from trtpipe.benchmark.report import figure, plots
     from trtpipe.runtime import Bundle
@@ -93,7 +93,13 @@ def main() -> None:
     # long context: our TPOT at past ≈ 1000 against past ≈ 32, same run
     long = make_rows(bundle, ["fp32"], [], args.threads)
     long_results = run_decode(bundle, [32, args.long_past], 16, long, rounds=args.rounds)
-    bandwidth, gemm = measure_floors(args.threads)
+    from trtpipe.benchmark.floors import dram_read_bandwidth, measure_roof, roofs_markdown
+
+    bandwidth = dram_read_bandwidth(args.threads)
+    roofs = [measure_roof(precision, args.threads) for precision in ("fp32", "int8")]
+    gemm = roofs[
+        0
+    ].value  # the TTFT floor: prefill FLOPs at the machine's compute roof, not ONNX Runtime's GEMM
     for result in results:
         spec = {
             "kind": "decode",
@@ -119,8 +125,11 @@ def main() -> None:
         f"round). Tail: the p99 of each round's {steps} steps, then the median of those {args.rounds} p99s — a "
         "stall that recurs in every round moves it, one bad moment of the shared VM does not; the p99 of all "
         "steps pooled is shown beside it. Floors measured in the same run: read bandwidth "
-        f"{bandwidth / 1e9:.1f} GB/s (2-thread sum of a 512 MiB array), fp32 GEMM {gemm / 1e9:.0f} GFLOP/s "
-        "(ORT MatMul 2048³).",
+        f"{bandwidth / 1e9:.1f} GB/s (2-thread sum of a 512 MiB array) and the compute roofs below: each is the "
+        "higher of the fastest 2048³ GEMM any engine installed here reaches and the nominal peak, and says which "
+        f"set it — {roofs[0].describe()}. The TTFT floor is the prompt's FLOPs at that roof.",
+        "",
+        roofs_markdown(roofs),
         "",
         "| row | prompt | TTFT ms | TPOT p50 ms | TPOT p99 ms (median of per-round p99s) | p99/p50 | "
         "TPOT p99 ms (pooled) | tokens/s | peak RSS MiB | TPOT ÷ DRAM floor |",

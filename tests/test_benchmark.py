@@ -552,3 +552,37 @@ def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
     monkeypatch.setattr(env, "environment", lambda threads=None: {**real(threads), "memory_bytes": None})
     line = common.environment_line()
     assert "0 GiB" not in line and "memory not measured" in line
+
+
+def test_the_compute_roof_is_the_machines_and_names_what_set_it(monkeypatch):
+    """The roof is the higher of the fastest engine's GEMM and the nominal peak; an engine that cannot run says
+    why; the nominal peak follows the vector width and FMA units the CPU has (AMD's AVX-512 counts as 2 × 256)."""
+    from trtpipe.benchmark import floors
+
+    epyc = ("AuthenticAMD", {"avx2", "avx512f", "avx512_vnni"}, 2.6e9)
+    xeon = ("GenuineIntel", {"avx2", "avx512f"}, 2.0e9)
+    monkeypatch.setattr(floors, "cpu_flags", lambda: epyc)
+    assert floors.nominal_peak("fp32", 2)[0] == 2 * 8 * 2 * 2 * 2.6e9
+    assert floors.nominal_peak("int8", 2)[0] == 4 * floors.nominal_peak("fp32", 2)[0]
+    monkeypatch.setattr(floors, "cpu_flags", lambda: xeon)
+    assert floors.nominal_peak("fp32", 1)[0] == 16 * 2 * 2 * 2.0e9
+    assert floors.nominal_peak("int8", 1) == (None, "no VNNI")
+
+    def broken(precision, threads, n):
+        raise ImportError("No module named 'openvino'")
+
+    monkeypatch.setattr(floors, "cpu_flags", lambda: epyc)
+    monkeypatch.setattr(
+        floors, "ENGINES", {"slow": lambda p, t, n: 50e9, "fast": lambda p, t, n: 120e9, "missing": broken}
+    )
+    roof = floors.measure_roof("fp32", 2)
+    assert roof.fastest == ("fast", 120e9) and roof.engines["missing"] is None
+    assert "openvino" in roof.why_not["missing"]
+    assert roof.value == roof.nominal == 166.4e9 and roof.source.startswith("nominal peak")
+    assert "fastest measured: fast 120 GFLOP/s (72% of it)" in roof.describe()
+    monkeypatch.setattr(floors, "ENGINES", {"fast": lambda p, t, n: 200e9})
+    roof = floors.measure_roof("fp32", 2)
+    # an engine above the nominal clock (a boost clock above the one /proc/cpuinfo reports) sets the roof
+    assert roof.value == 200e9 and roof.source == "fast 2048³ GEMM"
+    table = floors.roofs_markdown([roof])
+    assert "| fp32 (GFLOP/s) | 200 | 166 (" in table and "200, fast 2048³ GEMM |" in table
