@@ -43,15 +43,21 @@ def run_load(
     requests: int = 200,
     outputs: list[str] | None = None,
     timeout_s: float = 120.0,
+    check: Callable[[int, int, object], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Run `clients` threads × `requests` HTTP requests (make_inputs(client, i) → [(name, array)]); stops at
-    `timeout_s` whatever is left. Returns counts, throughput and p50/p90/p99 latency in ms."""
+    `timeout_s` (or when `stop` is set) whatever is left. Returns counts, throughput and p50/p90/p99 latency in
+    ms. check(client, i, result), if given, judges each answer: an exception counts it in `wrong_answers`.
+    `failures` lists the failed requests (the first 1,000) with their Unix send and failure times."""
     import tritonclient.http as http
 
     if not url.startswith(("127.0.0.1:", "localhost:", "[::1]:")):
         raise ValueError(f"load tests target loopback only, not {url}")
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
+    failures: list[dict] = []
+    wrong: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + timeout_s
     start_gate = threading.Barrier(clients + 1, timeout=60)
@@ -70,18 +76,28 @@ def run_load(
         try:
             start_gate.wait()
             for i in range(requests):
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (stop is not None and stop.is_set()):
                     break
                 # built when sent: `requests` may be a bound, not a plan
                 inputs = _http_inputs(make_inputs(index, i))
-                tick = time.perf_counter()
+                sent, tick = time.time(), time.perf_counter()
                 try:
-                    connection.infer(model, inputs, outputs=wanted)
+                    result = connection.infer(model, inputs, outputs=wanted)
                 except Exception as exc:  # counted and reported, the load goes on
                     with lock:
                         errors.append(f"{exc.__class__.__name__}: {exc}")
+                        if len(failures) < 1000:
+                            failures.append(
+                                {"client": index, "index": i, "sent": sent, "failed": time.time()}
+                            )
                     continue
                 latencies[index].append(time.perf_counter() - tick)
+                if check is not None:
+                    try:
+                        check(index, i, result)
+                    except Exception as exc:
+                        with lock:
+                            wrong.append(f"request {i} of client {index}: {exc}")
         except threading.BrokenBarrierError:
             pass
         finally:
@@ -97,6 +113,9 @@ def run_load(
         "completed": int(len(done)),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
+        "failures": failures,
+        "wrong_answers": len(wrong),
+        "first_wrong": wrong[0] if wrong else None,
         "seconds": round(seconds, 3),
         "throughput_rps": round(len(done) / seconds, 1) if seconds > 0 else 0.0,
         "p50_ms": round(pct(50), 2),
