@@ -14,12 +14,12 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo-models export optimize engines parity bench bench-serve test slow lint format clean
+.PHONY: help install haproxy install-gpu demo-models export optimize engines parity bench bench-serve test slow lint format clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | haproxy
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU wheel (an unpinned `torch` would pull a multi-GB CUDA build)
@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with torch (CPU) and trtpipe[cpu,export,rtx,ov,bench,triton,dev]
+
+haproxy: ## HAProxy from Debian's packages, for the replica test and bench (skipped, with a note, without apt-get or root)
+	@command -v haproxy >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } \
+	  || echo "haproxy is not installed (apt-get install haproxy): tests/test_replicas.py will skip"
 
 install-gpu: ## GPU venv (.venv-gpu): onnxruntime-gpu + TensorRT 10 + cuda-python instead of onnxruntime
 	$(PYTHON) -m venv .venv-gpu
