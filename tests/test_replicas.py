@@ -9,8 +9,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from trtpipe.serving import replicas as replicas_module
 from trtpipe.serving.load import run_load
 from trtpipe.serving.replicas import haproxy_config, parse_log, start_replicas
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     "The film was a delight from start to finish.",
     "Terrible service, cold food.",
@@ -253,3 +256,16 @@ def test_a_replica_killed_mid_load_costs_only_its_requests_in_flight_and_rejoins
     assert rejoined and all(r.status == 200 for r in rejoined)  # back in the rotation
     assert leave_s < 2.0 and rejoin_s < 2.0
     assert balanced.status() == {"replica0": "UP", "replica1": "UP", "replica2": "UP"}
+
+
+def test_triton_serve_replicas_cli_runs_behind_haproxy_and_stops_by_itself(balanced):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "triton-serve", str(balanced.repositories[0])]
+        + ["--replicas", "2", "--http-port", "0", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ready: HTTP http://127.0.0.1:" in result.stdout and "HAProxy → 2 replicas" in result.stdout
+    assert CLASSIFY in result.stdout and "HAProxy and the replicas stopped" in result.stderr

@@ -162,10 +162,20 @@ def triton_serve_cmd(
         float, typer.Option("--duration", help="stop after this many seconds (0: run until Ctrl-C)")
     ] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", help="Triton's verbose log")] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas",
+            help="N tritonservers behind HAProxy on --http-port (HTTP only; haproxy: apt-get install haproxy)",
+        ),
+    ] = 1,
     quiet: QuietOpt = False,
 ):
     """Run Triton Inference Server (from the nvidia-pytriton wheel) on 127.0.0.1 for a model repository."""
     from ..serving.server import start_server
+
+    if replicas != 1:
+        return _serve_replicas(list(repositories), replicas, http_port, metrics_port, timeout, duration)
 
     info(f"starting tritonserver for {', '.join(map(str, repositories))} (loopback only)…")
     server = start_server(
@@ -189,3 +199,41 @@ def triton_serve_cmd(
     finally:
         code = server.stop()
         info(f"tritonserver stopped (exit {code})")
+
+
+def _serve_replicas(repositories, replicas, http_port, metrics_port, timeout, duration) -> None:
+    """triton-serve --replicas N: N tritonservers on free loopback ports behind HAProxy on --http-port."""
+    import signal
+
+    from ..runtime.errors import UserError
+    from ..serving.replicas import start_replicas
+
+    if metrics_port is not None:
+        raise UserError("--metrics-port serves one tritonserver; drop it with --replicas")
+    if replicas < 1:
+        raise UserError(f"--replicas must be at least 1, not {replicas}")
+    info(
+        f"starting {replicas} tritonservers for {', '.join(map(str, repositories))} behind HAProxy (loopback)…"
+    )
+    replica_set = start_replicas(repositories, replicas=replicas, port=http_port, timeout_s=timeout)
+
+    def interrupted(*_):  # SIGTERM stops it like Ctrl-C: the replicas run in their own sessions
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        backends = ", ".join(f"{s.http_url}" for s in replica_set.servers if s is not None)
+        out.print(f"ready: HTTP http://{replica_set.http_url}  (HAProxy → {replicas} replicas: {backends})")
+        models = sorted(p.name for r in repositories for p in r.iterdir() if (p / "config.pbtxt").is_file())
+        out.print(f"models: {', '.join(models)}")
+        grpc = ", ".join(s.grpc_url for s in replica_set.servers if s is not None)
+        info(f"  gRPC is per replica, not balanced: {grpc}")
+        info(
+            f"  which replicas are UP: `show stat` on HAProxy's runtime API, {replica_set.workdir / 'admin.sock'}"
+        )
+        info("Ctrl-C stops HAProxy and the replicas" + (f"; stopping in {duration:g}s" if duration else ""))
+        replica_set.serve(duration or None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        replica_set.stop()
+        info("HAProxy and the replicas stopped")

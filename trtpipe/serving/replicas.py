@@ -216,6 +216,16 @@ class ReplicaSet:
         )
         return self.servers[index]
 
+    def serve(self, duration_s: float | None = None) -> None:
+        """Block while HAProxy runs (for duration_s seconds, or until interrupted); replicas may come and go, but
+        HAProxy stopping by itself is a UserError."""
+        deadline = time.monotonic() + duration_s if duration_s else None
+        while self.haproxy.poll() is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.5)
+        if self.haproxy.poll() is not None and not self._stopped:
+            last = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"haproxy stopped by itself (exit {self.haproxy.returncode}): {last[0]}")
+
     def stop(self) -> None:
         """Stop HAProxy (finishing the requests it holds), then every replica; removes the temp dir."""
         if self._stopped:
