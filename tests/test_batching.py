@@ -119,7 +119,7 @@ def test_the_queue_is_bounded_and_bad_requests_fail_alone(gpt2):
         engine.submit("One more", max_new_tokens=4)
     with pytest.raises(UserError, match=r"a slot holds 64 positions"):
         engine.submit(list(range(1, 80)), max_new_tokens=4)
-    with pytest.raises(UserError, match=r"--top-p must be in \(0, 1\]"):
+    with pytest.raises(UserError, match=r"^top_p must be in \(0, 1\]"):
         engine.submit("x", sampling=Sampling(top_p=1.5))
     with pytest.raises(UserError, match="outside the vocabulary"):
         engine.submit([1, 99999], max_new_tokens=2)

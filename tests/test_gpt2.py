@@ -418,6 +418,30 @@ def test_generate_bad_input(gpt2_bundle, args, message):
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_errors_name_the_argument_in_each_callers_words(gpt2_bundle, generator):
+    """The Python API names keywords (temperature, max_new_tokens, truncate=True); the CLI names its flags; a Triton
+    client (render(switch=False)) is offered no truncate, which its requests cannot pass."""
+    from trtpipe.runtime.errors import cli_flag
+
+    with pytest.raises(UserError) as bad:
+        Sampling(temperature=-1)
+    assert str(bad.value) == "temperature must be ≥ 0 (0 = greedy), got -1"
+    assert bad.value.render(cli_flag).startswith("--temperature must be ≥ 0")
+    with pytest.raises(UserError) as long:
+        generator.generate("word " * 300, max_new_tokens=8)
+    text = str(long.value)
+    assert "with max_new_tokens 8 it must be ≤ 248" in text and "--" not in text
+    assert text.endswith("; shorten it or pass truncate=True to keep its tail")
+    cli = long.value.render(cli_flag)
+    assert "with --max-new-tokens 8 it must be ≤ 248" in cli and cli.endswith(
+        "or pass --truncate to keep its tail"
+    )
+    assert long.value.render(switch=False).endswith("; shorten it")
+    result = CliRunner().invoke(app, ["generate", str(gpt2_bundle), "x", "--temperature", "-1"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --temperature must be ≥ 0 (0 = greedy), got -1.0"]
+
+
 def test_generate_truncate_keeps_the_tail(generator):
     long_prompt = "Start here. " + "word " * 300
     ids = generator.encode(long_prompt)[0][0]
@@ -489,7 +513,7 @@ def test_export_max_length_bounds_every_decoding_path(make_bundle, tmp_path):
     generator = Generator(bundle)
     prompt = list(range(5, 45))  # 40 tokens
     assert len(generator.generate([prompt], max_new_tokens=8)[0].ids) == 8
-    with pytest.raises(UserError, match="exported with --max-length 48"):
+    with pytest.raises(UserError, match="exported with max_length 48"):
         generator.generate([prompt], max_new_tokens=9)
     assert generator.fit([prompt], 9, truncate=True)[0] == prompt[1:]
     engine = BatchEngine(bundle, slots=2)

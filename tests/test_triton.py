@@ -760,6 +760,54 @@ def test_server_generates_like_the_runtime_over_http_and_grpc_streaming(triton, 
         assert "".join(t for _, t in tokens[str(index)]) == expected.text
 
 
+def test_server_errors_name_the_request_fields_not_cli_flags(triton):
+    """Bad settings and an over-long prompt, over HTTP and gRPC: the error (HTTP 400 / INVALID_ARGUMENT) names the
+    input the client sent (temperature, not --temperature) and offers no truncate, which a request cannot pass."""
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+
+    server, _ = triton
+    dtypes = {"INT32": np.int32, "FP32": np.float32}
+    cases = [
+        ("tiny-gpt2-generate", "x", {"temperature": ("FP32", -1.0)}, "temperature must be ≥ 0 (0 = greedy)"),
+        ("tiny-gpt2-generate", "x", {"top_p": ("FP32", 1.5)}, "top_p must be in (0, 1]"),
+        ("tiny-gpt2-generate", "x", {"top_k": ("INT32", -2)}, "top_k must be ≥ 0"),
+        ("tiny-gpt2-generate", "x", {"repetition_penalty": ("FP32", 0.0)}, "repetition_penalty must be > 0"),
+        ("tiny-gpt2-generate", "x", {"max_new_tokens": ("INT32", 0)}, "max_new_tokens must be ≥ 1 (got 0)"),
+        (
+            "tiny-gpt2-generate",
+            "word " * 300,
+            {"max_new_tokens": ("INT32", 8)},
+            "with max_new_tokens 8 it must be ≤ 248 (the model has 256 positions); shorten it",
+        ),
+        ("tiny-bert-classify", "word " * 300, {}, "longer than the model's limit of 128; shorten it"),
+    ]
+    clients = {
+        "http": (http, http.InferenceServerClient(server.http_url, network_timeout=60.0)),
+        "grpc": (
+            grpc,
+            grpc.InferenceServerClient(server.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)]),
+        ),
+    }
+    try:
+        for protocol, (module, client) in clients.items():
+            for model, text, settings, expected in cases:
+                inputs = [_bytes_input(module, "text", [text])]
+                for name, (dtype, value) in settings.items():
+                    tensor = module.InferInput(name, [1, 1], dtype)
+                    tensor.set_data_from_numpy(np.array([[value]], dtype=dtypes[dtype]))
+                    inputs.append(tensor)
+                with pytest.raises(Exception) as failure:  # InferenceServerException
+                    client.infer(model, inputs)
+                message = str(failure.value)
+                assert expected in message, (protocol, message)
+                assert "--" not in message and "truncate" not in message, (protocol, message)
+                assert ("400" if protocol == "http" else "INVALID_ARG") in message, (protocol, message)
+    finally:
+        for _, client in clients.values():
+            client.close()
+
+
 def test_server_batches_concurrent_generation_in_flight(triton, gpt2):
     """Eight clients at once, each with its own length and settings: every one gets exactly what the runtime
     generates alone (they shared decode steps on the server)."""

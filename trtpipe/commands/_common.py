@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from ..console import QUIET, err
-from ..runtime.errors import CheckFailed, UserError
+from ..runtime.errors import CheckFailed, UserError, cli_flag
 
 app = typer.Typer(
     add_completion=False,
@@ -38,7 +38,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="only results, no 
 
 
 def command(*args, **kwargs):
-    """app.command that turns UserError into one red line + exit 2 and CheckFailed into exit 1."""
+    """app.command that turns UserError into one red line + exit 2 (in the CLI's words: the arguments it names
+    are spelled as flags, --max-new-tokens) and CheckFailed into exit 1."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -47,7 +48,7 @@ def command(*args, **kwargs):
             try:
                 return fn(*a, **kw)
             except UserError as exc:
-                err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+                err.print(f"[bold red]error:[/] {escape(exc.render(cli_flag))}", highlight=False)
                 raise typer.Exit(2) from None
             except CheckFailed as exc:
                 err.print(f"[bold red]check failed:[/] {escape(str(exc))}", highlight=False)

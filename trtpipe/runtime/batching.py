@@ -104,7 +104,7 @@ class BatchEngine:
         `listener(request, token)` hears every token (and `token=None` when a request ends without one);
         `probe()` is asked once per step whether the client went away (then the request is cancelled)."""
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
-            raise UserError(f"max_new_tokens must be ≥ 1 (got {max_new_tokens})")
+            raise UserError(f"max_new_tokens must be ≥ 1 (got {max_new_tokens})", fields="max_new_tokens")
         sampling = sampling or Sampling()
         if not isinstance(sampling, Sampling):
             raise UserError("sampling must be a trtpipe.runtime.Sampling")

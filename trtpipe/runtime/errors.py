@@ -1,10 +1,50 @@
 """The one error type users see (the CLI prints it as one red line and exits 2), and the wording of messages."""
 
 import re
+from collections.abc import Callable
 
 
 class UserError(Exception):
-    """A problem with the user's input or environment, with a message that names the fix."""
+    """A problem with the user's input or environment, with a message that names the fix.
+
+    A message speaks the Python API's words. `fields` lists the arguments it names, as identifiers (the keyword
+    names, which are also the Triton models' request inputs: `max_new_tokens`), and `switch` an argument that would
+    avoid the error with what it does, e.g. ("truncate", "to keep its tail"), offered after the message ("… or
+    pass truncate=True to keep its tail"). `render` words it for another audience: the CLI names its flags
+    (`--max-new-tokens`, `--truncate`), a Triton client, which has no such switch, is not offered one."""
+
+    def __init__(
+        self, message: str = "", *, fields: tuple[str, ...] | str = (), switch: tuple[str, str] | None = None
+    ):
+        self.message = message
+        self.fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        self.switch = switch
+        super().__init__(self.render())
+
+    def render(self, name: Callable[[str], str] | None = None, switch: bool = True) -> str:
+        """The message with each field spelled `name(field)` (default: as it is), and the switch offered (as
+        `name(key)`, or `key=True` without `name`) unless `switch` is False."""
+        text = self.message
+        if name is not None:
+            for field in self.fields:
+                spelled = name(field)
+                text = re.sub(rf"(?<![\w-]){re.escape(field)}(?!\w)", lambda _, s=spelled: s, text)
+        if self.switch and switch:
+            key, does = self.switch
+            text += f" or pass {name(key) if name else key + '=True'} {does}"
+        return text
+
+    def __reduce__(self):  # pickled (worker processes) with its fields, not just its text
+        return _rebuild, (type(self), self.message, self.fields, self.switch)
+
+
+def _rebuild(cls, message, fields, switch):
+    return cls(message, fields=fields, switch=switch)
+
+
+def cli_flag(field: str) -> str:
+    """A Python keyword as the CLI spells its flag: max_new_tokens → --max-new-tokens."""
+    return "--" + field.replace("_", "-")
 
 
 class CheckFailed(Exception):

@@ -120,7 +120,7 @@ class Generator:
     def check(self, prompts, max_new_tokens: int, truncate: bool = False) -> Prompts:
         """Validate a request up front (UserError), before anything is printed or run; the prompts as they will run."""
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens <= 0:
-            raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
+            raise UserError(f"max_new_tokens must be ≥ 1 (got {max_new_tokens})", fields="max_new_tokens")
         return self.prepare(prompts, int(max_new_tokens), truncate)
 
     def prepare(self, prompts, max_new_tokens: int, truncate: bool, positions: int | None = None) -> Prompts:
@@ -150,15 +150,19 @@ class Generator:
         room = positions - max_new_tokens
         if room < 1:
             raise UserError(
-                f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in {positions} positions"
+                f"max_new_tokens {max_new_tokens} leaves no room for a prompt in {positions} positions",
+                fields="max_new_tokens",
             )
         fitted = []
         for index, prompt in enumerate(ids):
             if len(prompt) > room:
                 if not truncate:
                     raise UserError(
-                        f"prompt {index + 1} is {len(prompt)} tokens; with --max-new-tokens {max_new_tokens} it must be "
-                        f"≤ {room} ({_positions(positions, self.max_positions, self.model_positions)}); shorten it or pass --truncate to keep its tail"
+                        f"prompt {index + 1} is {len(prompt)} tokens; with max_new_tokens {max_new_tokens} it must "
+                        f"be ≤ {room} ({_positions(positions, self.max_positions, self.model_positions)}); "
+                        "shorten it",
+                        fields=("max_new_tokens", "max_length"),
+                        switch=("truncate", "to keep its tail"),
                     )
                 prompt = prompt[-room:]
             fitted.append(prompt)
@@ -272,7 +276,7 @@ def _positions(positions: int, limit: int, model: int) -> str:
     if positions == limit:
         if limit == model:
             return f"the model has {model} positions"
-        return f"the bundle takes {limit} tokens, exported with --max-length {limit}; the model has {model} positions"
+        return f"the bundle takes {limit} tokens, exported with max_length {limit}; the model has {model} positions"
     return f"a slot holds {positions} positions; the bundle takes {limit}"
 
 

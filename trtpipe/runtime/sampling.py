@@ -23,13 +23,18 @@ class Sampling:
 
     def __post_init__(self):
         if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise UserError(f"--temperature must be ≥ 0 (0 = greedy), got {self.temperature}")
+            raise UserError(
+                f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}", fields="temperature"
+            )
         if self.top_k < 0:
-            raise UserError(f"--top-k must be ≥ 0 (0 = off), got {self.top_k}")
+            raise UserError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}", fields="top_k")
         if not (0 < self.top_p <= 1):
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}", fields="top_p")
         if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise UserError(f"--repetition-penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+            raise UserError(
+                f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}",
+                fields="repetition_penalty",
+            )
 
     @property
     def greedy(self) -> bool:

@@ -246,7 +246,7 @@ class Pipeline:
         """Extractive QA: {"answer", "score", "start", "end"}; contexts longer than the model run in windows."""
         self._require("qa")
         if question is None or context is None:
-            raise UserError("question answering needs a question and a context (--question Q --context C)")
+            raise UserError("question answering needs a question and a context: qa(question=Q, context=C)")
         single = isinstance(question, str)
         questions = [question] if single else list(question)
         contexts = [context] * len(questions) if isinstance(context, str) else list(context)

@@ -111,7 +111,8 @@ class TextEncoder:
                 if len(enc.ids) > limit:
                     raise UserError(
                         f"text {index + 1} is {len(enc.ids)} tokens, longer than the model's limit of {limit}; "
-                        "shorten it or pass --truncate (truncate=True) to cut it with a warning"
+                        "shorten it",
+                        switch=("truncate", "to cut it with a warning"),
                     )
             return encodings
         if quiet:

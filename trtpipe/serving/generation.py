@@ -55,7 +55,7 @@ def read_rows(request, max_new_tokens: int, one_row: bool) -> list[dict]:
     items = []
     for row in range(rows):
         if max_new[row] < 1:
-            raise UserError(f"max_new_tokens must be ≥ 1 (got {max_new[row]})")
+            raise UserError(f"max_new_tokens must be ≥ 1 (got {max_new[row]})", fields="max_new_tokens")
         sampling = Sampling(
             **{name: values[row] for name, values in settings.items()},
             seed=None if seeds[row] is None else int(seeds[row]),

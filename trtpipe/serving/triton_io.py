@@ -1,5 +1,6 @@
 """Triton Python-backend I/O for trtpipe models: request tensors → text and per-row numbers, answers → output
-tensors, exceptions → error responses (a UserError is the client's fault: INVALID_ARG, HTTP 400).
+tensors, exceptions → error responses (a UserError is the client's fault: INVALID_ARG, HTTP 400, in the words of
+the request: its input names, and no switch the request cannot pass, such as truncate).
 
 Imported only inside Triton's Python backend stub (it needs `triton_python_backend_utils`).
 """
@@ -54,7 +55,7 @@ def error_response(exc: BaseException):
     kind = pb_utils.TritonError
     if isinstance(exc, UserError):
         code = getattr(kind, "INVALID_ARG", None)
-        message = str(exc)
+        message = exc.render(switch=False)  # field names are the input names; Triton has no `truncate` input
     else:
         code = getattr(kind, "INTERNAL", None)
         message = f"internal error: {exc.__class__.__name__}: {exc}"

@@ -74,7 +74,8 @@ class TrtDecoder:
         if capacity > self.max_total:
             raise UserError(
                 f"prompt + new tokens = {capacity} exceeds the engine's {self.max_total} positions; "
-                "lower --max-new-tokens or rebuild the engine with a larger attention_mask maximum"
+                "lower max_new_tokens or rebuild the engine with a larger attention_mask maximum",
+                fields="max_new_tokens",
             )
         if batch > self.pool_batch:
             self._free_pool()
