@@ -143,8 +143,9 @@ def test_without_haproxy_it_is_one_line_naming_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(replicas_module.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="apt-get install haproxy"):
         start_replicas(tmp_path, replicas=2)
-    with pytest.raises(UserError, match="--replicas must be at least 1"):
+    with pytest.raises(UserError, match="^replicas must be at least 1") as refused:
         start_replicas(tmp_path, replicas=0)
+    assert refused.value.render(lambda f: "--" + f).startswith("--replicas must")
 
 
 def test_every_request_through_the_balancer_is_answered_like_the_runtime(balanced, expected):

@@ -211,7 +211,7 @@ def _serve_replicas(repositories, replicas, http_port, metrics_port, timeout, du
     if metrics_port is not None:
         raise UserError("--metrics-port serves one tritonserver; drop it with --replicas")
     if replicas < 1:
-        raise UserError(f"--replicas must be at least 1, not {replicas}")
+        raise UserError(f"replicas must be at least 1, not {replicas}", fields="replicas")
     info(
         f"starting {replicas} tritonservers for {', '.join(map(str, repositories))} behind HAProxy (loopback)…"
     )

@@ -265,7 +265,7 @@ def start_replicas(
     """Start `replicas` tritonservers for a repository (or several) and HAProxy in front of them on
     127.0.0.1:port (0: a free one); returns once HAProxy's health checks see every replica UP."""
     if replicas < 1:
-        raise UserError(f"--replicas must be at least 1, not {replicas}")
+        raise UserError(f"replicas must be at least 1, not {replicas}", fields="replicas")
     binary = find_haproxy()
     repositories = [Path(r) for r in (repository if isinstance(repository, list) else [repository])]
     servers: list[TritonServer | None] = []
@@ -323,6 +323,10 @@ def _start_balancer(binary, repositories, servers, port, timeout_s, check_ms) ->
         if attempt + 1 < attempts and "cannot bind" in log:
             continue  # the free port was taken before haproxy bound it
         shutil.rmtree(workdir, ignore_errors=True)
+        if "cannot bind" in log:
+            raise UserError(
+                f"{LOOPBACK}:{chosen} is taken: choose another port for HAProxy (0: any free one)"
+            )
         last = log.strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"haproxy did not come up in front of the replicas: {last[0]}")
     raise AssertionError("unreachable")
