@@ -2,7 +2,7 @@
 Imported in pipeline order, which is the order `trtpipe --help` lists them."""
 
 # isort: off
-from . import export, run, parity, optimize, benchmark, generate, demo, build, doctor, serving  # noqa: F401
+from . import export, run, parity, optimize, benchmark, generate, demo, build, doctor, serving, deploy  # noqa: F401
 from ._common import app
 
 # isort: on
