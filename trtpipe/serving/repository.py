@@ -223,7 +223,7 @@ def _plan(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
         files = [(bundle.file(engine), "model.plan")]
         filename = "model.plan"
         summary = {"engine": engine, "flavour": entry.get("flavour")}
-        if entry.get("tensorrt_version"):  # `trtpipe deploy` picks the Triton container that has this TensorRT
+        if entry.get("tensorrt_version"):  # `trtpipe deploy` runs the container with this TensorRT
             summary["tensorrt_version"] = entry["tensorrt_version"]
     config = build_config(name, options.backend, inputs, outputs, scheduling, default_model_filename=filename)
     return PlannedModel(name, bundle, options.backend, render_config(config), files=files, summary=summary)
