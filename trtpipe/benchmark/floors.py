@@ -233,7 +233,7 @@ def measure_roof(precision: str, threads: int = 2, n: int = GEMM_N) -> Roof:
                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
             )
     if not any(roof.engines.values()):
-        raise RuntimeError(f"no engine ran a {precision} GEMM here: {roof.why_not}")
+        raise RuntimeError(f"no engine ran the {precision} GEMM here: {roof.why_not}")
     return roof
 
 
