@@ -117,6 +117,8 @@ def test_the_config_holds_the_checks_and_the_retry_rules_and_haproxy_accepts_it(
     ):
         assert line in text, line
     assert "empty-response" not in text and "all-retryable-errors" not in text  # never run a request twice
+    kept = haproxy_config(8000, [9001], tmp_path / "admin.sock", keepalive=True)
+    assert "option http-server-close" in kept and "option httpclose" not in kept
     if shutil.which("haproxy") is None:
         pytest.skip(NO_HAPROXY)
     (tmp_path / "haproxy.cfg").write_text(text)

@@ -48,8 +48,17 @@ def find_haproxy() -> str:
     return path
 
 
-def haproxy_config(port: int, replicas: list[int], socket_path: Path, check_ms: int = CHECK_MS) -> str:
-    """HAProxy config: HTTP on 127.0.0.1:port → the replicas' HTTP ports, health-checked, retry only on connect."""
+def haproxy_config(
+    port: int, replicas: list[int], socket_path: Path, check_ms: int = CHECK_MS, keepalive: bool = False
+) -> str:
+    """HAProxy config: HTTP on 127.0.0.1:port → the replicas' HTTP ports, health-checked, retry only on connect.
+    keepalive: keep client connections open (`http-server-close`; faster for requests shorter than a connect, but
+    a request lost with its replica then ends in a silently closed connection, no 502 and no log line)."""
+    connections = (
+        "option http-server-close          # clients keep their connection; one request per replica connection"
+        if keepalive
+        else "option httpclose                  # one request per connection, both sides: a failure is a logged 502"
+    )
     servers = "\n".join(f"    server replica{i} {LOOPBACK}:{p} check" for i, p in enumerate(replicas))
     return f"""\
 # written by trtpipe.serving.replicas
@@ -63,9 +72,9 @@ defaults
     mode http
     log global
     log-format "{LOG_TAG} %Ts.%ms %Th %Ti %Ta %s %ST %rc %tsc"
-    option httpclose                  # one request per connection, both sides: a failure is a logged 502
+    {connections}
     retries 3
-    retry-on conn-failure             # only what never reached a replica; a request one was running gets 502
+    retry-on conn-failure             # only what never reached a replica, never what one was running
     option redispatch 1               # and every retry goes to another replica
     timeout connect 2s
     timeout check 2s
@@ -261,9 +270,11 @@ def start_replicas(
     port: int = 0,
     timeout_s: float = 120.0,
     check_ms: int = CHECK_MS,
+    keepalive: bool = False,
 ) -> ReplicaSet:
     """Start `replicas` tritonservers for a repository (or several) and HAProxy in front of them on
-    127.0.0.1:port (0: a free one); returns once HAProxy's health checks see every replica UP."""
+    127.0.0.1:port (0: a free one); returns once HAProxy's health checks see every replica UP. keepalive: see
+    haproxy_config."""
     if replicas < 1:
         raise UserError(f"replicas must be at least 1, not {replicas}", fields="replicas")
     binary = find_haproxy()
@@ -277,20 +288,22 @@ def start_replicas(
                     servers.append(future.result())
             for future in futures:
                 future.result()  # the first failure, now that every started server is in `servers`
-        return _start_balancer(binary, repositories, servers, port, timeout_s, check_ms)
+        return _start_balancer(binary, repositories, servers, port, timeout_s, check_ms, keepalive)
     except BaseException:
         _stop_all(servers)
         raise
 
 
-def _start_balancer(binary, repositories, servers, port, timeout_s, check_ms) -> ReplicaSet:
+def _start_balancer(binary, repositories, servers, port, timeout_s, check_ms, keepalive) -> ReplicaSet:
     workdir = Path(tempfile.mkdtemp(prefix="trtpipe-haproxy-"))
     attempts = 3 if port == 0 else 1
     for attempt in range(attempts):
         chosen = port or free_port()
         config = workdir / "haproxy.cfg"
         config.write_text(
-            haproxy_config(chosen, [s.http_port for s in servers], workdir / "admin.sock", check_ms)
+            haproxy_config(
+                chosen, [s.http_port for s in servers], workdir / "admin.sock", check_ms, keepalive
+            )
         )
         checked = subprocess.run([binary, "-c", "-q", "-f", str(config)], capture_output=True, text=True)
         if checked.returncode:
