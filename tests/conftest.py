@@ -63,6 +63,27 @@ def make_bundle(bundles_dir) -> BundleFactory:
     return BundleFactory(bundles_dir)
 
 
+@pytest.fixture(scope="session")
+def long_gpt2(tmp_path_factory):
+    """tiny-gpt2 with 2,048 positions (a checkpoint made here, seeded): a stream of 2,000 tokens lasts seconds on
+    Triton, far longer than a scheduling hiccup of the test process, so cancel, kill and drain tests are not racing
+    its end."""
+    import torch
+    import transformers
+
+    from trtpipe.export import export_bundle
+    from trtpipe.export.vocab import gpt2_tokenizer_dir
+    from trtpipe.presets import PRESETS
+
+    config = {**PRESETS["tiny-gpt2"].config, "n_positions": 2048}
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("long-gpt2")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).save_pretrained(root / "checkpoint")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_tokenizer_dir(config["vocab_size"]))
+    tokenizer.save_pretrained(root / "checkpoint")
+    return export_bundle(str(root / "checkpoint"), "generate", root / "bundle")
+
+
 @pytest.fixture
 def copy_bundle(tmp_path):
     """A private copy of a session bundle, for tests that damage or modify it."""

@@ -61,27 +61,9 @@ def gpt2(make_bundle):
     return make_bundle("tiny-gpt2", "generate")
 
 
-LONG = 2000  # tokens a long stream asks for: seconds on Triton, so a client can go away while it runs
-
-
-@pytest.fixture(scope="module")
-def long_gpt2(tmp_path_factory):
-    """tiny-gpt2 with 2,048 positions (a checkpoint made here, seeded): a stream of LONG tokens lasts seconds, far
-    longer than a scheduling hiccup of the test process, so cancel and kill tests are not racing its end."""
-    import torch
-    import transformers
-
-    from trtpipe.export import export_bundle
-    from trtpipe.export.vocab import gpt2_tokenizer_dir
-    from trtpipe.presets import PRESETS
-
-    config = {**PRESETS["tiny-gpt2"].config, "n_positions": 2048}
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("long-gpt2")
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).save_pretrained(root / "checkpoint")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_tokenizer_dir(config["vocab_size"]))
-    tokenizer.save_pretrained(root / "checkpoint")
-    return export_bundle(str(root / "checkpoint"), "generate", root / "bundle")
+LONG = (
+    2000  # tokens a long stream asks for (long_gpt2, conftest.py): seconds on Triton, so a client can go away
+)
 
 
 # ------------------------------------------------------------------------------------------ configs / schema
@@ -362,7 +344,7 @@ class FakeTensor:
 
 
 class FakeError(Exception):
-    INVALID_ARG, INTERNAL = 3, 13
+    INVALID_ARG, INTERNAL, UNAVAILABLE = 3, 13, 14
 
     def __init__(self, message, code=None):
         super().__init__(message)
@@ -641,6 +623,41 @@ def test_python_model_frees_a_cancelled_slot_and_bounds_its_queue(python_model, 
     final = stuck.sender.sent[-1][0]
     assert final is not None and "stopped" in final.error.message()
     assert engine.thread is not None and not engine.thread.is_alive() and engine.busy == 0
+
+
+def test_python_model_refuses_new_requests_once_draining_and_cuts_off_what_runs(
+    python_model, tmp_path, monkeypatch, long_gpt2, classify
+):
+    """The launcher's drain notice (serving/drain.py): once it exists, new requests are refused at once
+    (UNAVAILABLE), and at the time it holds a generation still running ends with the shutdown error, not a hang."""
+    from trtpipe.serving import drain
+
+    notice = tmp_path / "drain-notice"
+    monkeypatch.setenv(drain.ENV, str(notice))
+    repo = tmp_path / "repo"
+    write_repository([f"gen={long_gpt2}", f"cls={classify}"], repo, RepoOptions(stream=True))
+    gen, cls = _instance(python_model, repo, "gen"), _instance(python_model, repo, "cls")
+    try:
+        running = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[LONG]], np.int32))
+        gen.execute([running])
+        while not running.sender.sent:  # it is generating
+            time.sleep(0.005)
+        drain.write_notice(notice, 0)  # a drain of 0 s: the cut-off is now
+        new = FakeRequest(text=_texts(PROMPTS[1]), max_new_tokens=np.array([[4]], np.int32))
+        gen.execute([new])
+        (refused, flags) = new.sender.sent[0]
+        assert flags == 1 and refused.error.code == FakeError.UNAVAILABLE
+        assert refused.error.message() == drain.REFUSED
+        (response,) = cls.execute([FakeRequest(text=_texts(TEXTS[0]))])
+        assert response.error.code == FakeError.UNAVAILABLE and response.error.message() == drain.REFUSED
+        _finished(running.sender, timeout=10)
+        final = running.sender.sent[-1][0]
+        assert final.error.code == FakeError.UNAVAILABLE and final.error.message() == drain.CUT_OFF
+        assert len(running.sender.sent) < LONG
+    finally:
+        gen.finalize()
+        cls.finalize()
+    assert drain.cutoff_s(30) == 27 and drain.cutoff_s(4) == 2 and drain.cutoff_s(0) == 0
 
 
 # ------------------------------------------------------------------------------- a real server, on loopback

@@ -161,6 +161,16 @@ def triton_serve_cmd(
     duration: Annotated[
         float, typer.Option("--duration", help="stop after this many seconds (0: run until Ctrl-C)")
     ] = 0.0,
+    drain_timeout: Annotated[
+        int,
+        typer.Option(
+            "--drain-timeout",
+            min=0,
+            max=3600,
+            help="on SIGTERM or Ctrl-C: seconds the requests in flight get to finish (new ones are refused) before "
+            "the server exits; a second signal stops it at once",
+        ),
+    ] = 30,
     verbose: Annotated[bool, typer.Option("--verbose", help="Triton's verbose log")] = False,
     replicas: Annotated[
         int,
@@ -171,34 +181,78 @@ def triton_serve_cmd(
     ] = 1,
     quiet: QuietOpt = False,
 ):
-    """Run Triton Inference Server (from the nvidia-pytriton wheel) on 127.0.0.1 for a model repository."""
-    from ..serving.server import start_server
-
+    """Run Triton Inference Server (from the nvidia-pytriton wheel) on 127.0.0.1 for a model repository.
+    SIGTERM or Ctrl-C drains it (exit 0 once it and its stubs are gone); a second signal kills it (exit 128+N)."""
     if replicas != 1:
         return _serve_replicas(list(repositories), replicas, http_port, metrics_port, timeout, duration)
+    _serve_one(
+        list(repositories), http_port, grpc_port, metrics_port, timeout, duration, drain_timeout, verbose
+    )
+
+
+def _serve_one(repositories, http_port, grpc_port, metrics_port, timeout, duration, drain_timeout, verbose):
+    """One tritonserver, stopped like a service: the first SIGTERM / SIGINT drains it, a second one kills it."""
+    import signal
+    import time
+
+    from ..runtime.errors import UserError
+    from ..serving.drain import StopSignals
+    from ..serving.server import start_server
+
+    def notify(signum: int, first: bool) -> None:
+        name = signal.Signals(signum).name
+        if first:
+            info(
+                f"{name}: draining (new requests refused, those in flight get up to {drain_timeout}s); "
+                "a second signal stops it at once"
+            )
+        else:
+            warn(f"{name} again: killing tritonserver and its stubs now")
 
     info(f"starting tritonserver for {', '.join(map(str, repositories))} (loopback only)…")
-    server = start_server(
-        list(repositories),
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        timeout_s=timeout,
-        verbose=verbose,
-    )
-    try:
-        out.print(
-            f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}"
-            + (f"  metrics http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
+    with StopSignals(notify) as signals:
+        try:
+            server = start_server(
+                repositories,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                timeout_s=timeout,
+                verbose=verbose,
+                drain_timeout_s=drain_timeout,
+                on_launch=signals.attach,
+            )
+        except UserError:
+            if not signals.received:
+                raise
+            info("tritonserver stopped before it was ready")
+            raise typer.Exit(128 + signals.received[-1] if signals.killed else 0) from None
+        try:
+            out.print(
+                f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}"
+                + (f"  metrics http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "")
+            )
+            models = sorted(
+                p.name for r in repositories for p in r.iterdir() if (p / "config.pbtxt").is_file()
+            )
+            out.print(f"models: {', '.join(models)}")
+            info(
+                f"  try: curl -s http://{server.http_url}/v2/models/{models[0] if models else 'NAME'}/config"
+            )
+            info("Ctrl-C or SIGTERM stops the server" + (f"; stopping in {duration:g}s" if duration else ""))
+            server.serve(duration or None)
+        finally:
+            began = signals.first_at or time.monotonic()
+            code = server.stop()
+            took = time.monotonic() - began
+    if signals.killed:
+        warn(f"tritonserver killed (exit {code})")
+        raise typer.Exit(128 + signals.received[-1])
+    if server.overstayed:
+        raise UserError(
+            f"tritonserver did not stop within its drain of {drain_timeout}s; killed it and its stubs"
         )
-        models = sorted(p.name for r in repositories for p in r.iterdir() if (p / "config.pbtxt").is_file())
-        out.print(f"models: {', '.join(models)}")
-        info(f"  try: curl -s http://{server.http_url}/v2/models/{models[0] if models else 'NAME'}/config")
-        info("Ctrl-C stops the server" + (f"; stopping in {duration:g}s" if duration else ""))
-        server.serve(duration or None)
-    finally:
-        code = server.stop()
-        info(f"tritonserver stopped (exit {code})")
+    info(f"tritonserver stopped (exit {code}) in {took:.1f}s; nothing of it is left running")
 
 
 def _serve_replicas(repositories, replicas, http_port, metrics_port, timeout, duration) -> None:

@@ -312,14 +312,14 @@ class BatchEngine:
                         self._end(request, "error", exc)
                         self.table[slot] = None
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the engine thread; requests still waiting or running end with EngineStopped."""
+    def close(self, timeout: float | None = 30.0, error: EngineStopped | None = None) -> None:
+        """Stop the engine thread; requests still waiting or running end with `error` (an EngineStopped)."""
         with self.lock:
             self.closed = True
             self.wake.notify_all()
         if self.thread is not None:
             self.thread.join(timeout)
-        stopped = EngineStopped("the generation engine was stopped before this request finished")
+        stopped = error or EngineStopped("the generation engine was stopped before this request finished")
         with self.lock:
             left = list(self.waiting) + [r for r in self.table if r is not None and r.state != DONE]
             self.waiting.clear()

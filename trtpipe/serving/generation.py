@@ -5,7 +5,8 @@ decode steps. A non-streaming request (the default model; HTTP or gRPC infer) ge
 are done; a streaming request (`trtpipe triton --stream`: a decoupled model, gRPC streaming or HTTP
 generate_stream) gets one response per token, then the final flag. A request that fails validation, does not fit
 a slot, or finds the queue full gets its own error at once; a request whose client went away frees its slot within
-one step; `finalize` stops the engine and every request still in flight gets an error, not a hang.
+one step; `finalize` stops the engine and every request still in flight gets an error, not a hang. While the server
+drains (drain.py) new requests are refused, and those still running at the drain's cut-off end with an error.
 
 Imported only inside Triton's Python backend stub (it needs `triton_python_backend_utils`).
 """
@@ -22,6 +23,7 @@ import triton_python_backend_utils as pb_utils
 from ..runtime import Generator, Sampling, Token, UserError
 from ..runtime.batching import BatchEngine, Request
 from . import triton_io as tio
+from .drain import CUT_OFF, REFUSED, DrainWatch, ServerStopping
 
 SETTINGS = (  # per-row inputs: name, default, converter
     ("temperature", 0.0, float),
@@ -233,10 +235,15 @@ class GenerationModel:
                 self.metrics = None
         else:  # GPU runtimes keep the KV cache on the device, OpenVINO has no in-place KV graph: one at a time
             self.generator = Generator(root, backend=runtime, variant=variant, threads=threads)
+        self.cut = threading.Event()
+        self.drain = DrainWatch(self.cut_off)
 
     def execute(self, requests: list) -> None:
         for request in requests:
             reply = Reply(request, self.stream)
+            if self.drain.draining:
+                reply.fail(ServerStopping(REFUSED))
+                continue
             try:
                 items = read_rows(request, self.max_new_tokens, one_row=self.stream)
             except UserError as exc:
@@ -271,6 +278,8 @@ class GenerationModel:
                     [item["prompt"]], item["max_new"], item["sampling"], item["stop"]
                 )
                 for token in tokens:
+                    if self.cut.is_set():
+                        raise ServerStopping(CUT_OFF)
                     row.tokens.append(token.id)
                     row.pieces.append(token.text)
                     row.finish = token.finish
@@ -279,7 +288,20 @@ class GenerationModel:
                 reply.fail(exc)
                 return
 
+    def cut_off(self) -> None:
+        """The drain's cut-off (from the DrainWatch thread): every request still waiting or running ends with
+        ServerStopping, so its client is answered before Triton's exit timeout cuts the connection."""
+        self.cut.set()
+        if self.engine is not None:
+            left = self.engine.busy + len(self.engine.waiting)
+            if left:
+                pb_utils.Logger.log_info(
+                    f"trtpipe: the drain time ran out; {left} requests in flight end with an error"
+                )
+            self.engine.close(error=ServerStopping(CUT_OFF))
+
     def finalize(self) -> None:
+        self.drain.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.engine is not None:

@@ -7,7 +7,8 @@ what `trtpipe run` / `trtpipe generate` would.
 Dynamic batching hands `execute` several requests at once; encoder rows from all of them go through one pipeline
 call, grouped by length before padding (`length_batches`), so a batch of mixed lengths costs little more than its
 tokens. Generation goes to one in-flight batching engine (generation.py). A request with bad input gets its own
-error (HTTP 400), the others in the batch still get their answers.
+error (HTTP 400), the others in the batch still get their answers. While the server drains (drain.py), new requests
+are refused (UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .. import __version__
 from ..runtime import UserError, load_pipeline
 from ..runtime.manifest import MANIFEST
 from . import triton_io as tio
+from .drain import REFUSED, DrainWatch, ServerStopping
 from .generation import GenerationModel
 
 
@@ -53,6 +55,7 @@ class BundleModel:
         else:
             self.pipeline = load_pipeline(root, backend=runtime, variant=variant, threads=threads)
             self.labels = self._label_names() if self.task == "classify" else []
+            self.drain = DrainWatch()
         written_by = params.get("trtpipe_version", "")
         if written_by and written_by != __version__:
             pb_utils.Logger.log_warn(
@@ -74,6 +77,8 @@ class BundleModel:
     def execute(self, requests: list) -> list | None:
         if self.generation is not None:
             return self.generation.execute(requests)
+        if self.drain.draining:
+            return [tio.error_response(ServerStopping(REFUSED)) for _ in requests]
         responses: list = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, dict]]] = {}
         for index, request in enumerate(requests):

@@ -4,7 +4,8 @@ The wheel ships a CPU-capable `tritonserver` binary, the Python backend and one 
 (it has no onnxruntime or tensorrt backend: those need the official container, see docs/serving.md).
 `start_server` prepares a backend directory in a temp dir (the Python backend plus the stub for this Python),
 picks free ports, binds HTTP and gRPC to 127.0.0.1, waits until the server and every model are ready, and
-`stop` ends the server and its stubs.
+`stop` ends it like a service (drain.py): new requests refused, those in flight get `drain_timeout_s` to finish,
+then whatever overstays or is left of its process group (the stubs) is killed.
 
 The stub embeds Python and ignores PYTHONPATH; it finds its environment through `python3` on PATH (a venv's
 pyvenv.cfg), so the serving Python's bin directory goes first on PATH. Without that the stub would load the base
@@ -29,10 +30,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.errors import UserError
+from . import drain as notice
 
 LOOPBACK = "127.0.0.1"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
@@ -141,7 +144,11 @@ class TritonServer:
     process: subprocess.Popen
     workdir: Path
     log_path: Path
-    exit_timeout_s: int = 10
+    drain_timeout_s: int = 10  # Triton's --exit-timeout-secs
+    notice_path: Path | None = None  # the drain notice the models watch (drain.py)
+    shm_prefix: str = ""  # the Python backend's shared-memory regions: /dev/shm/<prefix>*
+    overstayed: bool = False  # it outlived its drain and was killed
+    _draining: bool = field(default=False, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -165,10 +172,21 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def exited(self) -> bool:
+        """Whether the server process has ended, without reaping it: until `stop` reaps it, its pid, and so its
+        process group id, stays the server's own (safe to signal)."""
+        if self.process.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped elsewhere
+            return True
+
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.exited():
+                self.terminate()  # its stubs too
                 raise UserError(
                     f"tritonserver exited with code {self.process.returncode} while starting up with "
                     f"{', '.join(map(str, self.repositories))}: "
@@ -182,43 +200,69 @@ class TritonServer:
         )
 
     def serve(self, duration_s: float | None = None) -> None:
-        """Block while the server runs (for duration_s seconds, or until interrupted); a server that stops by
-        itself is a UserError naming its first error."""
+        """Block while the server runs: for duration_s seconds, or until it ends after `drain` or `kill` (a
+        signal, see StopSignals); a server that stops by itself is a UserError naming its first error."""
         deadline = time.monotonic() + duration_s if duration_s else None
-        while self.process.poll() is None and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.5)
-        if self.process.poll() is not None and not self._stopped:
+        while not self.exited() and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.1)
+        if self.exited() and not self._draining:
+            self.terminate()
             raise UserError(
                 f"tritonserver stopped by itself (exit {self.process.returncode}): {first_error(self.log())} "
                 f"(full log: {self.log_path})"
             )
 
+    def drain(self, signum: int = signal.SIGTERM) -> None:
+        """Begin a graceful stop (once): write the models' drain notice, then send `signum` (SIGTERM or SIGINT,
+        the same to Triton): it refuses new requests, lets those in flight finish within drain_timeout_s, unloads
+        the models and exits. Returns at once; `stop` waits."""
+        if self._draining:
+            return
+        self._draining = True
+        if self.notice_path is not None:
+            with contextlib.suppress(OSError):
+                notice.write_notice(self.notice_path, self.drain_timeout_s)
+        if self.process.returncode is None:  # unreaped: the pid is still the server's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group (server and stubs) at once; requests in flight are cut off."""
+        self._draining = True
+        if self.process.returncode is None:  # unreaped: the group id is still the server's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
     def stop(self, keep_log: bool = False) -> int | None:
-        """Stop the server and remove its temp files (the log stays with keep_log). Returns the exit code."""
+        """Stop the server and remove its temp files (the log stays with keep_log). Returns its exit code."""
         self.terminate()
         self.cleanup(keep_log)
         return self.process.returncode
 
     def terminate(self) -> None:
-        """SIGTERM (Triton drains in-flight requests, unloads models and ends its stubs), then SIGKILL to the
-        server's process group (server + stubs) if it overstays."""
+        """`drain`, wait up to drain_timeout_s + 10 s for the server to exit, SIGKILL its process group if it
+        overstays, then kill whatever is left of the group (stubs a timed-out exit left behind) and reap it."""
         if self._stopped:
             return
         self._stopped = True
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=self.exit_timeout_s + 10)
-            except subprocess.TimeoutExpired:
-                # still unreaped, so the group id is still the server's own
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        self.drain()
+        deadline = time.monotonic() + self.drain_timeout_s + 10
+        while not self.exited() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.exited():
+            self.overstayed = True
+            self.kill()
+        if self.process.returncode is None:  # exited or killed, not yet reaped: the group id is still its own
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            notice.wait_group_gone(self.process.pid, timeout_s=10)
+        self.process.wait(timeout=30)
 
     def cleanup(self, keep_log: bool = False) -> None:
         for name in ("backends", "bin"):
             shutil.rmtree(self.workdir / name, ignore_errors=True)
+        if self.process.returncode is not None:  # a killed stub cannot remove its shared memory
+            notice.remove_leftovers(self.notice_path, self.shm_prefix)
         with contextlib.suppress(OSError):
             if self.log_path.parent == self.workdir and not keep_log:
                 self.log_path.unlink()
@@ -251,11 +295,16 @@ def start_server(
     timeout_s: float = 120.0,
     log_path: str | os.PathLike | None = None,
     verbose: bool = False,
+    drain_timeout_s: int = 10,
+    on_launch: Callable[[TritonServer], None] | None = None,
 ) -> TritonServer:
     """Start tritonserver on 127.0.0.1 for a model repository (or several: model names must differ across them)
     and wait until it and every model are ready.
     Ports 0 = pick free ones (retried if another process takes one first); metrics stay off unless a port is
-    given (then on 127.0.0.1 too)."""
+    given (then on 127.0.0.1 too). drain_timeout_s: how long `stop` lets requests in flight finish (Triton's
+    --exit-timeout-secs). on_launch(server) is called as soon as the process runs (StopSignals.attach)."""
+    if not 0 <= drain_timeout_s <= 3600:
+        raise UserError(f"drain_timeout_s must be between 0 and 3600 seconds (got {drain_timeout_s})")
     repositories = [Path(r).resolve() for r in (repository if isinstance(repository, list) else [repository])]
     for path in repositories:
         if not path.is_dir():
@@ -276,9 +325,12 @@ def start_server(
         libs + [env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else libs
     )
     log_file = Path(log_path) if log_path else workdir / "tritonserver.log"
+    notice_path = workdir / "drain-notice"
+    env[notice.ENV] = str(notice_path)  # the stubs inherit it
     attempts = 3 if (http_port == 0 or grpc_port == 0) else 1
     for attempt in range(attempts):
         ports = (http_port or free_port(), grpc_port or free_port())
+        shm_prefix = f"trtpipe{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         command = [
             str(install.binary),
             *(f"--model-repository={path}" for path in repositories),
@@ -292,10 +344,10 @@ def start_server(
             "--disable-auto-complete-config",  # serve the configs as written: they are complete and validated
             "--strict-readiness=true",
             "--exit-on-error=true",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={int(drain_timeout_s)}",
             "--pinned-memory-pool-byte-size=0",
             # unique shared-memory names: several servers (tests, users) can run on one machine
-            f"--backend-config=python,shm-region-prefix-name=trtpipe{os.getpid()}_{uuid.uuid4().hex[:8]}_",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             f"--log-verbose={1 if verbose else 0}",
         ]
         if metrics_port is None:
@@ -306,6 +358,7 @@ def start_server(
                 f"--metrics-port={metrics_port}",
                 "--allow-gpu-metrics=false",
             ]
+        notice_path.unlink(missing_ok=True)  # a failed attempt's: this server is not draining
         with open(log_file, "wb") as log:
             process = subprocess.Popen(
                 command,
@@ -315,8 +368,11 @@ def start_server(
                 env=env,
                 start_new_session=True,
             )
-        server = TritonServer(repositories, ports[0], ports[1], metrics_port, process, workdir, log_file)
+        server = TritonServer(repositories, *ports, metrics_port, process, workdir, log_file, drain_timeout_s)
+        server.notice_path, server.shm_prefix = notice_path, shm_prefix
         try:
+            if on_launch is not None:
+                on_launch(server)
             server.wait_ready(timeout_s)
             return server
         except UserError:

@@ -13,6 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ..runtime import UserError
+from ..runtime.request import EngineStopped
 
 
 def params(config: dict) -> dict[str, str]:
@@ -51,9 +52,13 @@ def threads(setting: str, config: dict, light: bool = False) -> int | None:
 
 
 def error_response(exc: BaseException):
-    """An error response: UserError → invalid argument (HTTP 400), anything else → internal (500)."""
+    """An error response: UserError → invalid argument (HTTP 400), a stopped engine or server → unavailable (gRPC
+    UNAVAILABLE; the wheel's HTTP endpoint answers it 400 too), anything else → internal (500)."""
     kind = pb_utils.TritonError
-    if isinstance(exc, UserError):
+    if isinstance(exc, EngineStopped):
+        code = getattr(kind, "UNAVAILABLE", None)
+        message = str(exc)
+    elif isinstance(exc, UserError):
         code = getattr(kind, "INVALID_ARG", None)
         message = exc.render(switch=False)  # field names are the input names; Triton has no `truncate` input
     else:
