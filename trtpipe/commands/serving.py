@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..console import info, out, warn
+from ..console import err, info, out, warn
 from ._common import JsonOpt, QuietOpt, command, print_json
 
 
@@ -184,7 +184,9 @@ def triton_serve_cmd(
     """Run Triton Inference Server (from the nvidia-pytriton wheel) on 127.0.0.1 for a model repository.
     SIGTERM or Ctrl-C drains it (exit 0 once it and its stubs are gone); a second signal kills it (exit 128+N)."""
     if replicas != 1:
-        return _serve_replicas(list(repositories), replicas, http_port, metrics_port, timeout, duration)
+        return _serve_replicas(
+            list(repositories), replicas, http_port, metrics_port, timeout, duration, drain_timeout
+        )
     _serve_one(
         list(repositories), http_port, grpc_port, metrics_port, timeout, duration, drain_timeout, verbose
     )
@@ -248,14 +250,17 @@ def _serve_one(repositories, http_port, grpc_port, metrics_port, timeout, durati
     if signals.killed:
         warn(f"tritonserver killed (exit {code})")
         raise typer.Exit(128 + signals.received[-1])
-    if server.overstayed:
-        raise UserError(
-            f"tritonserver did not stop within its drain of {drain_timeout}s; killed it and its stubs"
+    if server.overstayed:  # not the user's fault: exit 1, not a UserError's 2
+        err.print(
+            f"[bold red]error:[/] tritonserver outstayed its {drain_timeout}s drain; killed it and its stubs"
         )
+        raise typer.Exit(1)
     info(f"tritonserver stopped (exit {code}) in {took:.1f}s; nothing of it is left running")
 
 
-def _serve_replicas(repositories, replicas, http_port, metrics_port, timeout, duration) -> None:
+def _serve_replicas(
+    repositories, replicas, http_port, metrics_port, timeout, duration, drain_timeout
+) -> None:
     """triton-serve --replicas N: N tritonservers on free loopback ports behind HAProxy on --http-port."""
     import signal
 
@@ -269,7 +274,9 @@ def _serve_replicas(repositories, replicas, http_port, metrics_port, timeout, du
     info(
         f"starting {replicas} tritonservers for {', '.join(map(str, repositories))} behind HAProxy (loopback)…"
     )
-    replica_set = start_replicas(repositories, replicas=replicas, port=http_port, timeout_s=timeout)
+    replica_set = start_replicas(
+        repositories, replicas=replicas, port=http_port, timeout_s=timeout, drain_timeout_s=drain_timeout
+    )
 
     def interrupted(*_):  # SIGTERM stops it like Ctrl-C: the replicas run in their own sessions
         raise KeyboardInterrupt
