@@ -44,11 +44,11 @@ def perplexity(
         raise UserError("the text is shorter than two tokens; perplexity needs at least two")
     positions = bundle.max_length  # the model's positions, or export's --max-length
     if window is not None and window < 2:
-        raise UserError(f"--window must be ≥ 2 tokens (got {window})")
+        raise UserError(f"window must be ≥ 2 tokens (got {window})", fields="window")
     window = min(window or positions, positions)
     stride = max(1, window // 2) if stride is None else stride
     if not 1 <= stride <= window:
-        raise UserError(f"--stride must be between 1 and the window ({window}), got {stride}")
+        raise UserError(f"stride must be between 1 and the window ({window}), got {stride}", fields="stride")
     if "all-logits" in bundle.variants:
         session = open_session(bundle, backend=backend, variant="all-logits", threads=threads)
         logits_fn = _all_logits(session, bundle)
