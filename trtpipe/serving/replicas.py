@@ -139,7 +139,7 @@ class ReplicaSet:
     port: int
     haproxy: subprocess.Popen
     workdir: Path
-    timeout_s: float = 120.0
+    server_options: dict = field(default_factory=dict)  # start_server's timeout_s, drain_timeout_s (restarts)
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -221,7 +221,7 @@ class ReplicaSet:
             raise UserError(f"{self.names[index]} is running; kill({index}) it first")
         http_port, grpc_port = self.ports[index]
         self.servers[index] = start_server(
-            self.repositories, http_port=http_port, grpc_port=grpc_port, timeout_s=self.timeout_s
+            self.repositories, http_port=http_port, grpc_port=grpc_port, **self.server_options
         )
         return self.servers[index]
 
@@ -271,30 +271,32 @@ def start_replicas(
     timeout_s: float = 120.0,
     check_ms: int = CHECK_MS,
     keepalive: bool = False,
+    drain_timeout_s: int = 10,
 ) -> ReplicaSet:
     """Start `replicas` tritonservers for a repository (or several) and HAProxy in front of them on
     127.0.0.1:port (0: a free one); returns once HAProxy's health checks see every replica UP. keepalive: see
-    haproxy_config."""
+    haproxy_config; drain_timeout_s: each replica's, as start_server's."""
     if replicas < 1:
         raise UserError(f"replicas must be at least 1, not {replicas}", fields="replicas")
     binary = find_haproxy()
     repositories = [Path(r) for r in (repository if isinstance(repository, list) else [repository])]
+    options = {"timeout_s": timeout_s, "drain_timeout_s": drain_timeout_s}
     servers: list[TritonServer | None] = []
     try:
         with ThreadPoolExecutor(replicas) as pool:
-            futures = [pool.submit(start_server, repositories, timeout_s=timeout_s) for _ in range(replicas)]
+            futures = [pool.submit(start_server, repositories, **options) for _ in range(replicas)]
             for future in futures:
                 with contextlib.suppress(Exception):
                     servers.append(future.result())
             for future in futures:
                 future.result()  # the first failure, now that every started server is in `servers`
-        return _start_balancer(binary, repositories, servers, port, timeout_s, check_ms, keepalive)
+        return _start_balancer(binary, repositories, servers, port, options, check_ms, keepalive)
     except BaseException:
         _stop_all(servers)
         raise
 
 
-def _start_balancer(binary, repositories, servers, port, timeout_s, check_ms, keepalive) -> ReplicaSet:
+def _start_balancer(binary, repositories, servers, port, options, check_ms, keepalive) -> ReplicaSet:
     workdir = Path(tempfile.mkdtemp(prefix="trtpipe-haproxy-"))
     attempts = 3 if port == 0 else 1
     for attempt in range(attempts):
@@ -319,7 +321,7 @@ def _start_balancer(binary, repositories, servers, port, timeout_s, check_ms, ke
                 stdin=subprocess.DEVNULL,
             )
         ports = [(s.http_port, s.grpc_port) for s in servers]
-        replica_set = ReplicaSet(repositories, list(servers), ports, chosen, process, workdir, timeout_s)
+        replica_set = ReplicaSet(repositories, list(servers), ports, chosen, process, workdir, options)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
             with contextlib.suppress(OSError, IndexError, KeyError):
