@@ -31,8 +31,8 @@ def import_openvino():
 
 def compile_config(threads: int | None = None, performance: str = "LATENCY") -> dict:
     """The CPU plugin's settings. f32 always: on a bf16-capable CPU OpenVINO's default is bf16 (about 3e-2 off on
-    fp32 hidden states), and an f16 hint becomes bf16 on CPUs without fp16 arithmetic. The variant's own weights
-    (fp16, int8, int4) and quantized ops still run as the graph says."""
+    fp32 hidden states), and an f16 hint becomes bf16 on CPUs without fp16 arithmetic, so an fp16 variant computes
+    in f32 too. Quantized ops (QDQ, DynamicQuantizeLinear, MatMulNBits) still run in int8 / int4 as the graph says."""
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": performance}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
