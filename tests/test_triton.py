@@ -625,6 +625,36 @@ def test_python_model_frees_a_cancelled_slot_and_bounds_its_queue(python_model, 
     assert engine.thread is not None and not engine.thread.is_alive() and engine.busy == 0
 
 
+def test_a_short_row_that_ends_before_the_next_is_submitted_waits_for_it(python_model, tmp_path, gpt2):
+    """A request of two rows whose first ends while the second is still being submitted (a busy machine): its one
+    response still carries both rows (it used to close with the first row alone)."""
+    repo = tmp_path / "repo"
+    write_repository([f"gen={gpt2}"], repo, RepoOptions())
+    model = _instance(python_model, repo, "gen")
+    engine = model.generation.engine
+    submit, calls = engine.submit, []
+
+    def slow_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            time.sleep(0.5)  # the first row (one token) is done by now
+        return submit(*args, **kwargs)
+
+    engine.submit = slow_second
+    try:
+        request = FakeRequest(text=_texts(*PROMPTS[:2]), max_new_tokens=np.array([[1], [3]], np.int32))
+        model.execute([request])
+        _finished(request.sender)
+        ((response, _),) = request.sender.sent
+        ids = response.outputs["ids"]
+        generator = Generator(gpt2)
+        assert ids.shape == (2, 3)
+        assert ids[0].tolist() == generator.generate(PROMPTS[0], max_new_tokens=1)[0].ids + [-1, -1]
+        assert ids[1].tolist() == generator.generate(PROMPTS[1], max_new_tokens=3)[0].ids
+    finally:
+        model.finalize()
+
+
 def test_python_model_refuses_new_requests_once_draining_and_cuts_off_what_runs(
     python_model, tmp_path, monkeypatch, long_gpt2, classify
 ):

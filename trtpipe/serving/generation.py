@@ -92,7 +92,7 @@ def completion_response(rows: list[Request]):
     )
 
 
-@dataclass
+@dataclass(eq=False)  # a row is itself (Reply compares rows by identity), never equal to another by value
 class AloneRow:
     """A row generated outside the engine (GPU runtimes, ov), with what `Reply` reads of an engine request."""
 
@@ -116,10 +116,16 @@ class Reply:
         self.lock = threading.Lock()
         self.closed = False
 
+    def expect(self, rows: int) -> None:
+        """Count the request's rows before the first is submitted: a short row that finishes while the next one
+        is still being submitted must not close the reply early (with only its own row)."""
+        with self.lock:
+            self.left += rows
+
     def add(self, row: Request) -> None:
         with self.lock:
-            self.rows.append(row)
-            self.left += 1
+            if row not in self.rows:  # the row's own end may have added it already (see listener)
+                self.rows.append(row)
 
     def listener(self, row: Request, token: Token | None) -> None:
         """Called from the engine thread for each token of a row, and once more (token None) when a row ends
@@ -136,6 +142,8 @@ class Reply:
                 f"trtpipe: a request was cancelled by its client after {len(row.tokens)} tokens; its slot is free"
             )
         with self.lock:
+            if row not in self.rows:  # it ended before `add`: every row before it is in already
+                self.rows.append(row)
             self.left -= 1
             last = self.left == 0 and not self.closed
             self.closed = self.closed or last
@@ -249,6 +257,7 @@ class GenerationModel:
             except UserError as exc:
                 reply.fail(exc)
                 continue
+            reply.expect(len(items))
             if self.engine is None:
                 self._run_alone(items, reply)
                 continue
