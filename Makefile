@@ -59,8 +59,9 @@ parity: $(STAMP) ## re-run parity on every bundle in bundles/
 bench: $(STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈15 min on 2 cores, after make optimize)
 	$(PY) bench/run_all.py
 
-bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak → docs/benchmarks.md (≈ 45 min); bench/serve_profile.py shows what bounds it
+bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak + 1-3 replicas behind HAProxy → docs/benchmarks.md (≈ 50 min); bench/serve_profile.py shows what bounds it
 	$(PY) bench/serve_load.py --soak-minutes 10
+	$(PY) bench/serve_replicas.py
 
 test: $(STAMP) ## run the test suite (CPU; GPU tests are skipped without a GPU)
 	$(PY) -m pytest -q -x --durations=15
