@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+OV_GENAI := .venv-ov-genai
+OV_GENAI_STAMP := $(OV_GENAI)/.installed
 BUNDLES ?= bundles
 TORCH_VERSION ?= 2.13.0
 EXTRAS ?= cpu,export,rtx,ov,bench,triton,dev
@@ -14,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help install haproxy install-gpu demo-models export optimize engines parity bench bench-serve test slow lint format clean
+.PHONY: help install haproxy install-gpu demo-models export optimize engines parity bench bench-peers bench-serve test slow lint format clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -56,7 +58,20 @@ engines: $(STAMP) ## build TensorRT engines for the default bundles (TensorRT-RT
 parity: $(STAMP) ## re-run parity on every bundle in bundles/
 	for b in $(BUNDLES)/*/; do $(PY) cli.py parity $$b || exit 1; done
 
-bench: $(STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈15 min on 2 cores, after make optimize)
+$(OV_GENAI_STAMP): bench/requirements-ov-genai.txt
+	test -x $(OV_GENAI)/bin/python || $(PYTHON) -m venv $(OV_GENAI)
+	$(OV_GENAI)/bin/pip install -q --upgrade pip
+	# torch first, pinned to the CPU wheel, and held there by a constraint (optimum-intel asks for any torch)
+	$(OV_GENAI)/bin/pip install -q torch==$(TORCH_VERSION)
+	echo "torch==$(TORCH_VERSION)" > $(OV_GENAI)/constraints.txt
+	$(OV_GENAI)/bin/pip install -q -c $(OV_GENAI)/constraints.txt -r bench/requirements-ov-genai.txt
+	# optimum-intel pulls torchvision; its ops do not load beside this torch and nothing here needs it
+	$(OV_GENAI)/bin/pip uninstall -q -y torchvision torchaudio
+	touch $(OV_GENAI_STAMP)
+
+bench-peers: $(OV_GENAI_STAMP) ## the OpenVINO GenAI peer's own venv (.venv-ov-genai: optimum-intel, openvino-genai; never the runtime's)
+
+bench: $(STAMP) $(OV_GENAI_STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈27 min on 2 cores, after make optimize; bench/openvino.py ≈12 of them)
 	$(PY) bench/run_all.py
 
 bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak + 1-3 replicas behind HAProxy → docs/benchmarks.md (≈ 50 min); bench/serve_profile.py shows what bounds it
