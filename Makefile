@@ -71,7 +71,7 @@ $(OV_GENAI_STAMP): bench/requirements-ov-genai.txt
 
 bench-peers: $(OV_GENAI_STAMP) ## the OpenVINO GenAI peer's own venv (.venv-ov-genai: optimum-intel, openvino-genai; never the runtime's)
 
-bench: $(STAMP) $(OV_GENAI_STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈27 min on 2 cores, after make optimize; bench/openvino.py ≈12 of them)
+bench: $(STAMP) $(OV_GENAI_STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈27 min on 2 cores, after make optimize; bench/openvino_peers.py ≈12 of them)
 	$(PY) bench/run_all.py
 
 bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak + 1-3 replicas behind HAProxy → docs/benchmarks.md (≈ 50 min); bench/serve_profile.py shows what bounds it

@@ -11,7 +11,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "decode.py",
     "optimize.py",
-    "openvino.py",  # the OpenVINO peers (nncf in .venv; openvino-genai in .venv-ov-genai: `make bench-peers`)
+    "openvino_peers.py",  # the OpenVINO peers (nncf in .venv; openvino-genai in .venv-ov-genai: `make bench-peers`)
     "workload.py",
     "compare.py",
     "families.py",

@@ -1,4 +1,4 @@
-"""The OpenVINO peers of bench/openvino.py: plain OpenVINO on the bundle's model.onnx, NNCF int8, the MatMul counts
+"""The OpenVINO peers of bench/openvino_peers.py: plain OpenVINO on the bundle's model.onnx, NNCF int8, the MatMul counts
 the section prints, and the openvino-genai worker's protocol (its venv is bench-only: the protocol is tested with
 this interpreter: a command that fails is answered with an error line, never a crash)."""
 

@@ -1,4 +1,4 @@
-"""The OpenVINO peers, measured beside trtpipe in one run (bench/openvino.py):
+"""The OpenVINO peers, measured beside trtpipe in one run (bench/openvino_peers.py):
 
 - encoders: OpenVINO's runtime called directly on the bundle's own model.onnx (`Core.read_model` +
   `compile_model`, at f32 or at its default precision, bf16 on a bf16 CPU), and OpenVINO + NNCF int8

@@ -13,27 +13,19 @@
 openvino-genai and optimum-intel run in their own venv (.venv-ov-genai, `make bench-peers`), in a worker process
 this script drives one command at a time. Writes the `openvino` section of docs/benchmarks.md.
 
-    python bench/openvino.py [--only encoders|gpt2|batch] [--rounds 5] [--no-write]
+    python bench/openvino_peers.py [--only encoders|gpt2|batch] [--rounds 5] [--no-write]
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import functools
+import json
+import os
+import time
 
-# This file is bench/openvino.py: with bench/ first on sys.path, `import openvino` (here, in nncf, in trtpipe's
-# ov backend) would import this script. bench/ goes last, so `common` and `optimize` are still found.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-from common import REPORTS, ROOT, ensure_bundle, ensure_variant, mark, write_section  # noqa: E402
+import numpy as np
+from common import REPORTS, ROOT, ensure_bundle, ensure_variant, mark, write_section
 
 SEQ = 128
 NEW_TOKENS = 64
