@@ -197,13 +197,17 @@ def main() -> int:
     print("# the serve_load mix at concurrency 1 and 8", flush=True)
     mix = [mix_profile(gpt2, 2, c, args.requests) for c in (1, 8)]
     print("# encoders", flush=True)
-    enc = {
-        name: encoder_profile(ensure_bundle(preset, task), 2, 128, args.repeat)
-        for name, preset, task in (
-            ("minilm-embed", "minilm", "embed"),
-            ("demo-bert-classify", "demo-bert-classify", "classify"),
-        )
-    }
+    from trtpipe.runtime import UserError
+
+    enc = {}
+    for name, preset, task in (
+        ("minilm-embed", "minilm", "embed"),
+        ("demo-bert-classify", "demo-bert-classify", "classify"),
+    ):
+        try:
+            enc[name] = encoder_profile(ensure_bundle(preset, task), 2, 128, args.repeat)
+        except UserError as exc:  # a demo model not trained on this machine: said, not faked
+            print(f"{name}: not measured ({exc})", flush=True)
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / "serve-profile.json").write_text(
         json.dumps({"decoder": dec, "mix": mix, "encoders": enc}, indent=2)
@@ -243,14 +247,20 @@ def render(dec: dict, mix: list[dict], enc: dict) -> str:
         return new / (prompt / prefill_rate + new * step[rows] / rows)
 
     roofs = dec["roofs"]
+    # a roof is the fastest any engine reaches here, ours included: our prefill or our decode's weight reads can
+    # pass a 2048³ GEMM or a numpy sum
+    ours_flops = dec["prefill"]["gflops"] * 1e9
+    ours_bw = max(r["weight_gbs"] for r in dec["decode"]) * 1e9
+    flops_roof = max(roofs["fp32_flops"], ours_flops)
+    bw_roof = max(roofs["bandwidth"], ours_bw)
+    flops_by = "our own prefill" if ours_flops > roofs["fp32_flops"] else roofs["fp32"]
+    bw_by = "our own 1-row decode step" if ours_bw > roofs["bandwidth"] else "a 2-thread numpy sum"
 
     def physical(rows: int) -> float:
         """The same request at the machine's roofs: prompt FLOPs at the compute roof, and each decode step of
         `rows` rows bounded by reading the weights once (bandwidth) or by its FLOPs, whichever is longer."""
-        prefill_s = prompt * dec["prefill_flops_per_token"] / roofs["fp32_flops"]
-        step_s = max(
-            dec["weights_mb"] * 1e6 / roofs["bandwidth"], rows * dec["flops_per_token"] / roofs["fp32_flops"]
-        )
+        prefill_s = prompt * dec["prefill_flops_per_token"] / flops_roof
+        step_s = max(dec["weights_mb"] * 1e6 / bw_roof, rows * dec["flops_per_token"] / flops_roof)
         return new / (prefill_s + new * step_s / rows)
 
     lines += [
@@ -272,7 +282,9 @@ def render(dec: dict, mix: list[dict], enc: dict) -> str:
         )
     lines += [
         "",
-        f"Roofs measured in the same run: {roofs['fp32']}; DRAM read {roofs['bandwidth'] / 1e9:.1f} GB/s. "
+        f"Roofs measured in the same run: compute {flops_roof / 1e9:.0f} GFLOP/s, set by {flops_by} (the GEMMs: "
+        f"{roofs['fp32']}); weight reads {bw_roof / 1e9:.1f} GB/s, set by {bw_by} (the sum: "
+        f"{roofs['bandwidth'] / 1e9:.1f} GB/s). "
         f"The ceiling column is ONNX Runtime's (our own prefill at {roof:.0f} GFLOP/s, our own decode steps); the "
         f"physical ceiling is the machine's, and at 16 rows it is {physical(16):.0f} tokens/s = "
         f"{physical(16) / ceiling(16):.1f}× ours: what a faster engine could reach on these cores, not a bound on "
@@ -280,11 +292,11 @@ def render(dec: dict, mix: list[dict], enc: dict) -> str:
         "",
         f"Ceiling at 16 rows: {ceiling(16):.0f} tokens/s = {ceiling(16) / one['tokens_per_s']:.1f}× concurrency 1. "
         f"A request's {prompt:.0f}-token prompt costs {prompt / prefill_rate * 1000:.0f} ms at our prefill rate "
-        f"({roof:.0f} GFLOP/s, {roof * 1e9 / roofs['fp32_flops']:.0%} of the compute roof) whatever the scheduler "
+        f"({roof:.0f} GFLOP/s, {roof * 1e9 / flops_roof:.0%} of the compute roof) whatever the scheduler "
         f"does, and a decode step of 8 rows takes {step[8] / step[1]:.2f}× the time of 1 row (small-M GEMMs reach "
         f"{dec['decode'][3]['gflops']:.0f} GFLOP/s and {dec['decode'][3]['weight_gbs']:.0f} GB/s: "
-        f"{dec['decode'][3]['gflops'] * 1e9 / roofs['fp32_flops']:.0%} of the compute roof and "
-        f"{dec['decode'][3]['weight_gbs'] * 1e9 / roofs['bandwidth']:.0%} of the bandwidth roof).",
+        f"{dec['decode'][3]['gflops'] * 1e9 / flops_roof:.0%} of the compute roof and "
+        f"{dec['decode'][3]['weight_gbs'] * 1e9 / bw_roof:.0%} of the bandwidth roof).",
         "",
         f"TPOT floor at concurrency 8: every step decodes 8 rows ({step[8] * 1000:.1f} ms) and prefills the prompt "
         f"tokens those 8 requests bring per generated token ({8 * prompt / new:.1f} tokens, "
