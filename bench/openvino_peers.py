@@ -600,10 +600,12 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
         "|---|---|---|---|---|",
     ]
     targets = []
-    for fmt, variant in GENAI_FORMATS:
+
+    def ratio_cells(ours_variant: str, peer_variant: str) -> list[str]:
+        """TTFT and TPOT ratios (peer ms ÷ ours) at prompts 32 and 512, or "not measured" where a row is missing."""
         cells = []
         for p in (32, 512):
-            ours, peer = by.get(("ours", variant, p)), by.get(("ov-genai", variant, p))
+            ours, peer = by.get(("ours", ours_variant, p)), by.get(("ov-genai", peer_variant, p))
             if ours is None or peer is None or ours.error or peer.error:
                 cells += ["not measured", "not measured"]
                 continue
@@ -611,17 +613,13 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
                 f"{peer.ttft['p50_ms'] / ours.ttft['p50_ms']:.2f}×",
                 f"{peer.tpot['p50_ms'] / ours.tpot['p50_ms']:.2f}×",
             ]
-        lines.append(f"| openvino-genai {fmt} vs trtpipe {variant} | {' | '.join(cells)} |")
-    cells = []
-    for p in (32, 512):
-        ours, peer = by.get(("ours", "int4", p)), by.get(("ov-genai", "int4 (defaults)", p))
-        if ours is None or peer is None or ours.error or peer.error:
-            cells += ["not measured", "not measured"]
-            continue
-        cells += [
-            f"{peer.ttft['p50_ms'] / ours.ttft['p50_ms']:.2f}×",
-            f"{peer.tpot['p50_ms'] / ours.tpot['p50_ms']:.2f}×",
-        ]
+        return cells
+
+    for fmt, variant in GENAI_FORMATS:
+        lines.append(
+            f"| openvino-genai {fmt} vs trtpipe {variant} | {' | '.join(ratio_cells(variant, variant))} |"
+        )
+    cells = ratio_cells("int4", "int4 (defaults)")
     lines.append(
         f"| openvino-genai int4 at OpenVINO's defaults ({default}, {kv_default} KV) vs trtpipe int4 | {' | '.join(cells)} |"
     )
