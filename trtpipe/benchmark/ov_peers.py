@@ -218,29 +218,30 @@ def ir_weight_bytes(folder: Path) -> int:
 
 
 class GenaiWorker:
-    """The worker process in .venv-ov-genai: one JSON command per line, one answer per line."""
+    """A peer's worker process in its own venv (by default .venv-ov-genai's ov_genai_worker.py; the llama.cpp peer
+    passes its own): one JSON command per line, one answer per line."""
 
-    def __init__(self):
+    peer = "openvino-genai"
+
+    def __init__(self, python: Path | None = None, script: Path | None = None, env: dict | None = None):
         self.process = subprocess.Popen(
-            [str(genai_python()), str(WORKER)],
+            [str(python or genai_python()), str(script or WORKER)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
         )
         self.versions = self.ask(op="info")
 
     def ask(self, **command) -> dict:
         if self.process.poll() is not None:
-            raise UserError(f"the openvino-genai worker exited ({self.process.returncode})")
+            raise UserError(f"the {self.peer} worker exited ({self.process.returncode})")
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
-            raise UserError(
-                f"the openvino-genai worker exited ({self.process.wait()}) during {command['op']}"
-            )
+            raise UserError(f"the {self.peer} worker exited ({self.process.wait()}) during {command['op']}")
         answer = json.loads(line)
         if not answer.pop("ok"):
             raise UserError(answer["error"])
