@@ -141,6 +141,20 @@ def test_int8_dynamic_quantises_weight_matmuls_only(optimized, preset):
     assert quantized >= weight_matmuls - entry["report"]["counts"]["fp32"]  # every layer, shared ones too
 
 
+@pytest.mark.parametrize("precision", ["int8", "int8-qdq"])
+def test_int8_weights_use_seven_bits_so_avx2_cpus_do_not_saturate(optimized, precision):
+    """Without VNNI, ONNX Runtime's u8 × s8 kernels add product pairs in 16 bits with saturation: full-range int8
+    weights overflowed them (tiny ModernBERT's int8 fell to 0.953 min cosine on an AVX2 EPYC). Every int8 weight of
+    every bundle is in [-64, 63], wherever the bundle was built (int8-nncf: NNCF's overflow fix, in its recipe)."""
+    model = onnx.load(str(Bundle.load(optimized["tiny-bert"]).model_path(precision)))
+    weights = [
+        numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8
+    ]
+    weights = [w for w in weights if w.size > 64]  # weights, not zero points
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
+    assert all(int(np.abs(w.astype(np.int16)).max()) >= 48 for w in weights)  # 7 bits used, not fewer
+
+
 @pytest.mark.parametrize("preset", [p for p, _ in FAMILIES])
 def test_int8_qdq_is_symmetric_per_channel(optimized, preset):
     model, ops = _ops(optimized[preset], "int8-qdq")
@@ -503,11 +517,12 @@ def test_shared_weights_are_measured_and_the_one_carrying_the_error_goes_fp32_al
     assert len(groups[target]) == bundle.model["num_layers"] > 1  # every layer reads it
     init = next(i for i in model.graph.initializer if i.name == target)
     w = numpy_helper.to_array(init).copy()
-    w[0, :] = 300 * np.abs(w).max() * np.sign(w[0, :])
+    w[0, :] = 30 * np.abs(w).max() * np.sign(w[0, :])
     init.CopyFrom(numpy_helper.from_array(w, target))
     feeds = calibration_feeds(bundle, read_texts(None, 8, "train"), batch=4)
     reference = _outputs(model, feeds)
-    passes = lambda q: drift(reference, _outputs(q, feeds)) < 0.08  # noqa: E731
+    # measured with 7-bit weights: every weight per channel drifts 0.23, the shared query weight kept fp32 0.12
+    passes = lambda q: drift(reference, _outputs(q, feeds)) < 0.16  # noqa: E731
     _, plan, report = quantize_dynamic_gated(model, feeds, passes, measure=True)
     assert report["errors_from"] == "measured" and report["errors_top"][0][0] == groups[target][0]
     fp32 = {n for n, scheme in plan.items() if scheme == "fp32"}
