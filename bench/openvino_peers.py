@@ -73,6 +73,7 @@ def encoder_specs(bundle, threads: int, calibration: list[dict], default: str) -
         ("ort-int8", "trtpipe ort-cpu int8", "int8 weights, dynamic int8 activations", lambda: OursRow(bundle, "ort-cpu", "int8", threads)),
         ("ov-fp32", "trtpipe ov fp32", "f32", lambda: OursRow(bundle, "ov", None, threads)),
         ("ov-int8-qdq", "trtpipe ov int8-qdq", "int8 static QDQ, f32 elsewhere", lambda: OursRow(bundle, "ov", "int8-qdq", threads)),
+        ("ov-int8-nncf", "trtpipe ov int8-nncf", "int8 static QDQ (NNCF's recipe), f32 elsewhere", lambda: OursRow(bundle, "ov", "int8-nncf", threads)),
         ("peer-f32", f"{plain} (f32)", "f32", lambda: OvPeerRow(onnx, threads, "f32", f"{plain} (f32)", "f32")),
         ("peer-default", f"{plain} (its default: {default})", default, lambda: OvPeerRow(onnx, threads, None, f"{plain} (default)", default)),
         ("nncf-f32", "OpenVINO + NNCF int8 (f32 elsewhere)", "int8 (NNCF), f32 elsewhere", nncf_row("f32", "OpenVINO + NNCF int8 (f32)", "int8")),
@@ -149,8 +150,8 @@ def label_agreement(built: dict, reference: str, feeds: list[dict]) -> dict:
     return out
 
 
-LOSSY = ("ort-int8", "ov-int8-qdq", "peer-default", "nncf-f32", "nncf-default")
-INT8 = ("ort-int8", "ov-int8-qdq")
+LOSSY = ("ort-int8", "ov-int8-qdq", "ov-int8-nncf", "peer-default", "nncf-f32", "nncf-default")
+INT8 = ("ort-int8", "ov-int8-qdq", "ov-int8-nncf")
 NNCF = ("nncf-f32", "nncf-default")
 
 
@@ -234,7 +235,7 @@ def encoders(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     targets, raw = [], {}
     for preset, task, iters_b8 in (("minilm", "embed", 4), ("bert-base", "classify", 2)):
         path = ensure_bundle(preset, task)
-        for precision in ("int8", "int8-qdq"):
+        for precision in ("int8", "int8-qdq", "int8-nncf"):
             ensure_variant(path, precision)
         bundle = Bundle.load(path)
         calibration = calibration_feeds(
@@ -282,8 +283,12 @@ def encoders(threads: int, rounds: int) -> tuple[list[str], list, dict]:
             "ort-int8": f"{plan.get('per-tensor', 0) + plan.get('per-channel', 0)} weight MatMuls int8 "
             f"(dynamic activation scales), {plan.get('fp32', 0)} weights kept fp32",
             "ov-int8-qdq": f"{qdq['int8']} MatMuls int8 (static activation scales), {qdq['float']} float",
+            "ov-int8-nncf": nncf_variant_text(bundle),
         }
-        ours_text = f"our int8: {ours['ort-int8']}; our int8-qdq: {ours['ov-int8-qdq']}"
+        ours_text = (
+            f"our int8: {ours['ort-int8']}; our int8-qdq: {ours['ov-int8-qdq']}; "
+            f"our int8-nncf: {ours['ov-int8-nncf']}"
+        )
         lines += [
             "",
             f"**{title}** — {nncf_text}; {ours_text}.",
@@ -405,6 +410,19 @@ def fp32_reason(built: dict, t: dict, best: str, r: float) -> str:
         f"{peer['p50_ms']:.2f} ms"
         if "ov-fp32" in t
         else f"OpenVINO's f32 kernels are {gap:.0%} faster than ONNX Runtime's on this graph"
+    )
+
+
+def nncf_variant_text(bundle) -> str:
+    """What the bundle's int8-nncf variant quantised, and how many weights our search kept float."""
+    entry = bundle.variants.get("int8-nncf")
+    if not entry:
+        return "not made"
+    r = entry["report"]
+    return (
+        f"{r['int8_weight_matmuls']} weight MatMuls and {r['int8_activation_matmuls']} activation × activation "
+        f"MatMuls int8, {r['float_matmuls']} float ({len(r['fp32_nodes'])} kept float by our search, "
+        f"{len(r['plans_tried'])} plan(s) tried)"
     )
 
 

@@ -93,7 +93,7 @@ def nncf_int8(bundle: Bundle, calibration: list[dict]) -> tuple[Path, dict]:
         try:
             import nncf
         except ImportError:
-            raise UserError("the NNCF peer needs nncf: pip install trtpipe[bench]") from None
+            raise UserError("the NNCF peer needs nncf: pip install 'trtpipe[export]'") from None
         started = time.perf_counter()
         model = ov.Core().read_model(str(bundle.model_path("fp32")))
         quantized = nncf.quantize(

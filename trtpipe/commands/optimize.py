@@ -14,7 +14,7 @@ from ._common import BundleArg, JsonOpt, QuietOpt, command, print_json
 def optimize_cmd(
     bundle: BundleArg,
     precision: Annotated[
-        str, typer.Option("--precision", help="fused | fp16 | int8 | int8-qdq | int8-wo | int4")
+        str, typer.Option("--precision", help="fused | fp16 | int8 | int8-qdq | int8-nncf (OpenVINO, encoders) | int8-wo | int4")
     ],
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="UTF-8 file, one calibration text per line")

@@ -22,7 +22,7 @@ from ..runtime.bundle import Bundle
 from ..runtime.ort import OrtSession
 from ..runtime.text import TextEncoder
 
-LOSSY_INT = ("int8", "int8-qdq", "int8-wo", "int4")
+LOSSY_INT = ("int8", "int8-qdq", "int8-nncf", "int8-wo", "int4")
 
 
 @dataclass
@@ -143,8 +143,21 @@ def gate_texts(n: int = 64, path: str | Path | None = None) -> list[str]:
     return lines[:n]
 
 
-def _open(path: Path, bundle: Bundle, specs: list | None = None, threads: int | None = None) -> OrtSession:
-    return OrtSession(path, specs=specs or bundle.manifest["inputs"], limits=bundle.limits, threads=threads)
+def _open(
+    path: Path,
+    bundle: Bundle,
+    specs: list | None = None,
+    threads: int | None = None,
+    backend: str = "ort-cpu",
+):
+    """A session on `path`: ONNX Runtime's CPU provider, or OpenVINO (`ov`) for a variant made for it."""
+    specs = specs or bundle.manifest["inputs"]
+    if backend == "ov":
+        from ..runtime.ov import OvSession
+
+        outputs = [o["name"] for o in bundle.manifest.get("outputs", [])]
+        return OvSession(path, threads=threads, specs=specs, limits=bundle.limits, outputs=outputs)
+    return OrtSession(path, specs=specs, limits=bundle.limits, threads=threads)
 
 
 # ------------------------------------------------------------------------------------------------- encoders
@@ -318,16 +331,18 @@ def evaluate(
     texts: list[str] | None = None,
     candidate_specs: list | None = None,
     search: bool = False,
+    backend: str = "ort-cpu",
 ) -> GateResult:
     """Compare a candidate ONNX file with the bundle's fp32 variant on held-out text (or, with search=True, a
-    search's candidate on calibration text, by `search_thresholds`)."""
+    search's candidate on calibration text, by `search_thresholds`). The candidate runs on `backend` (encoders:
+    `ov` for a variant made for OpenVINO); the reference is always fp32 on ONNX Runtime."""
     texts = texts or gate_texts(bundle.kind.gate_texts)
     reference_path = bundle.model_path("fp32")
     if bundle.is_decoder:
         metrics = _decoder_metrics(bundle, reference_path, candidate_path, texts, candidate_specs)
     else:
         reference = _open(reference_path, bundle)
-        candidate = _open(candidate_path, bundle, candidate_specs)
+        candidate = _open(candidate_path, bundle, candidate_specs, backend=backend)
         metrics = _encoder_metrics(bundle, reference, candidate, encoder_batches(bundle, texts), precision)
     limits = (search_thresholds if search else thresholds)(bundle.task, precision)
     return GateResult(precision, metrics, limits, len(texts), corpus.fingerprint(texts))

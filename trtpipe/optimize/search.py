@@ -14,7 +14,9 @@ from ..runtime.store import temp_name
 from . import gate
 
 
-def calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str], headroom: float = 0.0):
+def calibration_gate(
+    bundle: Bundle, precision: str, calib_texts: list[str], headroom: float = 0.0, backend: str = "ort-cpu"
+):
     """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text), by
     gate.search_thresholds, with `headroom` (GateResult.passed_with_headroom) for searches whose rungs are coarse."""
     texts = calib_texts[: bundle.kind.qdq_calibration_texts]
@@ -25,7 +27,7 @@ def calibration_gate(bundle: Bundle, precision: str, calib_texts: list[str], hea
         )  # a killed run leaves a .tmp- file the next writer removes
         try:
             graph.save_onnx(candidate, path)
-            result = gate.evaluate(bundle, path, precision, texts, search=True)
+            result = gate.evaluate(bundle, path, precision, texts, search=True, backend=backend)
             return result.passed_with_headroom(headroom)
         finally:
             path.unlink(missing_ok=True)

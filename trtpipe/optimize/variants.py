@@ -1,7 +1,8 @@
 """Stage 2: bundle → bundle. Adds one variant (never overwrites the source), gated by accuracy where lossy.
 
-fp16, int8-qdq, int8, int8-wo and int4 are made from the unfused fp32 export, so TensorRT and peer runtimes can load
-them; fused, int8, int8-wo and int4 run on ONNX Runtime only. GPT-2 weight variants also get an in-place-KV twin
+fp16, int8-qdq, int8, int8-nncf, int8-wo and int4 are made from the unfused fp32 export, so TensorRT and peer
+runtimes can load them; fused, int8, int8-wo and int4 run on ONNX Runtime (and OpenVINO) only; int8-nncf is NNCF's
+static int8 for the `ov` backend (nncf_int8.py), gated on OpenVINO. GPT-2 weight variants also get an in-place-KV twin
 (`<precision>.kv-inplace`) that the runtime uses on the CPU.
 """
 
@@ -22,9 +23,11 @@ from . import gate
 from .search import calibration_gate, weight_only_gated
 from .twins import kv_inplace_twin, twin_agreement
 
-PRECISIONS = ("fused", "fp16", "int8", "int8-qdq", "int8-wo", "int4")
+PRECISIONS = ("fused", "fp16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4")
 FILES = {p: f"model.{p}.onnx" for p in PRECISIONS}
-ORT_ONLY = {"fused", "int8", "int8-wo", "int4"}
+ORT_ONLY = {"fused", "int8", "int8-nncf", "int8-wo", "int4"}  # not for TensorRT; OpenVINO runs them all
+# The backend a variant is made for runs its gate: int8-nncf's Q/DQ become OpenVINO's own int8 kernels.
+GATE_BACKEND = {"int8-nncf": "ov"}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -96,6 +99,10 @@ def optimize_bundle(
     if block_size not in (16, 32, 64, 128, 256):
         raise UserError(f"--block-size must be 16, 32, 64, 128 or 256 (got {block_size})")
     bundle = Bundle.load(bundle_path)
+    if precision == "int8-nncf" and bundle.is_decoder:
+        raise UserError(
+            "int8-nncf is static int8 for encoders; for GPT-2 use --precision int8-wo or int4 (weight-only)"
+        )
     carried = recorded_plan(plan_from, precision) if plan_from is not None else None
     if precision in bundle.variants and not overwrite:
         raise UserError(f"{bundle.path} already has the {precision} variant; pass --overwrite to rebuild it")
@@ -201,8 +208,9 @@ def _optimize_locked(
             )
         result = None
         if precision != "fused":
-            with status(f"gate: {precision} vs fp32 on {len(held_out)} held-out texts"):
-                result = gate.evaluate(locked, tmp, precision, held_out)
+            backend = GATE_BACKEND.get(precision, "ort-cpu")
+            with status(f"gate: {precision} ({backend}) vs fp32 on {len(held_out)} held-out texts"):
+                result = gate.evaluate(locked, tmp, precision, held_out, backend=backend)
         else:
             with status("checking the fused graph against fp32"):
                 result = gate.evaluate(locked, tmp, "fp16", held_out)  # fusion is exact up to fp32 reordering
@@ -218,7 +226,7 @@ def _optimize_locked(
             "ort_only": precision in ORT_ONLY,
             "tools": tool_versions(),
             "report": report,
-            "gate": result.to_dict(forced=force),
+            "gate": {**result.to_dict(forced=force), "backend": GATE_BACKEND.get(precision, "ort-cpu")},
             "parity": {},
             "graph": {"nodes": len(model.graph.node), "initializer_bytes": graph.initializer_bytes(model)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -293,6 +301,13 @@ def _build(
 
         model, report = quantize_qdq_gated(
             source, feeds, method, calibration_gate(bundle, "int8-qdq", calib_texts)
+        )
+        return model, report, plan
+    if precision == "int8-nncf":
+        from .nncf_int8 import quantize_nncf_gated
+
+        model, report = quantize_nncf_gated(
+            source, feeds, calibration_gate(bundle, "int8-nncf", calib_texts, backend="ov")
         )
         return model, report, plan
     if precision in ("int8-wo", "int4"):
