@@ -141,18 +141,23 @@ def test_int8_dynamic_quantises_weight_matmuls_only(optimized, preset):
     assert quantized >= weight_matmuls - entry["report"]["counts"]["fp32"]  # every layer, shared ones too
 
 
-@pytest.mark.parametrize("precision", ["int8", "int8-qdq"])
-def test_int8_weights_use_seven_bits_so_avx2_cpus_do_not_saturate(optimized, precision):
-    """Without VNNI, ONNX Runtime's u8 × s8 kernels add product pairs in 16 bits with saturation: full-range int8
-    weights overflowed them (tiny ModernBERT's int8 fell to 0.953 min cosine on an AVX2 EPYC). Every int8 weight of
-    every bundle is in [-64, 63], wherever the bundle was built (int8-nncf: NNCF's overflow fix, in its recipe)."""
-    model = onnx.load(str(Bundle.load(optimized["tiny-bert"]).model_path(precision)))
-    weights = [
-        numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8
-    ]
-    weights = [w for w in weights if w.size > 64]  # weights, not zero points
-    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
-    assert all(int(np.abs(w.astype(np.int16)).max()) >= 48 for w in weights)  # 7 bits used, not fewer
+def test_int8_weights_cannot_saturate_avx2_kernels(optimized):
+    """Without VNNI, ONNX Runtime's u8 × s8 kernels add product pairs in 16 bits with saturation: full-range s8
+    weights overflowed them (MiniLM's dynamic int8 fell to 0.959 / 0.922 cosine on an AVX2 EPYC). Dynamic int8 stores
+    u8 weights (u8 × u8 kernels); int8-qdq keeps its s8 weights in [-64, 63] — wherever the bundle was built."""
+    bundle = Bundle.load(optimized["tiny-bert"])
+
+    def quantized(precision, dtype):
+        model = onnx.load(str(bundle.model_path(precision)))
+        arrays = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == dtype]
+        return [a for a in arrays if a.size > 64]  # weights, not scales or zero points
+
+    dynamic = quantized("int8", onnx.TensorProto.UINT8)
+    assert dynamic and not quantized("int8", onnx.TensorProto.INT8)
+    assert max(int(a.max()) - int(a.min()) for a in dynamic) > 200  # the full 8 bits, asymmetric
+    static = quantized("int8-qdq", onnx.TensorProto.INT8)
+    assert static and max(int(np.abs(a.astype(np.int16)).max()) for a in static) <= 64
+    assert all(int(np.abs(a.astype(np.int16)).max()) >= 48 for a in static)  # 7 bits used, not fewer
 
 
 @pytest.mark.parametrize("preset", [p for p, _ in FAMILIES])
@@ -503,10 +508,12 @@ def test_climb_tries_per_channel_then_fp32_most_sensitive_first_up_to_half_the_w
     assert steps[1] == {w: "per-channel" if w == "w39" else "per-tensor" for w in many}
 
 
-def test_shared_weights_are_measured_and_the_one_carrying_the_error_goes_fp32_alone(make_bundle):
+def test_shared_weights_are_measured_and_the_one_carrying_the_error_goes_fp32_first(make_bundle):
     """A tiny ALBERT's shared query weight gets one outlier row, which wrecks its int8 rounding per tensor and per
-    channel alike: the search measures each shared weight, finds it, tries per-channel first (in vain), and stops at
-    the first plan that keeps it — and only it — fp32."""
+    channel alike: the search measures each shared weight, finds it first, tries per-channel (in vain), and stops at
+    the first fp32 step that passes — one or two weights, every layer's query among them, one fp32 copy. The outlier
+    also sharpens the attention, so the next weight's rounding (the embedding mapping) can count too; measured on
+    this bundle with u8 weights: drift 0.29 all per-channel, 0.26 with only the query fp32, 0.063 with both."""
     from trtpipe.optimize.int8_plan import _outputs, drift, quantize_dynamic_gated, weight_groups
     from trtpipe.optimize.variants import calibration_feeds, read_texts
 
@@ -517,20 +524,22 @@ def test_shared_weights_are_measured_and_the_one_carrying_the_error_goes_fp32_al
     assert len(groups[target]) == bundle.model["num_layers"] > 1  # every layer reads it
     init = next(i for i in model.graph.initializer if i.name == target)
     w = numpy_helper.to_array(init).copy()
-    w[0, :] = 30 * np.abs(w).max() * np.sign(w[0, :])
+    w[0, :] = 300 * np.abs(w).max() * np.sign(w[0, :])
     init.CopyFrom(numpy_helper.from_array(w, target))
     feeds = calibration_feeds(bundle, read_texts(None, 8, "train"), batch=4)
     reference = _outputs(model, feeds)
-    # measured with 7-bit weights: every weight per channel drifts 0.23, the shared query weight kept fp32 0.12
-    passes = lambda q: drift(reference, _outputs(q, feeds)) < 0.16  # noqa: E731
-    _, plan, report = quantize_dynamic_gated(model, feeds, passes, measure=True)
+    passes = lambda q: drift(reference, _outputs(q, feeds)) < 0.08  # noqa: E731
+    quantized, plan, report = quantize_dynamic_gated(model, feeds, passes, measure=True)
     assert report["errors_from"] == "measured" and report["errors_top"][0][0] == groups[target][0]
     fp32 = {n for n, scheme in plan.items() if scheme == "fp32"}
-    assert fp32 == set(groups[target]), report["plans_tried"]
+    fp32_weights = [w for w, nodes in groups.items() if set(nodes) <= fp32]
+    assert target in fp32_weights and len(fp32_weights) <= 2, report["plans_tried"]
+    assert fp32 == {n for w in fp32_weights for n in groups[w]}  # a shared weight is fp32 in every layer or none
     tried = report["plans_tried"]
     assert [t["passed_calibration"] for t in tried] == [False] * (len(tried) - 1) + [True]
-    assert tried[-2]["per-channel"] == len(plan)  # every weight per-channel did not pass
+    assert any(t["per-channel"] == len(plan) for t in tried[:-1])  # every weight per-channel did not pass
     assert report["roles"][groups[target][0]] == "fp32"
+    assert sum(i.name == target for i in quantized.graph.initializer) == 1  # the shared fp32 weight: one copy
 
 
 def test_a_plan_carries_over_by_weight_role_and_not_across_architectures(make_bundle, copy_bundle):

@@ -20,11 +20,14 @@ from ..console import progress
 from ..export import graph
 
 EXTRA = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
-# REDUCE_RANGE: int8 weights use 7 bits ([-64, 63]). On x86 CPUs without VNNI (AVX2 only: this machine's AMD EPYC)
-# ONNX Runtime's u8 × s8 kernels add pairs of products in 16 bits with saturation, and full-range weights overflow
-# them: measured on tiny ModernBERT, dynamic int8 per-tensor fell to 0.953 min cosine (per-channel 0.897) and with
-# 7-bit weights rose to 0.9996; tiny BERT's static QDQ from 0.976 to 0.9993. The gate runs where the bundle is
-# built, not where it is deployed, so every bundle gets 7-bit weights and runs the same on VNNI and AVX2 CPUs.
+# REDUCE_RANGE: on x86 CPUs without VNNI (AVX2 only: this machine's AMD EPYC) ONNX Runtime's u8 × s8 kernels add
+# pairs of products in 16 bits with saturation, and full-range int8 weights overflow them. Measured here: MiniLM's
+# dynamic int8 with s8 weights, every weight per tensor, 0.959 / 0.922 sentence cosine (mean / min); tiny ModernBERT's
+# gate failed at every plan. The gate runs where a bundle is built, not where it is deployed, so every bundle gets
+# weights that cannot saturate anywhere: dynamic int8 stores u8 weights (u8 × u8 kernels, full 8 bits: MiniLM 0.981
+# per tensor, 0.9931 / 0.9843 per channel, as fast as s8 on this CPU: 173-177 vs 180 ms at b8 s128), and static
+# int8-qdq, which TensorRT reads as symmetric s8, keeps 7 bits ([-64, 63]; tiny BERT 0.976 → 0.9993). On VNNI CPUs
+# u8 weights forgo VNNI's u8 × s8 instruction: dynamic int8 there is slower than it could be (not measured here).
 WEIGHT_LEVELS = 63
 
 
@@ -46,15 +49,17 @@ def weight_matmuls(model: onnx.ModelProto, gemm: bool = False) -> list[onnx.Node
     ]
 
 
-def _weight_error(w: np.ndarray, per_channel: bool) -> float:
+def _weight_error(w: np.ndarray, per_channel: bool, levels: int = 127) -> float:
     w = w.astype(np.float64)
     scale = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()
-    scale = np.where(scale == 0, 1.0, scale) / WEIGHT_LEVELS
-    q = np.clip(np.round(w / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS) * scale
+    scale = np.where(scale == 0, 1.0, scale) / levels
+    q = np.clip(np.round(w / scale), -levels, levels) * scale
     return float(np.sqrt(np.mean((w - q) ** 2)) / max(np.sqrt(np.mean(w**2)), 1e-12))
 
 
-def node_scores(model: onnx.ModelProto, feeds: list[dict], gemm: bool = False) -> dict[str, dict[str, float]]:
+def node_scores(
+    model: onnx.ModelProto, feeds: list[dict], gemm: bool = False, levels: int = 127
+) -> dict[str, dict[str, float]]:
     """Estimated relative output error of each weight MatMul under per-tensor and per-channel weights, with
     dynamic uint8 per-tensor activations: e ≈ e_weight + e_activation."""
     from .fp16 import TensorProbe
@@ -85,8 +90,8 @@ def node_scores(model: onnx.ModelProto, feeds: list[dict], gemm: bool = False) -
             w = w.T  # output columns are rows of a transposed weight
         e_x = float(np.mean(act_err.get(node.name, [0.0])))
         scores[node.name] = {
-            "per-tensor": e_x + _weight_error(w, False),
-            "per-channel": e_x + _weight_error(w, True),
+            "per-tensor": e_x + _weight_error(w, False, levels),
+            "per-channel": e_x + _weight_error(w, True, levels),
         }
     return scores
 
@@ -143,10 +148,9 @@ def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str]) -> onnx.ModelPro
                 str(current),
                 str(target),
                 per_channel=channel,
-                weight_type=QuantType.QInt8,
+                weight_type=QuantType.QUInt8,  # see REDUCE_RANGE
                 nodes_to_quantize=nodes,
                 extra_options=EXTRA,
-                reduce_range=True,  # 7-bit weights: see REDUCE_RANGE
             )
             current = target
         quantized = onnx.load(str(current))
@@ -190,7 +194,7 @@ def quantize_qdq_gated(
         if graph.bypass_weight_identities(model):  # bundles exported before the export pass did this
             source = Path(tmp) / "source.onnx"
             onnx.save(model, str(source))
-        scores = node_scores(model, feeds[:4], gemm=True)
+        scores = node_scores(model, feeds[:4], gemm=True, levels=WEIGHT_LEVELS)
         order = sorted(scores, key=lambda n: -scores[n]["per-channel"])
         weight_of = {n.name: n.input[1] for n in weight_matmuls(model, gemm=True)}
         tried = []

@@ -22,7 +22,7 @@ import onnx
 from ..console import status
 from ..export import graph
 from ..runtime.errors import UserError
-from .int8 import consistent_per_weight, node_scores, restore_sharing, weight_matmuls
+from .int8 import WEIGHT_LEVELS, consistent_per_weight, node_scores, restore_sharing, weight_matmuls
 
 FRACTIONS = (0, 1 / 12, 1 / 6, 1 / 3, 1 / 2)
 
@@ -122,7 +122,7 @@ def quantize_nncf_gated(
     rung tried is returned when none passes (the held-out gate then refuses it)."""
     model = onnx.load(str(source))
     graph.bypass_weight_identities(model)  # bundles exported before the export pass did this
-    scores = node_scores(model, feeds[:4], gemm=True)
+    scores = node_scores(model, feeds[:4], gemm=True, levels=WEIGHT_LEVELS)
     order = sorted(scores, key=lambda n: -scores[n]["per-channel"])
     weight_of = {n.name: n.input[1] for n in weight_matmuls(model, gemm=True)}
     tried: list[dict] = []
