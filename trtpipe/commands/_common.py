@@ -29,7 +29,8 @@ BundleArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="ort-cpu | ort-cuda | ort-trt | trt | ov")]
 VariantOpt = Annotated[
-    str | None, typer.Option("--variant", help="fp32 (default), fused, fp16, int8, int8-qdq, int8-nncf, int8-wo, int4")
+    str | None,
+    typer.Option("--variant", help="fp32 (default), fused, fp16, int8, int8-qdq, int8-nncf, int8-wo, int4"),
 ]
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", help="intra-op threads (default: ONNX Runtime's choice)")

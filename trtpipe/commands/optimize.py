@@ -14,7 +14,11 @@ from ._common import BundleArg, JsonOpt, QuietOpt, command, print_json
 def optimize_cmd(
     bundle: BundleArg,
     precision: Annotated[
-        str, typer.Option("--precision", help="fused | fp16 | int8 | int8-qdq | int8-nncf (OpenVINO, encoders) | int8-wo | int4")
+        str,
+        typer.Option(
+            "--precision",
+            help="fused | fp16 | int8 | int8-qdq | int8-nncf (OpenVINO, encoders) | int8-wo | int4",
+        ),
     ],
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="UTF-8 file, one calibration text per line")
@@ -36,7 +40,8 @@ def optimize_cmd(
         Path | None,
         typer.Option(
             "--plan-from",
-            help="int8: no search; the plan another bundle of the same architecture and task recorded",
+            help="int8: no search; the plan another bundle of the same architecture and task recorded, "
+            "or per-tensor / per-channel for every weight (still gated)",
         ),
     ] = None,
     force: Annotated[

@@ -30,6 +30,7 @@ from ..runtime.errors import UserError
 from .int8 import apply_dynamic, node_scores, weight_matmuls
 
 SCHEMES = ("per-tensor", "per-channel", "fp32")
+EVERY_WEIGHT = "*"  # a plan role that stands for every weight (`--plan-from per-channel`)
 
 
 def weight_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -183,6 +184,8 @@ def plan_from_roles(model: onnx.ModelProto, by_role: dict[str, str], origin: str
     """A node plan for `model` from another bundle's recorded plan (report["roles"]): each weight takes the scheme of
     the weight with the same role there. Every weight must have one."""
     groups, names = weight_groups(model), roles(model)
+    if set(by_role) == {EVERY_WEIGHT}:
+        by_role = {names[w]: by_role[EVERY_WEIGHT] for w in groups}
     missing = sorted(names[w] for w in groups if names[w] not in by_role)
     if missing:
         raise UserError(

@@ -139,9 +139,14 @@ class _Refused(Exception):
 
 
 def recorded_plan(path: str | Path, precision: str) -> tuple[dict[str, str], str]:
-    """The int8 plan (role → scheme) another bundle's search chose, whether its gate wrote or refused the variant."""
+    """The int8 plan (role → scheme) another bundle's search chose, whether its gate wrote or refused the variant;
+    or, for `per-tensor` / `per-channel`, that scheme for every weight."""
     if precision != "int8":
         raise UserError("--plan-from carries over int8 plans only")
+    from .int8_plan import EVERY_WEIGHT
+
+    if str(path) in ("per-tensor", "per-channel"):  # one scheme for every weight: no search, still gated
+        return {EVERY_WEIGHT: str(path)}, f"--plan-from {path}"
     other = Bundle.load(path)
     entry = other.variants.get("int8") or other.manifest.get("refused", {}).get("int8")
     roles = (entry or {}).get("report", {}).get("roles")

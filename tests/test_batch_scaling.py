@@ -1,0 +1,61 @@
+"""bench/batch_scaling.py's measurements: the kernel stack each variant quantises, the decode-step profile by rows,
+and the per-op split of one in-place step."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+
+from trtpipe.benchmark.batch_scaling import (
+    LAYER_SHAPES,
+    kernel_models,
+    layer_stack,
+    op_split,
+    scaling,
+    step_profile,
+    time_kernels,
+)
+from trtpipe.runtime import BatchEngine, Bundle
+
+
+def test_the_layer_stack_holds_gpt2_layers_and_each_variant_uses_its_own_kernel():
+    base = layer_stack(layers=1)
+    params = sum(int(np.prod(i.dims)) for i in base.graph.initializer)
+    assert (
+        params == sum(k * n for k, n in LAYER_SHAPES) == 7_077_888
+    )  # one GPT-2 124M layer's weight matrices
+    models = kernel_models(layers=1)
+    ops = {name: Counter(n.op_type for n in m.graph.node) for name, m in models.items()}
+    assert ops["fp32"]["MatMul"] == 4
+    assert (
+        ops["int8"]["DynamicQuantizeMatMul"] + ops["int8"]["MatMulInteger"] >= 4 and not ops["int8"]["MatMul"]
+    )
+    for name, bits in (("int8-wo", 8), ("int4", 4)):
+        nbits = [n for n in models[name].graph.node if n.op_type == "MatMulNBits"]
+        assert len(nbits) == 4
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits[0].attribute}
+        assert attrs["bits"] == bits and attrs["accuracy_level"] == 4 and attrs["block_size"] == 32
+    times = time_kernels(
+        {"fp32": models["fp32"], "int4": models["int4"]}, (1, 16), threads=1, rounds=1, iters=2
+    )
+    assert set(times) == {"fp32", "int4"} and all(
+        set(t) == {1, 16} and min(t.values()) > 0 for t in times.values()
+    )
+    assert scaling(8.0, 2.0) == 4.0
+
+
+def test_the_step_profile_and_op_split_measure_an_in_place_step(make_bundle):
+    path = make_bundle("tiny-gpt2", "generate")
+    engine = BatchEngine(path, slots=4, threads=1)
+    try:
+        profile = step_profile(engine, (1, 2, 4), context=12, chunk=8, repeat=2)
+    finally:
+        engine.close()
+    assert set(profile["decode_ms"]) == {1, 2, 4} and min(profile["decode_ms"].values()) > 0
+    assert profile["prefill_ms"] > 0 and profile["chunk"] == 8
+    split = op_split(Bundle.load(path).model_path("kv-inplace"), rows=4, threads=1, context=12, runs=2)
+    assert "GroupQueryAttention" in split["ops"]
+    assert split["kinds"]["attention"] > 0 and split["kinds"]["weight MatMuls"] > 0
+    assert abs(sum(split["kinds"].values()) - sum(split["ops"].values())) < 1e-6
