@@ -2,7 +2,8 @@
 variant gains from batching on this CPU.
 
 1. The weight kernels alone: one GPT-2 layer's four weight matrices (stacked twice) at M = 1 … 64 rows, for every
-   kernel a variant uses (fp32 MatMul, DynamicQuantizeMatMul of dynamic int8, MatMulNBits of int8-wo and int4).
+   kernel a variant uses (fp32 MatMul, MatMulInteger of dynamic int8 with per-row activations, MatMulNBits of
+   int8-wo and int4).
 2. One in-place BatchEngine decode step at 1 … 16 rows (context 160) and one 64-token prefill chunk, per variant,
    with the step at 16 rows split by op (ONNX Runtime's profiler): weight MatMuls, attention, the rest.
 3. The serve_load mix (the vLLM peer's requests) in a closed loop at 1, 8 and 16 in flight, per variant.
@@ -33,7 +34,8 @@ def ensure_int8_per_channel(path) -> None:
     from trtpipe.runtime import Bundle
 
     entry = Bundle.load(path).variants.get("int8")
-    if entry is None or entry["report"].get("plan_from") != "--plan-from per-channel":
+    current = entry is not None and entry["report"].get("plan_from") == "--plan-from per-channel"
+    if not (current and entry["report"].get("activations", "").startswith("per row")):
         optimize_bundle(path, "int8", force=True, overwrite=entry is not None, plan_from="per-channel")
 
 
@@ -185,7 +187,7 @@ def main() -> int:
     why = (
         f" — one int4 step of 16 rows costs {scaling(d4[16], d4[1]):.1f}× a step of one; its MatMulNBits kernel "
         f"costs {scaling(int4_k[16], int4_k[1]):.1f}× at M=16 what it costs at M=1, against "
-        f"{scaling(kernels['int8'][16], kernels['int8'][1]):.1f}× for dynamic int8's DynamicQuantizeMatMul"
+        f"{scaling(kernels['int8'][16], kernels['int8'][1]):.1f}× for dynamic int8's MatMulInteger"
     )
     targets = [
         (

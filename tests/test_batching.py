@@ -76,7 +76,7 @@ def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2):
     assert engine.stats["prefill_tokens"] == sum(len(item["prompt"]) for item in mix)
 
 
-@pytest.mark.parametrize("precision", ["int8-wo", "int4"])
+@pytest.mark.parametrize("precision", ["int8-wo", "int4", "int8"])
 def test_weight_only_in_place_variants_batch_too(gpt2, copy_bundle, precision):
     path = copy_bundle(gpt2)
     optimize_bundle(path, precision, force=True)

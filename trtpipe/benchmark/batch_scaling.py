@@ -3,7 +3,7 @@
 Three measurements behind `bench/batch_scaling.py` (issue 20, item 3: "in-flight batching that scales"):
 - `time_kernels`: one GPT-2 layer's four weight matrices (768×2304, 768×768, 768×3072, 3072×768), stacked, run at
   M = 1 … 64 rows by every weight kernel our variants use — fp32 MatMul, MatMulNBits int4 / int8 (int8 compute,
-  accuracy level 4) and DynamicQuantizeMatMul (dynamic int8: u8 weights per channel, u8 activations per tensor),
+  accuracy level 4) and MatMulInteger (GPT-2's dynamic int8: u8 weights per channel, u8 activations per row),
   quantised by the same functions `optimize` uses;
 - `step_profile`: one in-place decode step of a BatchEngine at 1 … 16 rows, and one prefill chunk;
 - `op_split`: that step under ONNX Runtime's profiler, its KV buffers bound in place as the runtime binds them,
@@ -31,7 +31,7 @@ LAYER_SHAPES = (
 KERNELS = ("fp32", "int8", "int8-wo", "int4")
 KERNEL_TEXT = {
     "fp32": "MatMul (fp32)",
-    "int8": "DynamicQuantizeMatMul (int8 variant: u8 weights per channel, u8 activations)",
+    "int8": "MatMulInteger (GPT-2's int8 variant: u8 weights per channel, u8 activations per row)",
     "int8-wo": "MatMulNBits 8-bit (int8-wo: block 32, int8 compute)",
     "int4": "MatMulNBits 4-bit (int4: block 32, int8 compute)",
 }
@@ -86,7 +86,7 @@ def kernel_models(layers: int = 2) -> dict[str, onnx.ModelProto]:
     copy = lambda: onnx.ModelProto.FromString(base.SerializeToString())  # noqa: E731
     return {
         "fp32": base,
-        "int8": apply_dynamic(copy(), {n.name: "per-channel" for n in weight_matmuls(copy())}),
+        "int8": apply_dynamic(copy(), {n.name: "per-channel" for n in weight_matmuls(copy())}, per_row=True),
         "int8-wo": quantize_weight_only(copy(), 8, 32, lm_head=False, accuracy_level=4)[0],
         "int4": quantize_weight_only(copy(), 4, 32, lm_head=False, accuracy_level=4)[0],
     }

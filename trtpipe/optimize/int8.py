@@ -131,8 +131,16 @@ def quiet_quantizer():
     return silenced()
 
 
-def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str]) -> onnx.ModelProto:
-    """Quantise per the plan: per-channel nodes first, then per-tensor nodes (two ORT passes)."""
+def is_decoder_graph(model: onnx.ModelProto) -> bool:
+    return any(i.name.startswith("past_key_values.") for i in model.graph.input)
+
+
+def apply_dynamic(
+    model: onnx.ModelProto, plan: dict[str, str], per_row: bool | None = None
+) -> onnx.ModelProto:
+    """Quantise per the plan: per-channel nodes first, then per-tensor nodes (two ORT passes). per_row (default: a
+    decoder graph's): activations quantised per row (int8_rows), so a batched GPT-2 step gives every row what it
+    gets alone."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     per_channel = [n for n, scheme in plan.items() if scheme == "per-channel"]
@@ -155,6 +163,10 @@ def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str]) -> onnx.ModelPro
             current = target
         quantized = onnx.load(str(current))
     restore_sharing(quantized)
+    if per_row if per_row is not None else is_decoder_graph(model):
+        from .int8_rows import per_row_activations
+
+        per_row_activations(quantized)
     return quantized
 
 
