@@ -26,6 +26,8 @@ def test_the_layer_stack_holds_gpt2_layers_and_each_variant_uses_its_own_kernel(
     assert (
         params == sum(k * n for k, n in LAYER_SHAPES) == 7_077_888
     )  # one GPT-2 124M layer's weight matrices
+    with_head = layer_stack(layers=1, head=64)
+    assert sum(int(np.prod(i.dims)) for i in with_head.graph.initializer) == params + 768 * 64
     models = kernel_models(layers=1)
     ops = {name: Counter(n.op_type for n in m.graph.node) for name, m in models.items()}
     assert ops["fp32"]["MatMul"] == 4

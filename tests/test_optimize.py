@@ -556,7 +556,9 @@ def test_plan_from_a_scheme_quantises_every_weight_with_it_without_a_search(make
     bundle = Bundle.load(path)
     entry = bundle.variants["int8"]
     assert entry["report"]["plan_from"] == "--plan-from per-channel"
-    assert entry["report"]["activations"].startswith("per row")  # a decoder: batched rows never share rounding
+    assert entry["report"]["activations"].startswith(
+        "per row"
+    )  # a decoder: batched rows never share rounding
     assert set(entry["report"]["roles"].values()) == {"per-channel"}
     assert [t["passed_calibration"] for t in entry["report"]["plans_tried"]] == [None]  # no search
     assert entry["gate"]["metrics"]  # measured all the same
