@@ -1,9 +1,9 @@
 """In-flight batching by precision (issue 20, item 3): where a batched GPT-2 decode step's time goes and which
 variant gains from batching on this CPU.
 
-1. The weight kernels alone: one GPT-2 layer's four weight matrices (stacked twice) at M = 1 … 64 rows, for every
-   kernel a variant uses, then GPT-2's LM head (fp32 MatMul, MatMulInteger of dynamic int8 with per-row activations, MatMulNBits of
-   int8-wo and int4).
+1. The weight kernels alone: one GPT-2 layer's four weight matrices (stacked twice), then GPT-2's LM head, at
+   M = 1 … 64 rows, for every kernel a variant uses (fp32 MatMul, MatMulInteger of dynamic int8 with per-row
+   activations, MatMulNBits of int8-wo and int4).
 2. One in-place BatchEngine decode step at 1 … 16 rows (context 160) and one 64-token prefill chunk, per variant,
    with the step at 16 rows split by op (ONNX Runtime's profiler): weight MatMuls, attention, the rest.
 3. The serve_load mix (the vLLM peer's requests) in a closed loop at 1, 8 and 16 in flight, per variant.
@@ -68,6 +68,7 @@ def main() -> int:
 
     from trtpipe.benchmark.batch_scaling import (
         KERNEL_TEXT,
+        LAYER_SHAPES,
         kernel_models,
         op_split,
         scaling,
@@ -117,8 +118,9 @@ def main() -> int:
     gates, gate_why = demo_gate()
     int8_entry = bundle.variants["int8"]
 
+    shapes = ", ".join(f"{k}×{n}" for k, n in LAYER_SHAPES)
     lines = [
-        f"**The weight kernels alone**: one GPT-2 layer's four weight matrices ({', '.join('×'.join(map(str, s)) for s in ((768, 2304), (768, 768), (768, 3072), (3072, 768)))}), "
+        f"**The weight kernels alone**: one GPT-2 layer's four weight matrices ({shapes}), "
         f"two layers stacked, then the LM head (768×{HEAD}), {args.threads} threads, median ms of one run at M rows; "
         "each quantised by the function "
         "`optimize` uses. × M=1: how many times its one-row cost a run of M rows costs (M× = no gain from batching).",

@@ -30,13 +30,9 @@ from common import REPORTS, ensure_bundle, write_section
 
 def best(fn, repeat: int) -> float:
     """Median seconds of `repeat` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+    from trtpipe.benchmark.stats import timed_calls
+
+    return float(np.median(timed_calls(fn, repeat)))
 
 
 def flops_per_token(m: dict, context: int) -> float:
@@ -49,36 +45,29 @@ def flops_per_token(m: dict, context: int) -> float:
 
 
 def decoder_profile(path, threads: int, repeat: int) -> dict:
+    from trtpipe.benchmark.batch_scaling import step_profile
     from trtpipe.runtime import BatchEngine
 
     engine = BatchEngine(path, slots=16, chunk=64, threads=threads)
     config = engine.bundle.model
     weights = (engine.bundle.path / "model.kv-inplace.onnx").stat().st_size  # fp32 weights ≈ the ONNX file
     context = 160
-    prompt = list(np.random.default_rng(0).integers(100, 20000, context))
-    for row in range(16):
-        for past in range(0, context, 64):
-            engine.runner.prefill_row(
-                prompt[past : past + 64], engine.cache, row, past, engine.prefill_logits
-            )
+    profile = step_profile(
+        engine, (1, 2, 4, 8, 16), context=context, chunk=64, repeat=repeat, reduce=np.median
+    )
     rows = []
-    for count in (1, 2, 4, 8, 16):
-        tokens = np.full(count, 318, dtype=np.int64)
-        lengths = np.full(count, context, dtype=np.int64)
-        seconds = best(lambda t=tokens, n=lengths: engine.runner.decode(t, n, engine.cache, None), repeat)
+    for count, ms in profile["decode_ms"].items():
+        seconds = ms / 1000
         rows.append(
             {
                 "rows": count,
-                "ms": seconds * 1000,
+                "ms": ms,
                 "tokens_per_s": count / seconds,
                 "gflops": count * flops_per_token(config, context) / seconds / 1e9,
                 "weight_gbs": weights / seconds / 1e9,
             }
         )
-    chunk = prompt[:64]
-    seconds = best(
-        lambda: engine.runner.prefill_row(chunk, engine.cache, 0, 0, engine.prefill_logits), repeat
-    )
+    seconds = profile["prefill_ms"] / 1000
     prefill = {"tokens": 64, "ms": seconds * 1000, "gflops": 64 * flops_per_token(config, 32) / seconds / 1e9}
     engine.close()
     return {

@@ -28,7 +28,6 @@ LAYER_SHAPES = (
     (768, 3072),
     (3072, 768),
 )  # GPT-2 124M: c_attn, attn c_proj, c_fc, c_proj
-KERNELS = ("fp32", "int8", "int8-wo", "int4")
 KERNEL_TEXT = {
     "fp32": "MatMul (fp32)",
     "int8": "MatMulInteger (GPT-2's int8 variant: u8 weights per channel, u8 activations per row)",
@@ -139,9 +138,14 @@ def time_kernels(
     return {name: {m: float(np.median(v)) * 1e3 for m, v in per.items()} for name, per in samples.items()}
 
 
-def step_profile(engine, rows: tuple[int, ...], context: int = 160, chunk: int = 64, repeat: int = 5) -> dict:
-    """Best-of-`repeat` ms of one in-place decode step at each row count (every row `context` tokens long), and of
-    one prefill chunk of `chunk` tokens. The engine's cache must hold max(rows) slots."""
+def step_profile(
+    engine, rows: tuple[int, ...], context: int = 160, chunk: int = 64, repeat: int = 5, reduce=min
+) -> dict:
+    """ms of one in-place decode step at each row count (every row `context` tokens long), and of one prefill chunk
+    of `chunk` tokens: `reduce` (default: the best) of `repeat` calls after a warm-up. The engine's cache must hold
+    max(rows) slots."""
+    from .stats import timed_calls
+
     runner, cache = engine.runner, engine.cache
     vocab = runner.vocab
     prompt = [
@@ -152,29 +156,21 @@ def step_profile(engine, rows: tuple[int, ...], context: int = 160, chunk: int =
         for past in range(0, context, chunk):
             runner.prefill_row(prompt[past : past + chunk], cache, row, past, engine.prefill_logits)
 
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        return min(times) * 1e3
+    def ms(fn) -> float:
+        return float(reduce(timed_calls(fn, repeat))) * 1e3
 
     decode = {}
     for count in rows:
         tokens = np.full(count, token, dtype=np.int64)
         lengths = np.full(count, context, dtype=np.int64)
-        decode[count] = best(lambda t=tokens, n=lengths: runner.decode(t, n, cache, None))
-    prefill = best(lambda: runner.prefill_row(prompt[:chunk], cache, 0, 0, engine.prefill_logits))
+        decode[count] = ms(lambda t=tokens, n=lengths: runner.decode(t, n, cache, None))
+    prefill = ms(lambda: runner.prefill_row(prompt[:chunk], cache, 0, 0, engine.prefill_logits))
     return {"decode_ms": decode, "prefill_ms": prefill, "chunk": chunk, "context": context}
 
 
 def op_split(model_file: str | Path, rows: int, threads: int, context: int = 160, runs: int = 6) -> dict:
     """ms per decode step by op kind (ONNX Runtime's profiler): `rows` rows of `context` cached tokens, the KV
     buffers bound as both past and present (in place, as the runtime binds them)."""
-    import onnxruntime as ort  # noqa: F401  (the session's)
-
     with tempfile.TemporaryDirectory() as tmp:
         session = _session(str(model_file), threads, profile=str(Path(tmp) / "profile"))
         names = [i.name for i in session.get_inputs()]

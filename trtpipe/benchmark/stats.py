@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 import numpy as np
 
 HIGH_COV = 0.10  # above this the machine was noisy: the row gets a warning
+
+
+def timed_calls(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Seconds of each of `repeat` calls of `fn`, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def summarize(samples_s: list[float], items_per_sample: float = 1.0) -> dict:
