@@ -47,7 +47,7 @@ install-gpu: ## GPU venv (.venv-gpu): onnxruntime-gpu + TensorRT 10 + cuda-pytho
 	.venv-gpu/bin/pip install -q torch==$(TORCH_VERSION)
 	.venv-gpu/bin/pip install -q -e ".[gpu,export,bench,dev]"
 
-demo-models: $(STAMP) ## train the small demo models into models/ (skips those present; about 7 minutes on 2 cores)
+demo-models: $(STAMP) ## train the small demo models into models/ (skips those present; 7-12 minutes on 2 cores)
 	$(PY) cli.py demo-models
 
 export: $(STAMP) ## install, train the demo models if missing, export + parity-check the default bundles (offline)

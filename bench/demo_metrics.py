@@ -14,14 +14,15 @@ from pathlib import Path
 from common import ROOT, write_section
 
 
-def last_run_line(run: dict) -> str:
-    """The last `make demo-models` run, from what it recorded; a count or a time it did not record is not
-    measured, never 0."""
+def last_run_line(run: dict, models: dict) -> str:
+    """The last `make demo-models` run, from what it recorded; a count, a time or a precision it did not record
+    is not measured, never 0 or a guess."""
     trained = run.get("trained")
     count = f"{len(trained)} model(s)" if isinstance(trained, list) else "models (count not recorded)"
     seconds = run.get("seconds")
     took = f"in {seconds:.0f} s of wall time" if seconds is not None else "(wall time not measured)"
-    return f"Last `make demo-models` run: {count} trained {took} (2 CPU cores)."
+    precisions = sorted({m.get("train", {}).get("precision", "precision not recorded") for m in models.values()})
+    return f"Last `make demo-models` run: {count} trained {took} (2 CPU cores; {', '.join(precisions)})."
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
         ]
     run = data.get("last_run", {})
     if run:
-        lines += ["", last_run_line(run)]
+        lines += ["", last_run_line(run, models)]
     sample = models.get("demo-gpt2", {}).get("sample")
     if sample:
         lines += ["", f'Greedy sample of demo-gpt2 from "{sample["prompt"]}": `{sample["greedy"][:200]!r}`']

@@ -527,10 +527,10 @@ def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
         == "greedy-match length 31.5 of 32 tokens"
     )
     demo = _bench("demo_metrics")
-    assert "0 s" not in demo.last_run_line({}) and "not measured" in demo.last_run_line({})
-    assert demo.last_run_line({"trained": ["a", "b"], "seconds": 12.4}).startswith(
-        "Last `make demo-models` run: 2 model(s) trained in 12 s"
-    )
+    assert "0 s" not in demo.last_run_line({}, {}) and "not measured" in demo.last_run_line({}, {})
+    line = demo.last_run_line({"trained": ["a", "b"], "seconds": 12.4}, {"a": {"train": {"precision": "fp32"}}, "b": {}})
+    assert line.startswith("Last `make demo-models` run: 2 model(s) trained in 12 s")
+    assert "fp32, precision not recorded" in line
     from trtpipe.benchmark.serve import load_table
 
     nothing = {"mode": "on", "clients": 8, "completed": 0, "throughput_rps": 0.0, "p50_ms": float("nan")}

@@ -271,6 +271,7 @@ def train_classifier(name: str, out: Path, recipe: Recipe, bar) -> tuple:
             "max_length": max_length,
             "steps": steps,
             "lr": r.lr,
+            "precision": train.precision_label(),
             "seconds": round(seconds, 1),
             "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
         },
@@ -302,6 +303,8 @@ def _phases(r: LMRecipe, short, long):
 
 
 def _train_info(r: LMRecipe, losses: list[float], seconds: float) -> dict:
+    from . import train
+
     tail = losses[-20:]
     return {
         "steps": r.steps,
@@ -311,7 +314,7 @@ def _train_info(r: LMRecipe, losses: list[float], seconds: float) -> dict:
         "lr": r.lr,
         "warmup": r.warmup,
         "schedule": "AdamW (0.9, 0.98), weight decay 0.01 on matrices, linear warmup, cosine to lr/10, clip 1.0",
-        "precision": "bf16 autocast (CPU), fp32 weights",
+        "precision": train.precision_label(),
         "seconds": round(seconds, 1),
         "final_loss": round(sum(tail) / len(tail), 4),
     }

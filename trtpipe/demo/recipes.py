@@ -59,7 +59,8 @@ class Recipe:
 
 
 RECIPES = {
-    # ≈ 7 minutes on 2 CPU cores (bf16 autocast; measured: 436 s in all), sized by measured throughput.
+    # ≈ 7 minutes on 2 CPU cores with native bf16 (autocast; measured: 436 s in all), sized by measured throughput;
+    # in fp32 on a CPU without bf16 (AVX2) each step costs more (measured below in docs/benchmarks.md "Demo models").
     "full": Recipe(
         "full",
         gpt=LMRecipe(
