@@ -21,7 +21,9 @@ def last_run_line(run: dict, models: dict) -> str:
     count = f"{len(trained)} model(s)" if isinstance(trained, list) else "models (count not recorded)"
     seconds = run.get("seconds")
     took = f"in {seconds:.0f} s of wall time" if seconds is not None else "(wall time not measured)"
-    precisions = sorted({m.get("train", {}).get("precision", "precision not recorded") for m in models.values()})
+    precisions = sorted(
+        {m.get("train", {}).get("precision", "precision not recorded") for m in models.values()}
+    )
     return f"Last `make demo-models` run: {count} trained {took} (2 CPU cores; {', '.join(precisions)})."
 
 

@@ -528,7 +528,9 @@ def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
     )
     demo = _bench("demo_metrics")
     assert "0 s" not in demo.last_run_line({}, {}) and "not measured" in demo.last_run_line({}, {})
-    line = demo.last_run_line({"trained": ["a", "b"], "seconds": 12.4}, {"a": {"train": {"precision": "fp32"}}, "b": {}})
+    line = demo.last_run_line(
+        {"trained": ["a", "b"], "seconds": 12.4}, {"a": {"train": {"precision": "fp32"}}, "b": {}}
+    )
     assert line.startswith("Last `make demo-models` run: 2 model(s) trained in 12 s")
     assert "fp32, precision not recorded" in line
     from trtpipe.benchmark.serve import load_table

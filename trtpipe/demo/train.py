@@ -38,7 +38,11 @@ def autocast_dtype() -> torch.dtype | None:
 
 def precision_label() -> str:
     """What the training loop computes in, for the demo metadata."""
-    return "bf16 autocast (CPU), fp32 weights" if autocast_dtype() is not None else "fp32 (the CPU has no native bf16)"
+    return (
+        "bf16 autocast (CPU), fp32 weights"
+        if autocast_dtype() is not None
+        else "fp32 (the CPU has no native bf16)"
+    )
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:

@@ -131,16 +131,11 @@ def quiet_quantizer():
     return silenced()
 
 
-def is_decoder_graph(model: onnx.ModelProto) -> bool:
-    return any(i.name.startswith("past_key_values.") for i in model.graph.input)
-
-
-def apply_dynamic(
-    model: onnx.ModelProto, plan: dict[str, str], per_row: bool | None = None
-) -> onnx.ModelProto:
-    """Quantise per the plan: per-channel nodes first, then per-tensor nodes (two ORT passes). per_row (default: a
-    decoder graph's): activations quantised per row (int8_rows), so a batched GPT-2 step gives every row what it
-    gets alone."""
+def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str], per_row: bool = True) -> onnx.ModelProto:
+    """Quantise per the plan: per-channel nodes first, then per-tensor nodes (two ORT passes). per_row (default):
+    activations quantised per row (int8_rows), so a batched GPT-2 step gives every row what it gets alone and an
+    encoder gives a text the same vectors whatever it is batched or padded with; per_row=False keeps ONNX Runtime's
+    one scale per tensor (for comparison)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     per_channel = [n for n, scheme in plan.items() if scheme == "per-channel"]
@@ -163,7 +158,7 @@ def apply_dynamic(
             current = target
         quantized = onnx.load(str(current))
     restore_sharing(quantized)
-    if per_row if per_row is not None else is_decoder_graph(model):
+    if per_row:
         from .int8_rows import per_row_activations
 
         per_row_activations(quantized)

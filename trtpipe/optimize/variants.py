@@ -31,11 +31,9 @@ GATE_BACKEND = {"int8-nncf": "ov"}
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
-# how dynamic int8 quantises activations (int8_rows): per row for decoders, so batched rows do not share rounding
-ACTIVATIONS = {
-    True: "per row (u8, symmetric)",
-    False: "per tensor (u8, ONNX Runtime's DynamicQuantizeLinear)",
-}
+# how dynamic int8 quantises activations (int8_rows): per row (token), so a row's answer never depends on the rows
+# batched or padded with it — GPT-2's batched decode steps and an encoder's padded batches alike
+ACTIVATIONS = "per row (u8, symmetric)"
 
 
 def tool_versions() -> dict:
@@ -326,7 +324,7 @@ def _build(
         return weight_only_gated(
             bundle, source, precision, calib_texts, block_size, lm_head, accuracy_level, force
         )
-    from .int8 import is_decoder_graph, weight_matmuls
+    from .int8 import weight_matmuls
     from .int8_plan import quantize_dynamic_gated, quantize_with_plan
     from .weight_only import untie_lm_head
 
@@ -342,5 +340,5 @@ def _build(
             base, feeds, calibration_gate(bundle, "int8", calib_texts), measure=bundle.spec.shared_layers
         )
     by_weight = {node.input[1]: plan[node.name] for node in weight_matmuls(base) if node.name in plan}
-    report["activations"] = ACTIVATIONS[is_decoder_graph(base)]
+    report["activations"] = ACTIVATIONS
     return model, report, by_weight
