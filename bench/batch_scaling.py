@@ -31,12 +31,12 @@ HEAD = 50257  # GPT-2's LM head: 768 × 50257, the largest weight matrix
 
 def ensure_int8_per_channel(path) -> None:
     """The int8 variant with every weight per channel (rebuilt if a search wrote another plan)."""
-    from trtpipe.optimize.variants import optimize_bundle
+    from trtpipe.optimize.variants import ACTIVATIONS, optimize_bundle
     from trtpipe.runtime import Bundle
 
     entry = Bundle.load(path).variants.get("int8")
     current = entry is not None and entry["report"].get("plan_from") == "--plan-from per-channel"
-    if not (current and entry["report"].get("activations", "").startswith("per row")):
+    if not (current and entry["report"].get("activations") == ACTIVATIONS):
         optimize_bundle(path, "int8", force=True, overwrite=entry is not None, plan_from="per-channel")
 
 

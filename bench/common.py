@@ -39,8 +39,14 @@ def ensure_variant(path: Path, precision: str, **kwargs) -> None:
     from trtpipe.optimize.variants import optimize_bundle
     from trtpipe.runtime import Bundle
 
-    if precision not in Bundle.load(path).variants:
-        optimize_bundle(path, precision, force=True, **kwargs)  # the gate result is recorded either way
+    from trtpipe.optimize.variants import ACTIVATIONS
+
+    entry = Bundle.load(path).variants.get(precision)
+    stale = precision == "int8" and entry is not None and entry["report"].get("activations") != ACTIVATIONS
+    if entry is None or stale:  # an int8 built by an older quantiser is rebuilt, not measured
+        optimize_bundle(
+            path, precision, force=True, overwrite=stale, **kwargs
+        )  # the gate is recorded either way
 
 
 def environment_line(threads: int = 2) -> str:

@@ -606,3 +606,29 @@ def test_the_console_table_prints_labels_as_text_not_rich_markup():
     with out.capture() as captured:
         print_table(report)
     assert "[ov]" in captured.get()
+
+
+def test_bench_rebuilds_an_int8_variant_an_older_quantiser_wrote(monkeypatch, tmp_path):
+    """An int8 whose report names other activations (per tensor, or per row before the bias fix) is rebuilt
+    before it is measured; a current one and other precisions are left alone."""
+    from trtpipe.optimize import variants
+    from trtpipe.runtime import Bundle
+
+    common = _bench("common")
+    entries = {"int8": {"report": {"activations": "per row (u8, symmetric)"}}, "int4": {"report": {}}}
+
+    class Loaded:
+        variants = entries
+
+    monkeypatch.setattr(Bundle, "load", staticmethod(lambda path: Loaded))
+    calls = []
+    monkeypatch.setattr(
+        variants, "optimize_bundle", lambda path, precision, **kw: calls.append((precision, kw))
+    )
+    common.ensure_variant(tmp_path, "int8")
+    common.ensure_variant(tmp_path, "int4")
+    assert calls == [("int8", {"force": True, "overwrite": True})]
+    entries["int8"]["report"]["activations"] = variants.ACTIVATIONS
+    common.ensure_variant(tmp_path, "int8")
+    common.ensure_variant(tmp_path, "int8-wo")  # missing: built, nothing to overwrite
+    assert calls[1:] == [("int8-wo", {"force": True, "overwrite": False})]
