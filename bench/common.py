@@ -36,10 +36,8 @@ def ensure_bundle(preset: str, task: str, **kwargs) -> Path:
 
 
 def ensure_variant(path: Path, precision: str, **kwargs) -> None:
-    from trtpipe.optimize.variants import optimize_bundle
+    from trtpipe.optimize.variants import ACTIVATIONS, optimize_bundle
     from trtpipe.runtime import Bundle
-
-    from trtpipe.optimize.variants import ACTIVATIONS
 
     entry = Bundle.load(path).variants.get(precision)
     stale = precision == "int8" and entry is not None and entry["report"].get("activations") != ACTIVATIONS
