@@ -50,7 +50,7 @@ def ensure_variants(path) -> None:
 
 def demo_gate() -> tuple[dict | None, str]:
     """The int8 (every weight per channel) and int4 gates on the trained demo GPT-2, where it exists."""
-    from common import BUNDLES, ensure_bundle, ensure_variant
+    from common import BUNDLES, ensure_bundle
 
     from trtpipe.runtime import Bundle
 
@@ -58,9 +58,31 @@ def demo_gate() -> tuple[dict | None, str]:
         return None, "models/demo-gpt2 is not trained here: `make demo-models`"
     path = ensure_bundle("demo-gpt2", "generate")
     ensure_int8_per_channel(path)
-    ensure_variant(path, "int4")
+    return {"int8": Bundle.load(path).variants["int8"]["gate"], "int4": int4_as_optimize_writes(path)}, ""
+
+
+def int4_as_optimize_writes(path) -> dict:
+    """int4's gate as `optimize --precision int4` writes it, with its ladder (LM head fp32, then half the block)
+    rather than forced at the first rung; the gate gains `settings`, the rung it was written or refused at."""
+    from trtpipe.optimize.variants import optimize_bundle, refusal_is_current
+    from trtpipe.runtime import Bundle
+    from trtpipe.runtime.errors import CheckFailed
+
     bundle = Bundle.load(path)
-    return {v: bundle.variants[v]["gate"] for v in ("int8", "int4")}, ""
+    entry = bundle.variants.get("int4")
+    refused = refusal_is_current(bundle, "int4")
+    if not refused and (entry is None or entry["gate"].get("forced")):
+        try:
+            optimize_bundle(path, "int4", overwrite=entry is not None)
+        except (
+            CheckFailed
+        ):  # refused at every rung (a forced one on disk is left as is): the manifest says why
+            refused = True
+    bundle = Bundle.load(path)
+    entry = bundle.manifest["refused"]["int4"] if refused else bundle.variants["int4"]
+    last = entry["report"]["plans_tried"][-1]
+    head = "quantised" if last["lm_head"] else "fp32"
+    return entry["gate"] | {"settings": f"block {last['block_size']}, LM head {head}"}
 
 
 def main() -> int:
@@ -179,7 +201,8 @@ def main() -> int:
             "Gates on the trained demo GPT-2 (next-token top-1 agreement with its fp32, needs ≥ 0.97):",
         ]
         for v, gate in gates.items():
-            lines.append(f"- {v}: {gate['metrics']['next_token_top1']:.3f} — {gate['verdict']}")
+            at = f" (`optimize`'s ladder wrote it at {gate['settings']})" if "settings" in gate else ""
+            lines.append(f"- {v}: {gate['metrics']['next_token_top1']:.3f} — {gate['verdict']}{at}")
     else:
         lines += ["", f"Gates on the trained demo GPT-2: not measured ({gate_why})."]
 

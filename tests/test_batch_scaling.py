@@ -61,3 +61,33 @@ def test_the_step_profile_and_op_split_measure_an_in_place_step(make_bundle):
     assert "GroupQueryAttention" in split["ops"]
     assert split["kinds"]["attention"] > 0 and split["kinds"]["weight MatMuls"] > 0
     assert abs(sum(split["kinds"].values()) - sum(split["ops"].values())) < 1e-6
+
+
+def test_the_demo_int4_gate_is_the_one_optimize_writes_with_its_ladder(make_bundle, copy_bundle):
+    """A forced int4 (first rung only) is rebuilt the way `optimize --precision int4` writes it, and the gate
+    names the rung it landed on; a current unforced one is read, not rebuilt."""
+    import sys
+    from pathlib import Path
+
+    from trtpipe.optimize.variants import optimize_bundle
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import batch_scaling as script
+
+    path = copy_bundle(make_bundle("tiny-gpt2", "generate"))
+    optimize_bundle(path, "int4", force=True)
+    assert Bundle.load(path).variants["int4"]["gate"].get("forced")
+    gate = script.int4_as_optimize_writes(path)
+    bundle = Bundle.load(path)
+    entry = bundle.manifest.get("refused", {}).get("int4") or bundle.variants["int4"]
+    assert not entry["gate"].get("forced")
+    assert len(entry["report"]["plans_tried"]) >= 1
+    last = entry["report"]["plans_tried"][-1]
+    assert (
+        gate["settings"]
+        == f"block {last['block_size']}, LM head {'quantised' if last['lm_head'] else 'fp32'}"
+    )
+    assert gate["metrics"]["next_token_top1"] == entry["gate"]["metrics"]["next_token_top1"]
+    before = (path / "manifest.json").read_text()
+    assert script.int4_as_optimize_writes(path)["settings"] == gate["settings"]
+    assert (path / "manifest.json").read_text() == before  # current (or refused): not rebuilt
