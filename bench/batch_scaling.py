@@ -7,12 +7,13 @@ variant gains from batching on this CPU.
 2. One in-place BatchEngine decode step at 1 … 16 rows (context 160) and one 64-token prefill chunk, per variant,
    with the step at 16 rows split by op (ONNX Runtime's profiler): weight MatMuls, attention, the rest.
 3. The serve_load mix (the vLLM peer's requests) in a closed loop at 1, 8 and 16 in flight, per variant.
+4. Parts 2 and 3 again with BatchEngine on OpenVINO (`backend="ov"`, the interop graph), where it is installed.
 
 GPT-2 124M has random weights here (speed only): its int8 variant is written with every weight per channel
 (`--plan-from per-channel`), the plan the trained demo GPT-2's gate is measured at and reported beside it.
 Writes the `batch-scaling` section of docs/benchmarks.md.
 
-    python bench/batch_scaling.py          # ≈ 12 min on 2 cores
+    python bench/batch_scaling.py          # ≈ 20 min on 2 cores
 """
 
 from __future__ import annotations
@@ -85,6 +86,39 @@ def int4_as_optimize_writes(path) -> dict:
     return entry["gate"] | {"settings": f"block {last['block_size']}, LM head {head}"}
 
 
+def ov_lines(
+    ov_steps: dict, ov_runs: dict, steps: dict, runs: dict, why: str, levels: list[int]
+) -> list[str]:
+    """The same decode steps and mix on OpenVINO (BatchEngine's `backend="ov"`), beside ONNX Runtime's in place."""
+    from trtpipe.benchmark.batch_scaling import scaling
+
+    head = (
+        '**BatchEngine on OpenVINO** (`backend="ov"`: the interop graph, rows share one width that moves in buckets '
+        "of 32; slots.py), the same steps and mix; ×ort: its tokens/s over ONNX Runtime's in place."
+    )
+    if why:
+        return [f"{head} Not measured ({why})."]
+    low, top = min(levels), max(levels)
+    lines = [
+        head,
+        "",
+        f"| variant | 1 row ms | 16 rows ms | 16 rows × 1 row | tokens/s at 16 rows (×ort) | prefill 64 ms (ort) "
+        f"| mix {low} in flight tokens/s (×ort) | mix {top} in flight tokens/s (×ort) | {top} × {low} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in VARIANTS:
+        d, o = ov_steps[variant]["decode_ms"], steps[variant]["decode_ms"]
+        a, b = ov_runs[(variant, low)]["tokens_per_s"], ov_runs[(variant, top)]["tokens_per_s"]
+        lines.append(
+            f"| {variant} | {d[1]:.1f} | {d[16]:.1f} | {scaling(d[16], d[1]):.1f}× | "
+            f"{16e3 / d[16]:.0f} ({o[16] / d[16]:.2f}×) | "
+            f"{ov_steps[variant]['prefill_ms']:.1f} ({steps[variant]['prefill_ms']:.1f}) | "
+            f"{a:.1f} ({a / runs[(variant, low)]['tokens_per_s']:.2f}×) | "
+            f"{b:.1f} ({b / runs[(variant, top)]['tokens_per_s']:.2f}×) | {b / a:.2f}× |"
+        )
+    return lines
+
+
 def main() -> int:
     from common import REPORTS, ensure_bundle, mark, write_section
 
@@ -137,6 +171,30 @@ def main() -> int:
     finally:
         for engine in engines.values():
             engine.close()
+    ov_steps, ov_runs, ov_why = {}, {}, ""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        ov_why = "openvino is not installed here: `pip install trtpipe[ov]`"
+    if not ov_why:
+        ov_levels = sorted({min(args.levels), max(args.levels)})
+        for variant in VARIANTS:
+            engine = BatchEngine(
+                path,
+                variant=None if variant == "fp32" else variant,
+                threads=args.threads,
+                slots=16,
+                backend="ov",
+            )
+            try:
+                print(f"ov step profile {variant} …", file=sys.stderr, flush=True)
+                ov_steps[variant] = step_profile(engine, step_rows)
+                for clients in ov_levels:
+                    print(f"ov mix {variant} @{clients} …", file=sys.stderr, flush=True)
+                    ours_closed_loop(engine, requests[:2], clients)  # warm
+                    ov_runs[(variant, clients)] = summarize(ours_closed_loop(engine, requests, clients))
+            finally:
+                engine.close()
     gates, gate_why = demo_gate()
     int8_entry = bundle.variants["int8"]
 
@@ -195,6 +253,7 @@ def main() -> int:
         cells = [f"{runs[(variant, c)]['tokens_per_s']:.1f}" for c in args.levels]
         gain = runs[(variant, top)]["tokens_per_s"] / runs[(variant, 1)]["tokens_per_s"]
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {gain:.2f}× |")
+    lines += ["", *ov_lines(ov_steps, ov_runs, steps, runs, ov_why, args.levels)]
     if gates:
         lines += [
             "",
@@ -249,6 +308,11 @@ def main() -> int:
                 "splits": splits,
                 "mix": {f"{v} @{c}": s for (v, c), s in runs.items()},
                 "gates": gates,
+                "ov": {
+                    "steps": ov_steps,
+                    "mix": {f"{v} @{c}": r for (v, c), r in ov_runs.items()},
+                    "why": ov_why,
+                },
             },
             indent=2,
             default=str,

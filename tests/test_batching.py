@@ -50,12 +50,15 @@ def _alone(generator: Generator, item: dict):
     return generator.generate([item["prompt"]], item["max_new_tokens"], item["sampling"], item["stop"])[0]
 
 
-def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2):
-    generator = Generator(gpt2)
+@pytest.mark.parametrize("backend", ["ort-cpu", "ov"])
+def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2, backend):
+    if backend == "ov":
+        pytest.importorskip("openvino")
+    generator = Generator(gpt2, backend=backend)
     mix = _mix(generator)
     expected = [_alone(generator, item) for item in mix]
     assert any(e.finish == "stop" for e in expected)  # the stop strings do trigger
-    engine = BatchEngine(gpt2, slots=4, chunk=16)
+    engine = BatchEngine(gpt2, slots=4, chunk=16, backend=backend)
     requests, slots_seen = [], {}
     for index, item in enumerate(mix):  # arrivals spread over the run: four now, then one every other step
         requests.append(engine.submit(item["prompt"], item["max_new_tokens"], item["sampling"], item["stop"]))
@@ -76,18 +79,57 @@ def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2):
     assert engine.stats["prefill_tokens"] == sum(len(item["prompt"]) for item in mix)
 
 
+@pytest.mark.parametrize("backend", ["ort-cpu", "ov"])
 @pytest.mark.parametrize("precision", ["int8-wo", "int4", "int8"])
-def test_weight_only_in_place_variants_batch_too(gpt2, copy_bundle, precision):
+def test_quantized_variants_batch_too(gpt2, copy_bundle, precision, backend):
+    if backend == "ov":
+        pytest.importorskip("openvino")
     path = copy_bundle(gpt2)
     optimize_bundle(path, precision, force=True)
-    generator = Generator(path, variant=precision)
-    assert generator.variant == f"{precision}.kv-inplace"
+    generator = Generator(path, variant=precision, backend=backend)
+    assert generator.variant == (f"{precision}.kv-inplace" if backend == "ort-cpu" else precision)
     mix = _mix(generator, count=5)
-    engine = BatchEngine(path, variant=precision, slots=3, chunk=8)
+    engine = BatchEngine(path, variant=precision, slots=3, chunk=8, backend=backend)
     requests = [engine.submit(i["prompt"], i["max_new_tokens"], i["sampling"], i["stop"]) for i in mix]
     engine.run()
     for item, request in zip(mix, requests):
         assert request.result().ids == _alone(generator, item).ids
+
+
+def test_on_openvino_rows_share_a_width_that_moves_in_buckets(gpt2):
+    """The interop graph's rows share one width: it moves in buckets (OpenVINO prepares kernels per shape, so the
+    graph sees few shapes), a long request that leaves has its columns dropped, no step's present is wider than
+    the capacity, and each row still gets what it gets alone."""
+    pytest.importorskip("openvino")
+    from trtpipe.runtime.slots import BUCKET
+
+    generator = Generator(gpt2, backend="ov")
+    engine = BatchEngine(gpt2, slots=3, chunk=64, capacity=200, backend="ov")
+    prompts = [[5 + i % 50 for i in range(n)] for n in (150, 3, 20, 8, 25, 2)]
+    news = [10, 60, 40, 50, 40, 60]
+    requests = [engine.submit(p, n, ignore_eos=True) for p, n in zip(prompts, news)]
+    widths = []
+    while engine.step():
+        widths.append(engine.cache.width)
+        running = [r for r in engine.table if r is not None and r.state == "running"]
+        for r in running:  # a joined row's cached tokens are unmasked, and are the last columns
+            if engine.cache.joined[r.slot]:
+                cached = len(r.ids) + len(r.tokens) - 1
+                assert engine.cache.mask[r.slot, engine.cache.width - cached :].all()
+                assert engine.cache.mask[r.slot].sum() == cached
+    changes = sum(a != b for a, b in zip(widths, widths[1:]))
+    assert max(widths) < 200 and changes <= len(widths) // 8
+    assert (
+        max(widths) >= 150 and widths[-1] <= max(widths) - BUCKET
+    )  # the long request's columns were dropped
+    for prompt, n, request in zip(prompts, news, requests):
+        alone = [t.id for t in generator.stream([prompt], n, ignore_eos=True)]
+        assert request.result().ids == alone
+
+
+def test_batching_runs_on_host_backends_only(gpt2):
+    with pytest.raises(UserError, match=r"ort-cpu or ov.*Generator"):
+        BatchEngine(gpt2, backend="trt")
 
 
 def test_cancelled_requests_free_their_slot_and_the_others_go_on(gpt2):

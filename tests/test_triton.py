@@ -557,8 +557,8 @@ def test_python_model_generation_matches_the_runtime(python_model, tmp_path, gpt
 
 
 def test_python_model_on_the_ov_runtime_answers_like_ort_cpu(python_model, tmp_path, classify, gpt2):
-    """--runtime ov: a CPU instance; classification and generation (one request at a time, ping-pong KV) give the
-    answers ONNX Runtime gives."""
+    """--runtime ov: a CPU instance; classification and generation (in-flight batching on the interop graph) give
+    the answers ONNX Runtime gives."""
     pytest.importorskip("openvino")
     repo = tmp_path / "repo"
     result = invoke("triton", f"cls={classify}", f"gen={gpt2}", "--runtime", "ov", "--out", repo, "-q")
@@ -579,12 +579,17 @@ def test_python_model_on_the_ov_runtime_answers_like_ort_cpu(python_model, tmp_p
         model.finalize()
     model = _instance(python_model, repo, "gen")
     try:
-        assert model.generation.engine is None and model.generation.generator.runner.session.backend == "ov"
-        request = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[8]], np.int32))
-        model.execute([request])
-        _finished(request.sender)
-        expected = Generator(gpt2).generate(PROMPTS[0], max_new_tokens=8)[0]
-        assert request.sender.sent[0][0].outputs["ids"][0].tolist() == expected.ids
+        engine = model.generation.engine
+        assert engine.backend == "ov" and engine.runner.session.backend == "ov"
+        requests = [
+            FakeRequest(text=_texts(prompt), max_new_tokens=np.array([[8]], np.int32))
+            for prompt in PROMPTS[:2]
+        ]
+        model.execute(requests)
+        for prompt, request in zip(PROMPTS[:2], requests):
+            _finished(request.sender)
+            expected = Generator(gpt2).generate(prompt, max_new_tokens=8)[0]
+            assert request.sender.sent[0][0].outputs["ids"][0].tolist() == expected.ids
     finally:
         model.finalize()
 

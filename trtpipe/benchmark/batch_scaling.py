@@ -141,7 +141,7 @@ def time_kernels(
 def step_profile(
     engine, rows: tuple[int, ...], context: int = 160, chunk: int = 64, repeat: int = 5, reduce=min
 ) -> dict:
-    """ms of one in-place decode step at each row count (every row `context` tokens long), and of one prefill chunk
+    """ms of one decode step at each row count (every row `context` tokens long), and of one prefill chunk
     of `chunk` tokens: `reduce` (default: the best) of `repeat` calls after a warm-up. The engine's cache must hold
     max(rows) slots."""
     from .stats import timed_calls
@@ -160,7 +160,9 @@ def step_profile(
         return float(reduce(timed_calls(fn, repeat))) * 1e3
 
     decode = {}
-    for count in rows:
+    for count in sorted(
+        rows, reverse=True
+    ):  # most rows first: a shared-width cache (slots.py) keeps rows < count
         tokens = np.full(count, token, dtype=np.int64)
         lengths = np.full(count, context, dtype=np.int64)
         decode[count] = ms(lambda t=tokens, n=lengths: runner.decode(t, n, cache, None))

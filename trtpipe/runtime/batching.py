@@ -27,11 +27,15 @@ from .errors import UserError
 from .generate import Completion, Generator, History, PromptTruncated, Token
 from .request import DONE, PREFILL, RUNNING, EngineStopped, QueueFull, Request
 from .sampling import Sampling, sample_next
+from .slots import SlotDecoder
 from .text import StopText
+
+BACKENDS = ("ort-cpu", "ov")
 
 
 class BatchEngine:
-    """In-flight batching over one GPT-2 bundle on ONNX Runtime's CPU (see the module docstring).
+    """In-flight batching over one GPT-2 bundle on ONNX Runtime's CPU (the in-place KV variant) or OpenVINO (the
+    interop graph, `SlotDecoder`); see the module docstring.
 
     engine = BatchEngine("bundles/gpt2-generate", slots=8)
     a = engine.submit("The list", max_new_tokens=32)
@@ -48,8 +52,16 @@ class BatchEngine:
         capacity: int | None = None,
         chunk: int = 64,
         max_queue: int = 64,
+        backend: str = "ort-cpu",
     ):
-        self.generator = Generator(bundle, variant=variant, threads=threads, kv="inplace")
+        if backend not in BACKENDS:
+            raise UserError(
+                f"in-flight batching runs on {' or '.join(BACKENDS)} (got --backend {backend}); GPU backends "
+                "generate one request at a time (`Generator`)"
+            )
+        kv = "inplace" if backend == "ort-cpu" else "pingpong"
+        self.generator = Generator(bundle, backend=backend, variant=variant, threads=threads, kv=kv)
+        self.backend = backend
         self.bundle = self.generator.bundle
         positions = self.generator.max_positions
         for name, value, low in (("slots", slots, 1), ("chunk", chunk, 1), ("max_queue", max_queue, 0)):
@@ -67,6 +79,8 @@ class BatchEngine:
             max_queue,
         )
         self.runner = self.generator.runner
+        if backend == "ov":  # OpenVINO runs the interop graph only: rows share its width (slots.py)
+            self.runner = SlotDecoder(self.bundle, self.runner.session)
         self.cache = self.runner.new_cache(self.slots, self.capacity)
         self.table: list[Request | None] = [None] * self.slots  # slot → request
         self.waiting: collections.deque[Request] = collections.deque()
@@ -239,6 +253,7 @@ class BatchEngine:
         high = max(r.slot for r in running) + 1
         tokens = np.full(high, self.generator.pad_id, dtype=np.int64)
         lengths = np.zeros(high, dtype=np.int64)
+        live = np.zeros(high, dtype=bool)
         for slot in range(high):
             request = self.table[slot]
             if request is None:
@@ -246,9 +261,10 @@ class BatchEngine:
             if request.state == RUNNING:
                 tokens[slot] = request.pending
                 lengths[slot] = len(request.ids) + len(request.tokens) - 1
+                live[slot] = True
             else:
                 lengths[slot] = request.prefilled
-        logits, _ = self.runner.decode(tokens, lengths, self.cache, None)
+        logits, _ = self.runner.decode(tokens, lengths, self.cache, None, live=live)
         self.stats["decode_rows"] += len(running)
         self.stats["decode_s"] += time.perf_counter() - started
         for request in running:

@@ -112,9 +112,15 @@ class DecoderRunner:
         self._run(kv.inplace_prefill(ids, past), cache, past, len(ids), 1, row, logits)
 
     def decode(
-        self, tokens: np.ndarray, lengths: np.ndarray, cache: KVCache, mask: np.ndarray | None
+        self,
+        tokens: np.ndarray,
+        lengths: np.ndarray,
+        cache: KVCache,
+        mask: np.ndarray | None,
+        live: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One step for every row. `lengths` = valid tokens per row before this step."""
+        """One step for every row. `lengths` = valid tokens per row before this step; `live` (BatchEngine's
+        running rows) is not needed here: in place, a row that is not running writes where its next write goes."""
         batch = len(tokens)
         if self.inplace:
             if cache.step_logits is None:

@@ -129,6 +129,12 @@ class OvSession:
         return check_feeds(feeds, self.specs, self.limits)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # copies: the request's output memory is reused by the next call that takes it
+        return self.run_with(feeds, lambda outputs: {name: value.copy() for name, value in outputs.items()})
+
+    def run_with(self, feeds: dict[str, np.ndarray], use):
+        """`use(outputs)` on views of the infer request's own output memory, valid only inside the call (a caller
+        that copies only part of the outputs, or copies them reshaped, saves a copy: `slots.py`)."""
         feeds = self.check(feeds)
         try:
             request = self.idle.get_nowait()
@@ -137,10 +143,7 @@ class OvSession:
         try:
             inputs = {self.index[name]: value for name, value in feeds.items() if name in self.index}
             request.infer(inputs, share_inputs=True, share_outputs=True)
-            # copies: the request's output memory is reused by the next call that takes it
-            return {
-                name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)
-            }
+            return use({name: request.get_output_tensor(i).data for i, name in enumerate(self.output_names)})
         finally:
             self.idle.put(request)
 

@@ -21,6 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ..runtime import Generator, Sampling, Token, UserError
+from ..runtime.batching import BACKENDS as BATCHING
 from ..runtime.batching import BatchEngine, Request
 from . import triton_io as tio
 from .drain import CUT_OFF, REFUSED, DrainWatch, ServerStopping
@@ -227,7 +228,7 @@ class GenerationModel:
         slots = int(params.get("slots") or params.get("batch_size") or 8)
         self.engine: BatchEngine | None = None
         self.generator: Generator | None = None
-        if runtime == "ort-cpu":
+        if runtime in BATCHING:
             self.engine = BatchEngine(
                 root,
                 variant=variant,
@@ -235,13 +236,14 @@ class GenerationModel:
                 slots=slots,
                 chunk=int(params.get("prefill_chunk") or 64),
                 max_queue=int(params.get("max_queue") or 64),
+                backend=runtime,
             ).start()
             # Triton's metrics endpoint, when the server has one (--allow-metrics=false refuses the families)
             try:
                 self.metrics = EngineMetrics(self.engine, name)
             except Exception:
                 self.metrics = None
-        else:  # GPU runtimes keep the KV cache on the device, OpenVINO has no in-place KV graph: one at a time
+        else:  # GPU runtimes keep the KV cache on the device: one request at a time
             self.generator = Generator(root, backend=runtime, variant=variant, threads=threads)
         self.cut = threading.Event()
         self.drain = DrainWatch(self.cut_off)
