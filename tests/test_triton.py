@@ -672,6 +672,14 @@ def test_python_model_refuses_new_requests_once_draining_and_cuts_off_what_runs(
     repo = tmp_path / "repo"
     write_repository([f"gen={long_gpt2}", f"cls={classify}"], repo, RepoOptions(stream=True))
     gen, cls = _instance(python_model, repo, "gen"), _instance(python_model, repo, "cls")
+    runner = gen.generation.engine.runner
+    decode = runner.decode
+
+    def slow_decode(*args, **kwargs):  # ≥ 4 s for LONG steps, whatever the CPU: the drain watch polls every 0.2 s
+        time.sleep(0.002)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "decode", slow_decode)
     try:
         running = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[LONG]], np.int32))
         gen.execute([running])

@@ -253,9 +253,11 @@ def _optimize_locked(
         entry["seconds"] = round(time.perf_counter() - started, 1)
     if f"{precision}.kv-inplace" in Bundle.load(bundle.path).variants:
         worst, top1 = twin_agreement(bundle.path, precision)
-        # int4/int8-wo at accuracy level 4 quantise activations per block: fp32 rounding differences between the two
-        # graphs can flip an activation's int8 rounding, so logits agree to quantisation noise, not to 1e-4.
-        atol = 1e-3 if precision == "int8" else 5e-2
+        # every one of these quantises activations at run time (int8 per row, int4/int8-wo at accuracy level 4 per
+        # block): fp32 rounding differences between the two graphs (GroupQueryAttention against the exported
+        # attention) can flip an activation's int8 rounding, so logits agree to quantisation noise, not to 1e-4 —
+        # int8 measured 0.039 on tiny-gpt2 on an AVX-512 VNNI CPU (below 1e-3 on an AVX2 one); top-1 must still agree
+        atol = 5e-2
         with bundle_transaction(bundle.path) as (locked, _):
             twin = locked.manifest["variants"][f"{precision}.kv-inplace"]
             twin["parity"]["ort-cpu"] = {
