@@ -675,7 +675,9 @@ def test_python_model_refuses_new_requests_once_draining_and_cuts_off_what_runs(
     runner = gen.generation.engine.runner
     decode = runner.decode
 
-    def slow_decode(*args, **kwargs):  # ≥ 4 s for LONG steps, whatever the CPU: the drain watch polls every 0.2 s
+    def slow_decode(
+        *args, **kwargs
+    ):  # ≥ 4 s for LONG steps, whatever the CPU: the drain watch polls every 0.2 s
         time.sleep(0.002)
         return decode(*args, **kwargs)
 
