@@ -505,7 +505,14 @@ def genai_rows(bundle, lazy: LazyWorker, threads: int, kv_default: str, default:
 
 
 def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
-    from trtpipe.benchmark.decode import floors, make_rows, prompt_ids, run_decode, weight_bytes_per_token
+    from trtpipe.benchmark.decode import (
+        SETTLE_S,
+        floors,
+        make_rows,
+        prompt_ids,
+        run_decode,
+        weight_bytes_per_token,
+    )
     from trtpipe.benchmark.floors import dram_read_bandwidth
     from trtpipe.benchmark.ov_peers import default_precision, first_divergence, ir_weight_bytes
     from trtpipe.runtime import Bundle
@@ -560,7 +567,8 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     lines = [
         "",
         f"**GPT-2 124M decoding** (random weights: speed only), batch 1, greedy, {NEW_TOKENS} new tokens, "
-        f"{threads} threads, {rounds} interleaved rounds after a warm-up; every row gets the same prompt token ids. "
+        f"{threads} threads, {rounds} interleaved rounds after a warm-up, each row after a {SETTLE_S} s pause (the "
+        "threads of the row before asleep: trtpipe/benchmark/decode.py); every row gets the same prompt token ids. "
         "Every row is timed the same way: a clock at each token as the caller receives it (ours: the token "
         "stream; openvino-genai: its streamer, a `StreamerBase` whose `write` gets each token id). TTFT = first "
         "token (median over rounds); TPOT = token to token, p50 of every step of every round. openvino-genai runs "
@@ -766,6 +774,7 @@ class OursBatch:
 
 
 def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tuple[list[str], list, dict]:
+    from trtpipe.benchmark.decode import settle
     from trtpipe.benchmark.ov_peers import GenaiOvDecoder, genai_export, genai_properties
     from trtpipe.runtime import Bundle
 
@@ -820,6 +829,7 @@ def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tup
             for i, (_, _, row, _) in enumerate(built):
                 if row is None or i in errors:
                     continue
+                settle()  # the last row's threads asleep first (trtpipe/benchmark/decode.py)
                 try:
                     seconds, out = row.batch(prompts, NEW_TOKENS)
                 except Exception as exc:
@@ -834,7 +844,7 @@ def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tup
         "",
         f"**{streams} different prompts at once** (GPT-2 124M, random weights: speed only): {streams} real-text "
         f"prompts of {prompt} tokens each (the same ids for every row), {NEW_TOKENS} new tokens each, greedy, "
-        f"{threads} threads; one round = the whole batch, start to last token; {rounds} interleaved rounds after "
+        f"{threads} threads; one round = the whole batch, start to last token, each row after a 0.2 s pause; {rounds} interleaved rounds after "
         "a warm-up. tokens/s = new tokens of all streams ÷ the median round's wall time.",
         "",
         "| row | wall s (median) | tokens/s | tokens |",
