@@ -99,6 +99,24 @@ def test_unknown_backend_and_variant(make_bundle):
         open_session(path, threads=0)
 
 
+def test_ort_spinning_is_onnx_runtimes_default_unless_the_environment_turns_it_off(make_bundle, monkeypatch):
+    path = make_bundle("tiny-bert", "embed")
+
+    def entry():
+        options = open_session(path).session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    monkeypatch.delenv("TRTPIPE_ORT_SPIN", raising=False)
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's own default (spinning), no entry of ours
+        entry()
+    for value, expected in (("0", "0"), ("off", "0"), ("1", "1")):
+        monkeypatch.setenv("TRTPIPE_ORT_SPIN", value)
+        assert entry() == expected
+    monkeypatch.setenv("TRTPIPE_ORT_SPIN", "sometimes")
+    with pytest.raises(UserError, match=r"TRTPIPE_ORT_SPIN='sometimes' is not a setting.*=0"):
+        open_session(path)
+
+
 def test_embed_pipeline_batches_equal_single_runs(make_bundle):
     pipe = load_pipeline(make_bundle("tiny-bert", "embed"))
     texts = ["short", "a somewhat longer sentence with more words in it", "mid length text here", "x " * 30]
