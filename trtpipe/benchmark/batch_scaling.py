@@ -160,9 +160,8 @@ def step_profile(
         return float(reduce(timed_calls(fn, repeat))) * 1e3
 
     decode = {}
-    for count in sorted(
-        rows, reverse=True
-    ):  # most rows first: a shared-width cache (slots.py) keeps rows < count
+    # most rows first: a shared-width cache (slots.py) keeps only the rows of its last step
+    for count in sorted(rows, reverse=True):
         tokens = np.full(count, token, dtype=np.int64)
         lengths = np.full(count, context, dtype=np.int64)
         decode[count] = ms(lambda t=tokens, n=lengths: runner.decode(t, n, cache, None))

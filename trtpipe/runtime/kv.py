@@ -50,6 +50,16 @@ def next_step(tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def chunk(ids: list[int], past: int = 0) -> dict[str, np.ndarray]:
+    """Ping-pong, one row, no padding: its tokens after `past` cached ones (a whole prompt, or a chunk of one)."""
+    n = len(ids)
+    return {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, past + n), dtype=np.int64),
+        "position_ids": np.arange(past, past + n, dtype=np.int64)[None],
+    }
+
+
 def inplace_prefill(ids: list[int], past: int = 0) -> dict[str, np.ndarray]:
     """In place: one row's tokens (a whole prompt, or a chunk of one after `past` cached tokens)."""
     n = len(ids)
@@ -79,13 +89,7 @@ def empty_past(layers: int, heads: int, head_dim: int, batch: int = 1, dtype=np.
 
 def full_sequence(ids: list[int], layers: int, heads: int, head_dim: int) -> dict[str, np.ndarray]:
     """The uncached oracle's feeds: the whole sequence, no padding, an empty past."""
-    n = len(ids)
-    return {
-        "input_ids": np.asarray([ids], np.int64),
-        "attention_mask": np.ones((1, n), np.int64),
-        "position_ids": np.arange(n, dtype=np.int64)[None],
-        **empty_past(layers, heads, head_dim),
-    }
+    return {**chunk(ids), **empty_past(layers, heads, head_dim)}
 
 
 # --------------------------------------------------------------------------------------------------- caches

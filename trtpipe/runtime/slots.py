@@ -7,8 +7,8 @@ one [B, H, W, D] tensor per layer and kind with an attention mask [B, W + 1], so
 
 - a prompt is prefilled alone (batch 1, in chunks, into the row's own buffers), and joins the shared buffers,
   right-aligned, at its first decode step: its columns are always the last `length` ones, the rest masked;
-- every decode step runs rows [0, B) on the shared past and appends one column (the present the graph returns is
-  the next step's past: no copy); a row that is not running rides along masked to its own new column only;
+- every decode step runs rows [0, B) on the shared past and appends one column (the present the graph returns,
+  copied once, is the next step's past); a row that is not running rides along masked to its own new column only;
 - the width moves in buckets of 32 columns, so the graph sees a new shape once every 32 steps rather than every
   step (OpenVINO prepares its kernels per shape): each step drops the free column on the left (one copy of the
   K/V), a full width grows by a bucket, and columns no row uses any more (a long request left) are dropped.
@@ -29,8 +29,6 @@ BUCKET = 32  # columns the shared width grows or shrinks by (`SlotCache.settle`)
 
 class SlotCache:
     """The shared [B, H, W, D] K/V tensors and mask [B, W] of the running rows, and each prefilling row's own."""
-
-    inplace = False
 
     def __init__(self, layers: int, slots: int, heads: int, head_dim: int, capacity: int, dtype=np.float32):
         self.layers, self.slots, self.heads, self.head_dim = layers, slots, heads, head_dim
@@ -117,6 +115,7 @@ class SlotDecoder:
         self.layers, self.heads, self.head_dim = model["num_layers"], model["num_heads"], model["head_dim"]
         self.vocab = bundle.limits["vocab_size"]
         self.names = kv.kv_names(self.layers)
+        self.run_with = getattr(session, "run_with", None)  # OpenVINO: views of its outputs, copied once
 
     def new_cache(self, slots: int, capacity: int) -> SlotCache:
         return SlotCache(self.layers, slots, self.heads, self.head_dim, capacity)
@@ -127,12 +126,7 @@ class SlotDecoder:
         if past == 0:
             cache.reset(row)
         own = cache.own.get(row)
-        n = len(ids)
-        feeds = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, past + n), dtype=np.int64),
-            "position_ids": np.arange(past, past + n, dtype=np.int64)[None],
-        }
+        feeds = kv.chunk(ids, past)
         if own is None:
             feeds.update(kv.empty_past(self.layers, self.heads, self.head_dim, dtype=cache.dtype))
         else:
@@ -152,7 +146,8 @@ class SlotDecoder:
         mask: np.ndarray | None = None,
         live: np.ndarray | None = None,
     ) -> tuple[np.ndarray, None]:
-        """One step for rows [0, B); `live` marks the running ones (default all), `lengths` their tokens so far.
+        """One step for rows [0, B); `live` marks the running ones (default all). `lengths` (their tokens so far)
+        is what the mask of a joined row already counts, so positions come from the mask (`kv.next_step`).
         Returns the logits [B, V]."""
         batch = len(tokens)
         live = np.ones(batch, bool) if live is None else np.asarray(live, bool)[:batch]
@@ -162,13 +157,9 @@ class SlotDecoder:
         for row in np.flatnonzero(~live & cache.joined[:batch]):  # rows that left: masked from now on
             cache.reset(int(row))
         cache.settle(batch)
-        step_mask = np.concatenate([cache.mask[:batch], np.ones((batch, 1), np.int64)], axis=1)
-        feeds = {
-            "input_ids": np.asarray(tokens, dtype=np.int64).reshape(batch, 1),
-            "attention_mask": step_mask,
-            "position_ids": np.where(live, lengths, 0).astype(np.int64).reshape(batch, 1),
-        }
+        feeds = kv.next_step(tokens, cache.mask[:batch])
         feeds.update({name: cache.kv[index][:batch] for index, name, _ in self.names})
+        step_mask = feeds["attention_mask"].copy()  # what the cache keeps: rows not running masked throughout
         step_mask[~live] = 0
         # the free column on the left is dropped to keep the width (and so the graph's shapes) where it was
         start = 0 if step_mask[:, 0].any() else 1
@@ -187,5 +178,4 @@ class SlotDecoder:
         return logits, None
 
     def _run(self, feeds: dict, keep):
-        run_with = getattr(self.session, "run_with", None)  # OpenVINO: views of its outputs, copied once
-        return run_with(feeds, keep) if run_with else keep(self.session.run(feeds))
+        return self.run_with(feeds, keep) if self.run_with else keep(self.session.run(feeds))
