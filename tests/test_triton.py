@@ -594,13 +594,26 @@ def test_python_model_on_the_ov_runtime_answers_like_ort_cpu(python_model, tmp_p
         model.finalize()
 
 
-def test_python_model_frees_a_cancelled_slot_and_bounds_its_queue(python_model, tmp_path, gpt2):
+def _slow_steps(monkeypatch, engine, seconds: float = 0.002) -> None:
+    """Each decode step of `engine` takes at least `seconds` longer: a test that acts while a long stream runs
+    (cancel it, drain, finalize) does not race its end on a fast CPU, where a tiny model's stream lasts milliseconds."""
+    decode = engine.runner.decode
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(seconds)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "decode", slow_decode)
+
+
+def test_python_model_frees_a_cancelled_slot_and_bounds_its_queue(python_model, tmp_path, monkeypatch, gpt2):
     """One slot, no queue: a second request is refused at once; a client that goes away mid-stream frees the slot
     within a step and the next request runs; finalize() ends what is still running with an error, not a hang."""
     repo = tmp_path / "repo"
     write_repository([f"gen={gpt2}"], repo, RepoOptions(stream=True, max_batch=1, max_queue=0))
     model = _instance(python_model, repo, "gen")
     engine = model.generation.engine
+    _slow_steps(monkeypatch, engine)  # 200 steps ≥ 0.4 s: cancel and finalize land mid-stream
     long = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[200]], np.int32))
     model.execute([long])
     while not long.sender.sent:  # streaming: its first token arrived, it holds the only slot
@@ -672,16 +685,7 @@ def test_python_model_refuses_new_requests_once_draining_and_cuts_off_what_runs(
     repo = tmp_path / "repo"
     write_repository([f"gen={long_gpt2}", f"cls={classify}"], repo, RepoOptions(stream=True))
     gen, cls = _instance(python_model, repo, "gen"), _instance(python_model, repo, "cls")
-    runner = gen.generation.engine.runner
-    decode = runner.decode
-
-    def slow_decode(
-        *args, **kwargs
-    ):  # ≥ 4 s for LONG steps, whatever the CPU: the drain watch polls every 0.2 s
-        time.sleep(0.002)
-        return decode(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "decode", slow_decode)
+    _slow_steps(monkeypatch, gen.generation.engine)  # ≥ 4 s for LONG steps: the drain watch polls every 0.2 s
     try:
         running = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[LONG]], np.int32))
         gen.execute([running])
