@@ -57,8 +57,9 @@ def environment_line(threads: int = 2) -> str:
         if env["memory_bytes"]
         else "memory not measured (psutil is not installed)"
     )
+    flags = " (" + ", ".join(env["cpu_flags"]) + ")" if env.get("cpu_flags") else ""
     return (
-        f"{env['cpu']}, {env['logical_cores']} logical cores, {threads} threads, "
+        f"{env['cpu']}{flags}, {env['logical_cores']} logical cores, {threads} threads, "
         f"{memory}; onnxruntime {versions.get('onnxruntime', '?')}, "
         f"torch {versions.get('torch', '?')}, transformers {versions.get('transformers', '?')}; {env['date']}"
     )

@@ -463,6 +463,9 @@ class LazyWorker:
 
 
 GENAI_FORMATS = (("fp32", "fp32"), ("int8", "int8-wo"), ("int4", "int4"))
+# trtpipe rows with prefill_backend="ov" (prompts on OpenVINO, decoding on ONNX Runtime in place): the weight-only
+# variants, whose prefill OpenVINO runs faster than ONNX Runtime's MatMulNBits (fp32's it does not, at f32)
+SPLIT, SPLIT_VARIANTS = "ours+ov-prefill", ("int8-wo", "int4")
 # Every round sends the same prompt again: with LLMPipeline's default prefix caching the second round would time a
 # cache hit, not a prefill (measured: TTFT at prompt 512 fell from ~550 ms to ~15 ms). Ours caches no prefixes.
 SCHEDULER = {"cache_size": 1, "enable_prefix_caching": False}
@@ -507,6 +510,7 @@ def genai_rows(bundle, lazy: LazyWorker, threads: int, kv_default: str, default:
 def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     from trtpipe.benchmark.decode import (
         SETTLE_S,
+        OursDecoder,
         floors,
         make_rows,
         prompt_ids,
@@ -524,9 +528,11 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     bundle = Bundle.load(path)
     default, kv_default = _ov_defaults(default_precision)
     lazy, folders = LazyWorker(), {}
-    rows = make_rows(bundle, [v for _, v in GENAI_FORMATS], [], threads) + genai_rows(
-        bundle, lazy, threads, kv_default, default, folders
-    )
+    rows = make_rows(bundle, [v for _, v in GENAI_FORMATS], [], threads)
+    rows += [  # the weight-only variants' prompts on OpenVINO, decoding on ONNX Runtime in place (prefill.py)
+        (SPLIT, lambda v=v: OursDecoder(bundle, v, threads, prefill_backend="ov")) for v in SPLIT_VARIANTS
+    ]
+    rows += genai_rows(bundle, lazy, threads, kv_default, default, folders)
     try:
         results = run_decode(bundle, [32, 512], NEW_TOKENS, rows, rounds=rounds)
         # every row is fed the same prompt ids; would the genai tokenizer make them from the text too?
@@ -560,6 +566,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
         "int4": "model.int4.kv-inplace.onnx",
     }
     weights = {("ours", v): weight_bytes_per_token(bundle.path / f) for v, f in files.items()}
+    weights.update({(SPLIT, v): weights[("ours", v)] for v in SPLIT_VARIANTS})  # it decodes on the same graph
     for fmt, variant in GENAI_FORMATS:
         if fmt in folders:
             weights[("ov-genai", variant)] = ir_weight_bytes(folders[fmt])
@@ -597,7 +604,15 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
                 lines.append(f"| {r.label} | {p} | not measured ({r.error}) |||||")
                 continue
             ref = by.get((r.kind, "fp32", p))
-            if variant == "fp32":
+            same = by.get(("ours", variant, p))
+            if r.kind == SPLIT:
+                agree = (
+                    f"{first_divergence(r.ids, same.ids)} of {len(same.ids)} equal to trtpipe {variant} prefilled on "
+                    "ONNX Runtime"
+                    if same is not None and same.ids and not same.error
+                    else "not measured (its ONNX Runtime row did not run)"
+                )
+            elif variant == "fp32":
                 if r.kind == "ov-genai" and ("ours", "fp32", p) in by and by[("ours", "fp32", p)].ids:
                     ours = by[("ours", "fp32", p)].ids
                     agree = (
@@ -627,11 +642,11 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     ]
     targets = []
 
-    def ratio_cells(ours_variant: str, peer_variant: str) -> list[str]:
+    def ratio_cells(ours_variant: str, peer_variant: str, kind: str = "ours") -> list[str]:
         """TTFT and TPOT ratios (peer ms ÷ ours) at prompts 32 and 512, or "not measured" where a row is missing."""
         cells = []
         for p in (32, 512):
-            ours, peer = by.get(("ours", ours_variant, p)), by.get(("ov-genai", peer_variant, p))
+            ours, peer = by.get((kind, ours_variant, p)), by.get(("ov-genai", peer_variant, p))
             if ours is None or peer is None or ours.error or peer.error:
                 cells += ["not measured", "not measured"]
                 continue
@@ -650,9 +665,24 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
         f"| openvino-genai int4 at OpenVINO's defaults ({default}, {kv_default} KV) vs trtpipe int4 | {' | '.join(cells)} |"
     )
     for fmt, variant in GENAI_FORMATS:
+        if variant in SPLIT_VARIANTS:
+            cells = ratio_cells(variant, variant, SPLIT)
+            lines.append(
+                f"| openvino-genai {fmt} vs trtpipe {variant}, OpenVINO prefill | {' | '.join(cells)} |"
+            )
+    cells = ratio_cells("int4", "int4 (defaults)", SPLIT)
+    lines.append(
+        f"| openvino-genai int4 at OpenVINO's defaults vs trtpipe int4, OpenVINO prefill | {' | '.join(cells)} |"
+    )
+    configs = [("ours", fmt, variant, "") for fmt, variant in GENAI_FORMATS] + [
+        (SPLIT, fmt, variant, ", OpenVINO prefill")
+        for fmt, variant in GENAI_FORMATS
+        if variant in SPLIT_VARIANTS
+    ]
+    for kind, fmt, variant, how in configs:
         for p in (32, 512):
-            ours, peer = by.get(("ours", variant, p)), by.get(("ov-genai", variant, p))
-            name = f"GPT-2 {variant} prompt {p}: TPOT ≥ 1.0× openvino-genai {fmt}"
+            ours, peer = by.get((kind, variant, p)), by.get(("ov-genai", variant, p))
+            name = f"GPT-2 {variant}{how} prompt {p}: TPOT ≥ 1.0× openvino-genai {fmt}"
             if ours is None or peer is None or ours.error or peer.error:
                 targets.append(
                     (name, f"not measured ({(peer.error if peer else None) or 'row missing'})", None)
@@ -661,7 +691,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
             r = peer.tpot["p50_ms"] / ours.tpot["p50_ms"]
             sentence = ""
             if r < 1.0:
-                w_ours, w_peer = weights.get(("ours", variant)), weights.get(("ov-genai", variant))
+                w_ours, w_peer = weights.get((kind, variant)), weights.get(("ov-genai", variant))
                 sentence = (
                     f" — openvino-genai is {1 / r - 1:.0%} faster per token; it reads {w_peer / 2**20:.0f} MiB of "
                     f"weights per token against our {w_ours / 2**20:.0f} MiB (DRAM floors {w_peer / bandwidth * 1e3:.2f} "
@@ -677,14 +707,14 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
                     r >= 1.0,
                 )
             )
-    for fmt, variant in GENAI_FORMATS:
+    for kind, fmt, variant, how in configs:
         for p in (32, 512):
-            ours = by.get(("ours", variant, p))
+            ours = by.get((kind, variant, p))
             peers = [
                 r for r in results if r.kind == "ov-genai" and not r.error and r.prompt_len == p
                 and (r.variant or "").removesuffix(" (defaults)") == variant
             ]  # fmt: skip
-            name = f"GPT-2 {variant} prompt {p}: TTFT ≤ the fastest openvino-genai {fmt} row"
+            name = f"GPT-2 {variant}{how} prompt {p}: TTFT ≤ the fastest openvino-genai {fmt} row"
             if ours is None or ours.error or not peers:
                 targets.append((name, "not measured", None))
                 continue

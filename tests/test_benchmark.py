@@ -554,6 +554,15 @@ def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
     monkeypatch.setattr(env, "environment", lambda threads=None: {**real(threads), "memory_bytes": None})
     line = common.environment_line()
     assert "0 GiB" not in line and "memory not measured" in line
+    from trtpipe.benchmark import (
+        floors,
+    )  # the line names the CPU's instruction sets (two "AMD EPYC" VMs differ)
+
+    monkeypatch.setattr(floors, "cpu_flags", lambda: ("AuthenticAMD", {"avx2", "avx512_bf16", "fpu"}, None))
+    assert f"{env.cpu_model()} (avx2, avx512_bf16), " in common.environment_line()
+    assert env.isa_flags() == ["avx2", "avx512_bf16"]
+    monkeypatch.setattr(floors, "cpu_flags", lambda: ("", set(), None))
+    assert "()" not in common.environment_line() and env.environment()["cpu_flags"] == []
 
 
 def test_the_compute_roof_is_the_machines_and_names_what_set_it(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -99,22 +100,37 @@ def test_unknown_backend_and_variant(make_bundle):
         open_session(path, threads=0)
 
 
-def test_ort_spinning_is_onnx_runtimes_default_unless_the_environment_turns_it_off(make_bundle, monkeypatch):
+def test_ort_spinning_is_onnx_runtimes_default_unless_the_environment_or_the_session_sets_it(
+    make_bundle, monkeypatch
+):
     path = make_bundle("tiny-bert", "embed")
 
-    def entry():
-        options = open_session(path).session.get_session_options()
-        return options.get_session_config_entry("session.intra_op.allow_spinning")
+    def entries(**kwargs):
+        options = open_session(path, **kwargs).session.get_session_options()
+        found = {}
+        for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+            with contextlib.suppress(RuntimeError):  # not set: ONNX Runtime's own default
+                found[key] = options.get_session_config_entry(key)
+        return found
 
     monkeypatch.delenv("TRTPIPE_ORT_SPIN", raising=False)
-    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's own default (spinning), no entry of ours
-        entry()
-    for value, expected in (("0", "0"), ("off", "0"), ("1", "1")):
+    assert entries() == {}  # not set: ONNX Runtime's own default (spinning), no entry of ours
+    for value, expected in (
+        ("0", {"session.intra_op.allow_spinning": "0"}),
+        ("off", {"session.intra_op.allow_spinning": "0"}),
+        ("1", {"session.intra_op.allow_spinning": "1"}),
+        ("stop", {"session.force_spinning_stop": "1"}),
+    ):
         monkeypatch.setenv("TRTPIPE_ORT_SPIN", value)
-        assert entry() == expected
+        assert entries() == expected
+    assert entries(spin="0") == {"session.intra_op.allow_spinning": "0"}  # the session's own setting wins
     monkeypatch.setenv("TRTPIPE_ORT_SPIN", "sometimes")
-    with pytest.raises(UserError, match=r"TRTPIPE_ORT_SPIN='sometimes' is not a setting.*=0"):
+    with pytest.raises(UserError, match=r"TRTPIPE_ORT_SPIN='sometimes' is not a setting: use stop.*unset it"):
         open_session(path)
+    with pytest.raises(UserError, match=r"spin='fast' is not a setting: use stop"):
+        open_session(path, spin="fast")
+    with pytest.raises(UserError, match="backend ov has none"):
+        open_session(path, backend="ov", spin="stop")
 
 
 def test_embed_pipeline_batches_equal_single_runs(make_bundle):

@@ -594,6 +594,41 @@ def test_python_model_on_the_ov_runtime_answers_like_ort_cpu(python_model, tmp_p
         model.finalize()
 
 
+def test_python_model_with_an_openvino_prefill_generates_like_ort_cpu(python_model, tmp_path, gpt2, classify):
+    """--prefill-backend ov: the generation model's engine prefills on OpenVINO and decodes on ONNX Runtime in
+    place, with the tokens ONNX Runtime alone gives; a bad value or a runtime it cannot feed is one line, exit 2."""
+    pytest.importorskip("openvino")
+    repo = tmp_path / "repo"
+    result = invoke("triton", f"gen={gpt2}", "--prefill-backend", "ov", "--out", repo, "-q")
+    assert result.exit_code == 0, result.output
+    assert read_config(repo / "gen" / "config.pbtxt").parameters["prefill_backend"].string_value == "ov"
+    model = _instance(python_model, repo, "gen")
+    try:
+        engine = model.generation.engine
+        assert engine.backend == "ort-cpu" and engine.generator.prefill_backend == "ov"
+        requests = [
+            FakeRequest(text=_texts(prompt), max_new_tokens=np.array([[8]], np.int32))
+            for prompt in PROMPTS[:2]
+        ]
+        model.execute(requests)
+        for prompt, request in zip(PROMPTS[:2], requests):
+            _finished(request.sender)
+            expected = Generator(gpt2).generate(prompt, max_new_tokens=8)[0]
+            assert request.sender.sent[0][0].outputs["ids"][0].tolist() == expected.ids
+    finally:
+        model.finalize()
+    for extra, message in (
+        (["--prefill-backend", "trt"], "unknown --prefill-backend 'trt'; choose ov"),
+        (
+            ["--prefill-backend", "ov", "--runtime", "ov"],
+            "--prefill-backend applies to --backend python --runtime",
+        ),
+    ):
+        result = invoke("triton", f"gen={gpt2}", *extra, "--out", tmp_path / "bad", "-q")
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "bad").exists()
+
+
 def _slow_steps(monkeypatch, engine, seconds: float = 0.002) -> None:
     """Each decode step of `engine` takes at least `seconds` longer: a test that acts while a long stream runs
     (cancel it, drain, finalize) does not race its end on a fast CPU, where a tiny model's stream lasts milliseconds."""

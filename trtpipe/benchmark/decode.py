@@ -23,14 +23,20 @@ class OursDecoder:
         threads: int | None,
         kv: str = "auto",
         backend: str = "ort-cpu",
+        prefill_backend: str | None = None,
     ):
         from ..runtime.generate import Generator
 
-        self.generator = Generator(bundle, backend=backend, variant=variant, threads=threads, kv=kv)
+        self.generator = Generator(
+            bundle, backend=backend, variant=variant, threads=threads, kv=kv, prefill_backend=prefill_backend
+        )
         kind = "in-place KV" if self.generator.inplace else "ping-pong KV"
+        if prefill_backend:
+            kind += f", {prefill_backend} prefill"
         self.label = f"trtpipe {variant or 'fp32'} ({kind})" + (
             "" if backend == "ort-cpu" else f" [{backend}]"
         )
+        self.prefill_backend = prefill_backend
         self.variant_file = bundle.variants[self.generator.variant]["file"] if backend != "trt" else None
         self.variant = variant
         self.backend = backend

@@ -39,6 +39,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the instruction sets a CPU kernel picks from, as /proc/cpuinfo names them (VMs called "AMD EPYC" differ here)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def isa_flags() -> list[str]:
+    """The ISA_FLAGS this CPU has, in that order."""
+    from .floors import cpu_flags
+
+    have = cpu_flags()[1]
+    return [flag for flag in ISA_FLAGS if flag in have]
+
+
 def gpus() -> list[dict]:
     if not shutil.which("nvidia-smi"):
         return []
@@ -82,6 +94,7 @@ def environment(threads: int | None = None) -> dict:
         physical = None
     return {
         "cpu": cpu_model(),
+        "cpu_flags": isa_flags(),
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

@@ -44,6 +44,13 @@ def generate_cmd(
     ] = False,
     kv: Annotated[str, typer.Option("--kv", help="auto | inplace | pingpong (KV cache strategy)")] = "auto",
     backend: BackendOpt = "ort-cpu",
+    prefill_backend: Annotated[
+        str | None,
+        typer.Option(
+            "--prefill-backend",
+            help="ov: run the prompt on OpenVINO, decode on ONNX Runtime's in-place cache (--backend ort-cpu)",
+        ),
+    ] = None,
     variant: VariantOpt = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -60,7 +67,9 @@ def generate_cmd(
     )
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
-    generator = Generator(bundle, backend=backend, variant=variant, threads=threads, kv=kv)
+    generator = Generator(
+        bundle, backend=backend, variant=variant, threads=threads, kv=kv, prefill_backend=prefill_backend
+    )
     prepared = generator.check(prompts, max_new_tokens, truncate)
     for message in prepared.messages:
         warn(message)

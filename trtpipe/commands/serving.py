@@ -91,6 +91,13 @@ def triton_cmd(
             "--prefill-chunk", help="GPT-2: prompt tokens prefilled per decode step (others keep going)"
         ),
     ] = 64,
+    prefill_backend: Annotated[
+        str | None,
+        typer.Option(
+            "--prefill-backend",
+            help="GPT-2 on --runtime ort-cpu: ov runs the prompts on OpenVINO (needs openvino in the server)",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing repository")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -113,6 +120,7 @@ def triton_cmd(
         threads=threads,
         max_queue=max_queue,
         prefill_chunk=prefill_chunk,
+        prefill_backend=prefill_backend,
     )
     planned = write_repository(bundles, out_dir, options, overwrite=overwrite)
     if as_json:

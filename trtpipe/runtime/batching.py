@@ -53,6 +53,7 @@ class BatchEngine:
         chunk: int = 64,
         max_queue: int = 64,
         backend: str = "ort-cpu",
+        prefill_backend: str | None = None,
     ):
         if backend not in BACKENDS:
             raise UserError(
@@ -60,7 +61,18 @@ class BatchEngine:
                 "generate one request at a time (`Generator`)"
             )
         kv = "inplace" if backend == "ort-cpu" else "pingpong"
-        self.generator = Generator(bundle, backend=backend, variant=variant, threads=threads, kv=kv)
+        # beside OpenVINO's prefill, ONNX Runtime's threads stop spinning at the end of each decode step: they would
+        # share the cores with the prefill chunk that follows it (measured, bench/prefill_split.py)
+        spin = "stop" if prefill_backend and backend == "ort-cpu" else None
+        self.generator = Generator(
+            bundle,
+            backend=backend,
+            variant=variant,
+            threads=threads,
+            kv=kv,
+            prefill_backend=prefill_backend,
+            spin=spin,
+        )
         self.backend = backend
         self.bundle = self.generator.bundle
         positions = self.generator.max_positions

@@ -16,10 +16,11 @@ from .kv import KVCache
 class DecoderRunner:
     """Runs one decoder graph on caller-owned buffers (ORT IOBinding) or, for sessions without it, plain `run`."""
 
-    def __init__(self, bundle: Bundle, session, inplace: bool):
+    def __init__(self, bundle: Bundle, session, inplace: bool, prefiller=None):
         self.bundle = bundle
         self.session = session
         self.inplace = inplace
+        self.prefiller = prefiller  # in place only: another engine runs the prompts (`prefill.py`)
         model = bundle.model
         self.layers, self.heads, self.head_dim = model["num_layers"], model["num_heads"], model["head_dim"]
         self.vocab = bundle.limits["vocab_size"]
@@ -109,6 +110,9 @@ class DecoderRunner:
     def prefill_row(self, ids: list[int], cache: KVCache, row: int, past: int, logits: np.ndarray) -> None:
         """In place: run `ids` for one row after `past` cached tokens (a whole prompt, or one chunk of it); the
         logits of its last token go to `logits` [1, V]."""
+        if self.prefiller is not None:
+            self.prefiller.prefill_row(ids, cache, row, past, logits)
+            return
         self._run(kv.inplace_prefill(ids, past), cache, past, len(ids), 1, row, logits)
 
     def decode(

@@ -74,6 +74,8 @@ class Generator:
         variant: str | None = None,
         threads: int | None = None,
         kv: str = "auto",
+        prefill_backend: str | None = None,
+        spin: str | None = None,
     ):
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
@@ -83,7 +85,8 @@ class Generator:
                 "(`trtpipe export gpt2 --task generate`)"
             )
         self.bundle = bundle
-        self.runner, self.variant = open_decoder(bundle, backend, variant, threads, kv)
+        self.runner, self.variant = open_decoder(bundle, backend, variant, threads, kv, prefill_backend, spin)
+        self.prefill_backend = prefill_backend if getattr(self.runner, "prefiller", None) else None
         self.inplace = self.runner.inplace
         self.encoder = TextEncoder(bundle)
         tok = bundle.manifest["tokenizer"]

@@ -65,21 +65,34 @@ def _providers(ort, backend: str, bundle: Bundle | None, variant: str) -> list:
 SPIN_ENV = "TRTPIPE_ORT_SPIN"
 
 
-def spinning() -> str | None:
-    """ONNX Runtime's intra-op threads spin after a run (its default: the next run starts sooner). A process that
-    runs several sessions in turn pays for it: the last session's spinning threads share the cores with the next
+SPIN_SETTINGS = {  # TRTPIPE_ORT_SPIN value → ONNX Runtime session config entries
+    "0": {"session.intra_op.allow_spinning": "0"},
+    "1": {"session.intra_op.allow_spinning": "1"},
+    "stop": {"session.force_spinning_stop": "1"},
+}
+_SPIN_ALIASES = {"off": "0", "false": "0", "no": "0", "on": "1", "true": "1", "yes": "1"}
+
+
+def spinning(spin: str | None = None) -> dict[str, str]:
+    """ONNX Runtime's intra-op threads spin between the parallel parts of a run and for a moment after it (its
+    default: the next run starts sooner). A process that runs several sessions in turn, or ONNX Runtime beside
+    another engine, pays for the spinning after a run: those threads share the cores with whatever runs next
     (GPT-2 int4 TTFT at prompt 32, measured: 39.7 ms right after another session's run, 16.2 after a 0.2 s pause).
-    TRTPIPE_ORT_SPIN=0 turns it off for every session this process opens; unset keeps ONNX Runtime's default."""
-    value = os.environ.get(SPIN_ENV, "").strip().lower()
+    TRTPIPE_ORT_SPIN=stop keeps the spinning inside a run and stops it at the end of each (`bench/ort_spin.py`);
+    0 turns it off altogether (slower small runs); unset keeps ONNX Runtime's default. A session opened with
+    `spin=` (the same values) takes that instead."""
+    given = spin is not None
+    value = (spin if given else os.environ.get(SPIN_ENV, "")).strip().lower()
     if not value:
-        return None
-    if value in ("0", "off", "false", "no"):
-        return "0"
-    if value in ("1", "on", "true", "yes"):
-        return "1"
-    raise UserError(
-        f"{SPIN_ENV}={value!r} is not a setting: use {SPIN_ENV}=0 (no spinning) or 1, or unset it"
-    )
+        return {}
+    value = _SPIN_ALIASES.get(value, value)
+    if value not in SPIN_SETTINGS:
+        what = f"spin={spin!r}" if given else f"{SPIN_ENV}={value!r}"
+        raise UserError(
+            f"{what} is not a setting: use stop (stop spinning after each run), 0 (no spinning) or 1"
+            + ("" if given else ", or unset it")
+        )
+    return SPIN_SETTINGS[value]
 
 
 class OrtSession:
@@ -95,6 +108,7 @@ class OrtSession:
         bundle: Bundle | None = None,
         variant: str = "fp32",
         optimization: str = "all",
+        spin: str | None = None,
     ):
         ort = import_ort()
         self.ort = ort
@@ -113,9 +127,8 @@ class OrtSession:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        spin = spinning()
-        if spin is not None:
-            options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        for key, value in spinning(spin).items():
+            options.add_session_config_entry(key, value)
         self.threads = threads
         providers = _providers(ort, backend, bundle, variant)
         try:
@@ -139,6 +152,7 @@ class OrtSession:
         variant: str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        spin: str | None = None,
     ) -> OrtSession:
         variant = variant or "fp32"
         if variant in bundle.variants:
@@ -155,6 +169,7 @@ class OrtSession:
             limits=bundle.limits,
             bundle=bundle,
             variant=variant,
+            spin=spin,
         )
 
     def check(self, feeds: dict) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
+from .prefill import open_prefill
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "ov")
 
@@ -34,14 +35,20 @@ def open_session(
     variant: str | None = None,
     threads: int | None = None,
     verify: bool = True,
+    spin: str | None = None,
 ) -> Session:
-    """Open `bundle` (a Bundle or its path) on `backend`; `variant` picks an ONNX variant or engine precision."""
+    """Open `bundle` (a Bundle or its path) on `backend`; `variant` picks an ONNX variant or engine precision.
+    `spin` (ONNX Runtime backends): its intra-op threads' spinning, stop / 0 / 1 (`ort.spinning`)."""
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be ≥ 1 (got {threads})")
+    if spin is not None and not backend.startswith("ort-"):
+        raise UserError(
+            f"spin= sets ONNX Runtime's threads; backend {backend} has none of those (leave it out)"
+        )
     if backend == "trt":
         from .trt.session import TrtSession
 
@@ -52,7 +59,9 @@ def open_session(
         return OvSession.from_bundle(bundle, variant=variant, threads=threads, verify=verify)
     from .ort import OrtSession
 
-    return OrtSession.from_bundle(bundle, backend=backend, variant=variant, threads=threads, verify=verify)
+    return OrtSession.from_bundle(
+        bundle, backend=backend, variant=variant, threads=threads, verify=verify, spin=spin
+    )
 
 
 def open_decoder(
@@ -61,9 +70,13 @@ def open_decoder(
     variant: str | None = None,
     threads: int | None = None,
     kv: str = "auto",
+    prefill_backend: str | None = None,
+    spin: str | None = None,
 ):
     """The decoder runner for a GPT-2 bundle on `backend`, and the variant it runs: the in-place KV twin of the
-    variant where ONNX Runtime on the CPU has one (kv="auto" or "inplace"), else the interop graph (ping-pong)."""
+    variant where ONNX Runtime on the CPU has one (kv="auto" or "inplace"), else the interop graph (ping-pong).
+    `prefill_backend="ov"` runs the prompts on OpenVINO instead (`prefill.py`; ort-cpu in place only); `spin`:
+    ONNX Runtime's threads (ort-cpu; `ort.spinning`)."""
     if kv not in ("auto", "inplace", "pingpong"):
         raise UserError(f"kv must be auto, inplace or pingpong (got {kv!r})")
     if kv == "inplace" and backend == "ov":
@@ -79,6 +92,11 @@ def open_decoder(
             f"no {inplace_name} variant in {bundle.path} for backend {backend}; "
             f"create it with `trtpipe optimize {bundle.path} --precision {base}` or use kv=pingpong"
         )
+    prefiller = open_prefill(bundle, prefill_backend, backend, inplace, base, threads)  # None: prefill here
+    if spin is not None and backend != "ort-cpu":
+        raise UserError(
+            f"spin= sets the threads of ONNX Runtime's CPU provider; backend {backend} decodes elsewhere"
+        )
     if backend == "trt":
         from .trt.decoder import TrtDecoder
 
@@ -90,5 +108,5 @@ def open_decoder(
     from .decoder import DecoderRunner
 
     chosen = inplace_name if inplace else base
-    session = open_session(bundle, backend=backend, variant=chosen, threads=threads)
-    return DecoderRunner(bundle, session, inplace), chosen
+    session = open_session(bundle, backend=backend, variant=chosen, threads=threads, spin=spin)
+    return DecoderRunner(bundle, session, inplace, prefiller), chosen

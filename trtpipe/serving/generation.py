@@ -237,6 +237,7 @@ class GenerationModel:
                 chunk=int(params.get("prefill_chunk") or 64),
                 max_queue=int(params.get("max_queue") or 64),
                 backend=runtime,
+                prefill_backend=params.get("prefill_backend") or None,
             ).start()
             # Triton's metrics endpoint, when the server has one (--allow-metrics=false refuses the families)
             try:

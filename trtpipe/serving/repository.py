@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import __version__
 from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
+from ..runtime.prefill import PREFILL_BACKENDS
 from ..runtime.session import BACKENDS
 from ..runtime.store import staged_bundle
 from .config import Scheduling, batchable, build_config, graph_io, python_io, render_config
@@ -86,6 +87,9 @@ class RepoOptions:
     threads: int | None = None  # python backend: intra-op threads per instance (None: auto)
     max_queue: int = 64  # generation: requests that may wait for a slot before new ones are refused
     prefill_chunk: int = 64  # generation: prompt tokens prefilled per engine step
+    prefill_backend: str | None = (
+        None  # generation on ort-cpu: "ov" runs the prompts on OpenVINO (prefill.py)
+    )
 
 
 @dataclass
@@ -137,6 +141,13 @@ def _check_options(options: RepoOptions) -> None:
         raise UserError(f"--max-queue must be between 0 and 100000 (got {options.max_queue})")
     if not 1 <= options.prefill_chunk <= 65_536:
         raise UserError(f"--prefill-chunk must be between 1 and 65536 (got {options.prefill_chunk})")
+    if options.prefill_backend is not None:
+        if options.prefill_backend not in PREFILL_BACKENDS:
+            raise UserError(
+                f"unknown --prefill-backend {options.prefill_backend!r}; choose {' or '.join(PREFILL_BACKENDS)}"
+            )
+        if options.backend != "python" or options.runtime != "ort-cpu":
+            raise UserError("--prefill-backend applies to --backend python --runtime ort-cpu only")
     if options.threads is not None and options.backend != "python":
         raise UserError("--threads applies to --backend python only")
     if options.device not in ("auto", "cpu", "gpu"):
@@ -261,6 +272,8 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
             max_queue=str(options.max_queue),
             prefill_chunk=str(options.prefill_chunk),
         )
+        if options.prefill_backend:
+            parameters["prefill_backend"] = options.prefill_backend
     config = build_config(
         name, "python", inputs, outputs, scheduling, parameters=parameters, decoupled=decoupled
     )

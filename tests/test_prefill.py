@@ -1,0 +1,122 @@
+"""`prefill_backend="ov"`: prompts on OpenVINO, decoding on ONNX Runtime's in-place cache. The K/V it writes is the
+cache ONNX Runtime writes itself, greedy generation is token-exact at fp32, in-flight batching gives each request
+what it gets alone, ONNX Runtime's threads stop spinning beside it in BatchEngine, and misuse is one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from trtpipe.cli import app
+from trtpipe.optimize.variants import optimize_bundle
+from trtpipe.runtime import BatchEngine, Generator, Sampling, UserError
+
+pytest.importorskip("openvino")
+
+PROMPTS = ["The list of", "def main", "Hello there, how are you today my"]
+
+
+@pytest.fixture(scope="module")
+def gpt2(make_bundle):
+    return make_bundle("tiny-gpt2", "generate")
+
+
+def _spin_entry(generator: Generator, key: str) -> str | None:
+    options = generator.runner.session.session.get_session_options()
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # not set: ONNX Runtime's default
+        return None
+
+
+def test_openvino_writes_the_cache_onnx_runtime_writes(gpt2):
+    """Chunk by chunk into row 1 of a two-row cache: the same K/V and last-token logits as ONNX Runtime's own
+    prefill, only the row's own columns written."""
+    ort = Generator(gpt2)
+    split = Generator(gpt2, prefill_backend="ov")
+    assert split.runner.prefiller is not None and ort.runner.prefiller is None
+    ids = ort.encoder.encode_prompt(PROMPTS[2])
+    assert len(ids) > 6
+    caches, logits = [], []
+    for generator in (ort, split):
+        cache = generator.runner.new_cache(2, 24)
+        out = np.zeros((2, 1, generator.runner.vocab), np.float32)
+        generator.runner.prefill_row(ids[:5], cache, 1, 0, out[0])
+        generator.runner.prefill_row(ids[5:], cache, 1, 5, out[1])
+        caches.append(cache)
+        logits.append(out)
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-4)
+    n = len(ids)
+    for index, _, _ in caches[0].names():
+        want, got = (c.view(0, index, 0) for c in caches)
+        np.testing.assert_allclose(got[1, :, :n], want[1, :, :n], atol=1e-4)
+        assert (
+            not got[0].any() and not got[1, :, n:].any()
+        )  # row 0 and the columns after the prompt untouched
+
+
+def test_greedy_generation_is_token_exact_against_onnx_runtime_alone(gpt2):
+    ort = Generator(gpt2)
+    split = Generator(gpt2, prefill_backend="ov")
+    assert split.prefill_backend == "ov"
+    for prompt in PROMPTS:
+        want = ort.generate([prompt], 24)[0]
+        got = split.generate([prompt], 24)[0]
+        assert got.ids == want.ids, prompt
+    # a left-padded batch of prompts (in place: each row prefilled alone)
+    assert [c.ids for c in split.generate(PROMPTS, 12)] == [c.ids for c in ort.generate(PROMPTS, 12)]
+    # a single Generator keeps ONNX Runtime's default spinning (its steps follow one another)
+    assert _spin_entry(split, "session.force_spinning_stop") is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_batching_with_openvino_prefill_gives_each_request_what_it_gets_alone(gpt2, copy_bundle, precision):
+    path = gpt2
+    variant = None
+    if precision != "fp32":
+        path = copy_bundle(gpt2)
+        optimize_bundle(path, precision, force=True)
+        variant = precision
+    alone = Generator(path, variant=variant, prefill_backend="ov")
+    samplings = [
+        Sampling(),
+        Sampling(temperature=0.8, top_k=40, seed=3),
+        Sampling(top_p=0.9, temperature=0.9, seed=4),
+    ]
+    prompts = [alone.encoder.encode_prompt(" ".join([p] * 4)) for p in PROMPTS]
+    expected = [alone.generate([ids], 16, s)[0].ids for ids, s in zip(prompts, samplings)]
+    engine = BatchEngine(path, variant=variant, slots=2, chunk=5, prefill_backend="ov")
+    # beside OpenVINO, the decode session's threads stop spinning after each step
+    assert _spin_entry(engine.generator, "session.force_spinning_stop") == "1"
+    requests = [engine.submit(ids, 16, s) for ids, s in zip(prompts, samplings)]
+    engine.run()
+    assert [r.result().ids for r in requests] == expected
+    assert max(len(ids) for ids in prompts) > 5  # prompts were prefilled in several chunks
+    if precision == "fp32":  # and at fp32 that is what ONNX Runtime alone gives
+        ort = Generator(path)
+        assert expected[0] == ort.generate([prompts[0]], 16)[0].ids
+
+
+def test_misuse_is_one_line(gpt2):
+    with pytest.raises(UserError, match="prefill backend 'trt' is not one: use ov"):
+        Generator(gpt2, prefill_backend="trt")
+    with pytest.raises(UserError, match="in-place KV cache.*ping-pong KV"):
+        Generator(gpt2, kv="pingpong", prefill_backend="ov")
+    with pytest.raises(UserError, match="needs --backend ort-cpu"):
+        Generator(gpt2, backend="ort-cuda", prefill_backend="ov")
+    with pytest.raises(UserError, match="spin=.*CPU provider"):
+        Generator(gpt2, backend="ov", spin="stop")
+    ov = BatchEngine(gpt2, backend="ov", prefill_backend="ov")  # the decoding backend prefills itself
+    assert ov.generator.prefill_backend is None
+    ov.close()
+
+
+def test_misuse_is_one_line_on_the_command_line(gpt2):
+    result = CliRunner().invoke(app, ["generate", str(gpt2), "hi", "-n", "2", "--prefill-backend", "nope"])
+    assert result.exit_code == 2
+    assert "prefill backend 'nope' is not one" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(
+        app, ["generate", str(gpt2), "hi", "-n", "3", "--prefill-backend", "ov", "--json"]
+    )
+    assert result.exit_code == 0, result.output
