@@ -28,19 +28,26 @@ MIX_VARIANTS = ("int8-wo", "int4")
 NEW_TOKENS = 32
 
 
-def child_rss(path: str, variant: str, prefill: str | None) -> dict:
-    """Run in a fresh process: open the generator, generate once; peak RSS (ru_maxrss) after each."""
-    import resource
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM: it starts again at exec, unlike ru_maxrss, which a child
+    inherits from the parent that forked it)."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
+
+def child_rss(path: str, variant: str, prefill: str | None) -> dict:
+    """Run in a fresh process: open the generator, generate once; peak RSS after each."""
     from trtpipe.runtime import Generator
 
     generator = Generator(
         path, variant=None if variant == "fp32" else variant, threads=2, prefill_backend=prefill
     )
-    opened = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    opened = peak_rss()
     generator.generate([list(range(100, 612))], 8)
-    ran = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"opened": opened, "ran": ran}
+    return {"opened": opened, "ran": peak_rss()}
 
 
 def rss(path, variant: str, prefill: str | None) -> dict:
