@@ -556,6 +556,18 @@ def test_python_model_generation_matches_the_runtime(python_model, tmp_path, gpt
         streaming.finalize()
 
 
+def _two_requests_get_what_ort_cpu_gives(model, gpt2) -> None:
+    """Two generation requests at once through the model: each gets the greedy ids ONNX Runtime gives it alone."""
+    requests = [
+        FakeRequest(text=_texts(prompt), max_new_tokens=np.array([[8]], np.int32)) for prompt in PROMPTS[:2]
+    ]
+    model.execute(requests)
+    for prompt, request in zip(PROMPTS[:2], requests):
+        _finished(request.sender)
+        expected = Generator(gpt2).generate(prompt, max_new_tokens=8)[0]
+        assert request.sender.sent[0][0].outputs["ids"][0].tolist() == expected.ids
+
+
 def test_python_model_on_the_ov_runtime_answers_like_ort_cpu(python_model, tmp_path, classify, gpt2):
     """--runtime ov: a CPU instance; classification and generation (in-flight batching on the interop graph) give
     the answers ONNX Runtime gives."""
@@ -581,15 +593,7 @@ def test_python_model_on_the_ov_runtime_answers_like_ort_cpu(python_model, tmp_p
     try:
         engine = model.generation.engine
         assert engine.backend == "ov" and engine.runner.session.backend == "ov"
-        requests = [
-            FakeRequest(text=_texts(prompt), max_new_tokens=np.array([[8]], np.int32))
-            for prompt in PROMPTS[:2]
-        ]
-        model.execute(requests)
-        for prompt, request in zip(PROMPTS[:2], requests):
-            _finished(request.sender)
-            expected = Generator(gpt2).generate(prompt, max_new_tokens=8)[0]
-            assert request.sender.sent[0][0].outputs["ids"][0].tolist() == expected.ids
+        _two_requests_get_what_ort_cpu_gives(model, gpt2)
     finally:
         model.finalize()
 
@@ -606,15 +610,7 @@ def test_python_model_with_an_openvino_prefill_generates_like_ort_cpu(python_mod
     try:
         engine = model.generation.engine
         assert engine.backend == "ort-cpu" and engine.generator.prefill_backend == "ov"
-        requests = [
-            FakeRequest(text=_texts(prompt), max_new_tokens=np.array([[8]], np.int32))
-            for prompt in PROMPTS[:2]
-        ]
-        model.execute(requests)
-        for prompt, request in zip(PROMPTS[:2], requests):
-            _finished(request.sender)
-            expected = Generator(gpt2).generate(prompt, max_new_tokens=8)[0]
-            assert request.sender.sent[0][0].outputs["ids"][0].tolist() == expected.ids
+        _two_requests_get_what_ort_cpu_gives(model, gpt2)
     finally:
         model.finalize()
     for extra, message in (
