@@ -298,6 +298,63 @@ def test_benchmark_plans_every_variant_ov_runs(optimized):
     assert "int8" not in _variants_for(bundle, "ort-cuda", ["all"])  # ORT's CPU-only ops stay off the GPU
 
 
+def _has_bf16() -> bool:
+    from trtpipe.benchmark.env import isa_flags
+
+    return any(flag in isa_flags() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def test_the_bf16_variant_is_openvinos_bf16_compute_of_model_onnx_gated(make_bundle, copy_bundle):
+    """optimize --precision bf16: no new file, the fp32 file at bf16 on ov (about 2x on a bf16 CPU, measured in
+    bench/openvino_peers.py), within the lossy gate; other backends and GPT-2 refuse it in one line. On a CPU
+    without bf16 arithmetic the variant is refused (OpenVINO would compile the hint at f32)."""
+    from trtpipe.optimize.variants import optimize_bundle
+
+    path = copy_bundle(make_bundle("tiny-bert", "embed"))
+    files_before = sorted(p.name for p in path.iterdir())
+    if not _has_bf16():
+        with pytest.raises(UserError, match="no bf16 arithmetic"):
+            optimize_bundle(path, "bf16")
+        assert "bf16" not in Bundle.load(path).variants
+        return
+    entry = optimize_bundle(path, "bf16")
+    bundle = Bundle.load(path)
+    assert sorted(p.name for p in path.iterdir()) == files_before  # the manifest changed, no file was added
+    assert (
+        entry["file"] == bundle.variants["fp32"]["file"]
+        and entry["sha256"] == bundle.variants["fp32"]["sha256"]
+    )
+    assert entry["compute"] == "bf16" and entry["backends"] == ["ov"] and entry["gate"]["verdict"] == "pass"
+    assert entry["gate"]["backend"] == "ov"
+    session = open_session(bundle, backend="ov", variant="bf16")
+    assert session.precision == "bf16" and open_session(bundle, backend="ov").precision == "f32"
+    feeds = feeds_for(bundle)
+    got, expected = session.run(feeds), open_session(bundle).run(feeds)
+    cos = _cosines(got["sentence_embedding"], expected["sentence_embedding"])
+    assert cos.min() >= 0.98 and not np.allclose(
+        got["sentence_embedding"], expected["sentence_embedding"], atol=1e-6
+    )
+    same = load_pipeline(bundle, backend="ov", variant="bf16").embed(TEXTS)
+    assert _cosines(same, load_pipeline(bundle).embed(TEXTS)).min() >= 0.98
+    with pytest.raises(
+        UserError, match="variant bf16 is bf16 compute of model.onnx on ov only; use --backend ov"
+    ):
+        open_session(bundle, variant="bf16")
+    result = invoke("run", path, "hello", "--variant", "bf16")
+    assert result.exit_code == 2 and "use --backend ov" in result.output and "Traceback" not in result.output
+
+    from trtpipe.benchmark.run import _variants_for
+
+    assert "bf16" in _variants_for(bundle, "ov", ["all"]) and "bf16" not in _variants_for(
+        bundle, "ort-cpu", ["all"]
+    )
+    with pytest.raises(UserError, match="already has the bf16 variant"):
+        optimize_bundle(path, "bf16")
+    gpt2 = copy_bundle(make_bundle("tiny-gpt2", "generate"))
+    with pytest.raises(UserError, match="bf16 is OpenVINO's compute of an encoder's graph"):
+        optimize_bundle(gpt2, "bf16")
+
+
 # ---------------------------------------------------------------------------------------- bad inputs
 
 

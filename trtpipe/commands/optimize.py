@@ -17,7 +17,8 @@ def optimize_cmd(
         str,
         typer.Option(
             "--precision",
-            help="fused | fp16 | int8 | int8-qdq | int8-nncf (OpenVINO, encoders) | int8-wo | int4",
+            help="fused | fp16 | bf16 (OpenVINO, encoders) | int8 | int8-qdq | int8-nncf (OpenVINO, encoders) | "
+            "int8-wo | int4",
         ),
     ],
     calibration: Annotated[

@@ -149,14 +149,18 @@ def _open(
     specs: list | None = None,
     threads: int | None = None,
     backend: str = "ort-cpu",
+    precision: str = "f32",
 ):
-    """A session on `path`: ONNX Runtime's CPU provider, or OpenVINO (`ov`) for a variant made for it."""
+    """A session on `path`: ONNX Runtime's CPU provider, or OpenVINO (`ov`, computing at `precision`) for a
+    variant made for it."""
     specs = specs or bundle.manifest["inputs"]
     if backend == "ov":
         from ..runtime.ov import OvSession
 
         outputs = [o["name"] for o in bundle.manifest.get("outputs", [])]
-        return OvSession(path, threads=threads, specs=specs, limits=bundle.limits, outputs=outputs)
+        return OvSession(
+            path, threads=threads, specs=specs, limits=bundle.limits, outputs=outputs, precision=precision
+        )
     return OrtSession(path, specs=specs, limits=bundle.limits, threads=threads)
 
 
@@ -332,17 +336,19 @@ def evaluate(
     candidate_specs: list | None = None,
     search: bool = False,
     backend: str = "ort-cpu",
+    compute: str = "f32",
 ) -> GateResult:
     """Compare a candidate ONNX file with the bundle's fp32 variant on held-out text (or, with search=True, a
     search's candidate on calibration text, by `search_thresholds`). The candidate runs on `backend` (encoders:
-    `ov` for a variant made for OpenVINO); the reference is always fp32 on ONNX Runtime."""
+    `ov` for a variant made for OpenVINO, computing at `compute`: bf16); the reference is always fp32 on ONNX
+    Runtime."""
     texts = texts or gate_texts(bundle.kind.gate_texts)
     reference_path = bundle.model_path("fp32")
     if bundle.is_decoder:
         metrics = _decoder_metrics(bundle, reference_path, candidate_path, texts, candidate_specs)
     else:
         reference = _open(reference_path, bundle)
-        candidate = _open(candidate_path, bundle, candidate_specs, backend=backend)
+        candidate = _open(candidate_path, bundle, candidate_specs, backend=backend, precision=compute)
         metrics = _encoder_metrics(bundle, reference, candidate, encoder_batches(bundle, texts), precision)
     limits = (search_thresholds if search else thresholds)(bundle.task, precision)
     return GateResult(precision, metrics, limits, len(texts), corpus.fingerprint(texts))

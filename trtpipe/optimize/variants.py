@@ -1,6 +1,7 @@
 """Stage 2: bundle → bundle. Adds one variant (never overwrites the source), gated by accuracy where lossy.
 
-fp16, int8-qdq, int8, int8-nncf, int8-wo and int4 are made from the unfused fp32 export, so TensorRT and peer
+bf16 (encoders) is OpenVINO's bf16 compute of the fp32 file itself (bf16.py), no new graph. fp16, int8-qdq, int8,
+int8-nncf, int8-wo and int4 are made from the unfused fp32 export, so TensorRT and peer
 runtimes can load them; fused, int8, int8-wo and int4 run on ONNX Runtime (and OpenVINO) only; int8-nncf is NNCF's
 static int8 for the `ov` backend (nncf_int8.py), gated on OpenVINO. GPT-2 weight variants also get an in-place-KV twin
 (`<precision>.kv-inplace`) that the runtime uses on the CPU.
@@ -23,8 +24,8 @@ from . import gate
 from .search import calibration_gate, weight_only_gated
 from .twins import kv_inplace_twin, twin_agreement
 
-PRECISIONS = ("fused", "fp16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4")
-FILES = {p: f"model.{p}.onnx" for p in PRECISIONS}
+PRECISIONS = ("fused", "fp16", "bf16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4")
+FILES = {p: f"model.{p}.onnx" for p in PRECISIONS if p != "bf16"}  # bf16 is OpenVINO's compute of model.onnx
 ORT_ONLY = {"fused", "int8", "int8-nncf", "int8-wo", "int4"}  # not for TensorRT; OpenVINO runs them all
 # The backend a variant is made for runs its gate: int8-nncf's Q/DQ become OpenVINO's own int8 kernels.
 GATE_BACKEND = {"int8-nncf": "ov"}
@@ -104,6 +105,12 @@ def optimize_bundle(
         )
     if block_size not in (16, 32, 64, 128, 256):
         raise UserError(f"--block-size must be 16, 32, 64, 128 or 256 (got {block_size})")
+    if precision == "bf16":  # no new graph: OpenVINO's bf16 compute of the fp32 one, gated (bf16.py)
+        from .bf16 import add_bf16
+
+        bundle = Bundle.load(bundle_path)
+        held_out = read_texts(gate_texts, bundle.kind.gate_texts, "heldout")
+        return add_bf16(bundle_path, held_out, force, overwrite, tool_versions())
     bundle = Bundle.load(bundle_path)
     if precision == "int8-nncf" and bundle.is_decoder:
         raise UserError(

@@ -29,18 +29,19 @@ def import_openvino():
     return openvino
 
 
-def compile_config(threads: int | None = None, performance: str = "LATENCY") -> dict:
-    """The CPU plugin's settings. f32 always: on a bf16-capable CPU OpenVINO's default is bf16 (about 3e-2 off on
-    fp32 hidden states), and an f16 hint becomes bf16 on CPUs without fp16 arithmetic, so an fp16 variant computes
-    in f32 too. Quantized ops (QDQ, DynamicQuantizeLinear, MatMulNBits) still run in int8 / int4 as the graph says."""
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": performance}
+def compile_config(threads: int | None = None, performance: str = "LATENCY", precision: str = "f32") -> dict:
+    """The CPU plugin's settings. f32 unless the variant says bf16 (`optimize --precision bf16`, gated): on a
+    bf16-capable CPU OpenVINO's default is bf16 (about 3e-2 off on fp32 hidden states), and an f16 hint becomes bf16
+    on CPUs without fp16 arithmetic, so an fp16 variant computes in f32 too. Quantized ops (QDQ,
+    DynamicQuantizeLinear, MatMulNBits) still run in int8 / int4 as the graph says."""
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": performance}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return config
 
 
 def runnable_variants(bundle: Bundle) -> list[str]:
-    """The bundle's variants OpenVINO runs: all but the in-place KV graphs."""
+    """The bundle's variants OpenVINO runs: all but the in-place KV graphs (bf16 runs here only)."""
     return [name for name, entry in bundle.variants.items() if entry.get("kv") != "inplace"]
 
 
@@ -71,6 +72,7 @@ class OvSession:
         variant: str = "fp32",
         outputs: list[str] | None = None,
         performance: str = "LATENCY",
+        precision: str = "f32",
     ):
         ov = import_openvino()
         self.backend = "ov"
@@ -79,7 +81,7 @@ class OvSession:
         self.limits = limits
         self.threads = threads
         self.device = "cpu"
-        self.config = compile_config(threads, performance)
+        self.config = compile_config(threads, performance, precision)
         core = ov.Core()
         try:  # the ONNX frontend by name: read_model would also try TensorFlow's and others on a damaged file
             onnx_frontend = ov.frontend.FrontEndManager().load_by_framework("onnx")
@@ -102,6 +104,9 @@ class OvSession:
         self.output_names = tuple(_name(port, known) for port in model.outputs)
         self.index = {name: i for i, name in enumerate(self.input_names)}
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        self.precision = compiled_precision(
+            self.compiled
+        )  # what the plugin computes in (bf16 needs the CPU's)
 
     @classmethod
     def from_bundle(
@@ -121,7 +126,15 @@ class OvSession:
         path = bundle.model_path(variant, verify=verify)
         specs = entry.get("inputs") or bundle.manifest["inputs"]
         outputs = [o["name"] for o in entry.get("outputs") or bundle.manifest.get("outputs", [])]
-        return cls(path, threads=threads, specs=specs, limits=bundle.limits, variant=variant, outputs=outputs)
+        return cls(
+            path,
+            threads=threads,
+            specs=specs,
+            limits=bundle.limits,
+            variant=variant,
+            outputs=outputs,
+            precision=entry.get("compute", "f32"),
+        )
 
     def check(self, feeds: dict) -> dict:
         if self.specs is None:
@@ -153,6 +166,13 @@ class OvSession:
 
     def __repr__(self) -> str:
         return f"OvSession(variant={self.variant!r}, inputs={self.input_names})"
+
+
+def compiled_precision(compiled) -> str:
+    """The inference precision a compiled model runs at: "bf16" or "f32" (a bf16 hint on a CPU without bf16
+    arithmetic compiles at f32)."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
 def openvino_info() -> dict | None:
