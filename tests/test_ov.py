@@ -304,7 +304,7 @@ def _has_bf16() -> bool:
     return any(flag in isa_flags() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def test_the_bf16_variant_is_openvinos_bf16_compute_of_model_onnx_gated(make_bundle, copy_bundle):
+def test_the_bf16_variant_is_openvinos_bf16_compute_of_model_onnx_gated(make_bundle, copy_bundle, tmp_path):
     """optimize --precision bf16: no new file, the fp32 file at bf16 on ov (about 2x on a bf16 CPU, measured in
     bench/openvino_peers.py), within the lossy gate; other backends and GPT-2 refuse it in one line. On a CPU
     without bf16 arithmetic the variant is refused (OpenVINO would compile the hint at f32)."""
@@ -342,6 +342,14 @@ def test_the_bf16_variant_is_openvinos_bf16_compute_of_model_onnx_gated(make_bun
         open_session(bundle, variant="bf16")
     result = invoke("run", path, "hello", "--variant", "bf16")
     assert result.exit_code == 2 and "use --backend ov" in result.output and "Traceback" not in result.output
+    for extra, message in (
+        ([], "variant bf16 runs on ov only; use --runtime ov"),
+        (["--backend", "onnxruntime"], "serve it with --backend python --runtime ov"),
+    ):
+        result = invoke("triton", path, "--variant", "bf16", *extra, "--out", tmp_path / "bad", "-q")
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = invoke("triton", path, "--variant", "bf16", "--runtime", "ov", "--out", tmp_path / "repo", "-q")
+    assert result.exit_code == 0, result.output
 
     from trtpipe.benchmark.run import _variants_for
 

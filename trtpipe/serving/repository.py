@@ -225,6 +225,13 @@ def _plan(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
         variant = options.variant or "fp32"
         bundle.model_path(variant)  # checks every file of the variant against its sha256
         entry = bundle.variant(variant)
+        if entry.get(
+            "backends"
+        ):  # bf16: OpenVINO's compute of model.onnx, which Triton's onnxruntime cannot do
+            raise UserError(
+                f"variant {variant} runs on {' / '.join(entry['backends'])} only; serve it with --backend python "
+                f"--runtime {entry['backends'][0]}"
+            )
         files = [(bundle.file(rel), rel) for rel in entry["sha256"]]
         filename = entry["file"]
         summary = {"variant": variant, "files": sorted(entry["sha256"])}
@@ -243,7 +250,11 @@ def _plan(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
 def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
     variant = options.variant
     if variant is not None:
-        bundle.variant(variant)  # a UserError naming `trtpipe optimize` when it is missing
+        entry = bundle.variant(variant)  # a UserError naming `trtpipe optimize` when it is missing
+        if entry.get("backends") and options.runtime not in entry["backends"]:
+            raise UserError(
+                f"variant {variant} runs on {' / '.join(entry['backends'])} only; use --runtime {entry['backends'][0]}"
+            )
     decoupled = options.stream and bundle.is_decoder
     scheduling = Scheduling(
         max_batch=options.max_batch,
