@@ -28,18 +28,10 @@ MIX_VARIANTS = ("int8-wo", "int4")
 NEW_TOKENS = 32
 
 
-def peak_rss() -> int:
-    """This process's peak resident set (VmHWM: it starts again at exec, unlike ru_maxrss, which a child
-    inherits from the parent that forked it)."""
-    with open("/proc/self/status", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
 def child_rss(path: str, variant: str, prefill: str | None) -> dict:
-    """Run in a fresh process: open the generator, generate once; peak RSS after each."""
+    """Run in a fresh process: open the generator, generate once; peak RSS after each (VmHWM: it starts again at
+    exec, unlike ru_maxrss, which a child inherits from the parent that forked it)."""
+    from trtpipe.benchmark.memory import peak_rss_self as peak_rss
     from trtpipe.runtime import Generator
 
     generator = Generator(

@@ -120,3 +120,27 @@ def test_misuse_is_one_line_on_the_command_line(gpt2):
         app, ["generate", str(gpt2), "hi", "-n", "3", "--prefill-backend", "ov", "--json"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_benchmark_adds_rows_with_the_openvino_prefill_beside_ort_cpus(gpt2, make_bundle, tmp_path):
+    from trtpipe.benchmark.run import benchmark
+
+    report = benchmark(
+        gpt2, ["ort-cpu"], ["fp32"], None, None, [8], 4, 1, 0, None, None, [], tmp_path, rounds=1,
+        prefill_backend="ov",
+    )  # fmt: skip
+    rows = {r["label"]: r for r in report["decoder"]}
+    assert set(rows) == {"trtpipe fp32 (in-place KV)", "trtpipe fp32 (in-place KV, ov prefill)"}, rows
+    split = rows["trtpipe fp32 (in-place KV, ov prefill)"]
+    assert split["prefill_backend"] == "ov" and split["ids"] == rows["trtpipe fp32 (in-place KV)"]["ids"]
+    assert (
+        split["peak_rss"] and split["peak_rss"] > rows["trtpipe fp32 (in-place KV)"]["peak_rss"]
+    )  # OpenVINO too
+    for args, message in (
+        ([str(make_bundle("tiny-bert", "embed"))], "applies to GPT-2 bundles"),
+        ([str(gpt2), "--backend", "ov"], "include --backend ort-cpu"),
+    ):
+        result = CliRunner().invoke(
+            app, ["benchmark", "--engine", *args, "--prefill-backend", "ov", "--out", str(tmp_path / "x")]
+        )
+        assert result.exit_code == 2 and message in result.output, result.output

@@ -76,6 +76,7 @@ class DecodeResult:
     error: str | None = None
     variant: str | None = None
     backend: str | None = None  # our rows: the session backend (memory is measured on the same one)
+    prefill_backend: str | None = None  # our rows: the engine that ran the prompts, when not the backend
 
 
 def make_rows(
@@ -85,13 +86,20 @@ def make_rows(
     threads: int | None,
     backend: str = "ort-cpu",
     genai_variants: list[str] | None = None,
+    prefill_backend: str | None = None,
 ) -> list:
     rows = []
     for variant in variants:
         rows.append(
             (
                 "ours",
-                lambda v=variant: OursDecoder(bundle, None if v == "fp32" else v, threads, backend=backend),
+                lambda v=variant: OursDecoder(
+                    bundle,
+                    None if v == "fp32" else v,
+                    threads,
+                    backend=backend,
+                    prefill_backend=prefill_backend,
+                ),
             )
         )
     from . import peers
@@ -175,6 +183,7 @@ def run_decode(
                     error=error,
                     variant=getattr(runner, "variant", None),
                     backend=getattr(runner, "backend", None),
+                    prefill_backend=getattr(runner, "prefill_backend", None),
                 )
                 if runner is not None:
                     steps = [s for run in samples[index]["steps"] for s in run]

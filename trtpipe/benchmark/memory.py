@@ -48,7 +48,13 @@ def _run(spec: dict) -> None:
 
         row = spec["row"]
         if row == "ours":
-            runner = OursDecoder(bundle, spec.get("variant"), threads, backend=spec.get("backend", "ort-cpu"))
+            runner = OursDecoder(
+                bundle,
+                spec.get("variant"),
+                threads,
+                backend=spec.get("backend", "ort-cpu"),
+                prefill_backend=spec.get("prefill_backend"),
+            )
         elif row == "torch":
             runner = TorchDecoder(bundle, threads)
         elif row == "optimum":

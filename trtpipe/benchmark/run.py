@@ -97,8 +97,13 @@ def benchmark(
     out_dir: Path,
     rounds: int = 5,
     memory: bool = True,
+    prefill_backend: str | None = None,
 ) -> dict:
     bundle = Bundle.load(bundle_path)
+    if prefill_backend is not None and not bundle.is_decoder:
+        raise UserError(
+            "--prefill-backend applies to GPT-2 bundles (the prompt's prefill); leave it out here"
+        )
     if bundle.is_decoder and (iters is not None or seconds is not None):
         warn(
             "--iters / --seconds time encoder rows; a GPT-2 round is one generation (use --rounds, --new-tokens)"
@@ -119,6 +124,11 @@ def benchmark(
 
     check_out_dir(out_dir)
     usable, skipped = plan_backends(bundle, backends)
+    if prefill_backend is not None and "ort-cpu" not in usable:
+        raise UserError(
+            "--prefill-backend adds rows beside ort-cpu's (it feeds ONNX Runtime's in-place cache): "
+            "include --backend ort-cpu"
+        )
     shapes = _shapes(bundle, usable, batches, seq, prompt_lens, new_tokens)
     batches, seq, prompt_lens, new_tokens = shapes.batches, shapes.seq, shapes.prompt_lens, shapes.new_tokens
     for note in shapes.notes:
@@ -142,6 +152,7 @@ def benchmark(
             "seconds": None if bundle.is_decoder else seconds,
             "rounds": rounds,
             "baselines": baselines,
+            "prefill_backend": prefill_backend,
         },
         "skipped": skipped,
         "notes": shapes.notes,
@@ -163,6 +174,7 @@ def benchmark(
                 warmup,
                 report,
                 memory,
+                prefill_backend,
             )
         else:
             _encoder(
@@ -243,7 +255,18 @@ def _encoder(
 
 
 def _decoder(
-    bundle, usable, variants, prompt_lens, new_tokens, threads, baselines, rounds, warmup, report, memory
+    bundle,
+    usable,
+    variants,
+    prompt_lens,
+    new_tokens,
+    threads,
+    baselines,
+    rounds,
+    warmup,
+    report,
+    memory,
+    prefill_backend=None,
 ):
     from .decode import floors, make_rows, measure_floors, run_decode
     from .memory import NOT_ASKED, measure_or_reason
@@ -254,6 +277,8 @@ def _decoder(
             continue
         names = _variants_for(bundle, backend, variants)
         rows += make_rows(bundle, names, [], threads, backend=backend)
+        if backend == "ort-cpu" and prefill_backend:  # the same variants, prompts on the other engine
+            rows += make_rows(bundle, names, [], threads, backend=backend, prefill_backend=prefill_backend)
     extra = [b for b in baselines]
     if "torch" in usable and "torch" not in extra and "torch" in report["config"]["backends"]:
         extra.append("torch")
@@ -283,5 +308,6 @@ def _decoder(
             if result.kind == "ours":
                 spec["variant"] = result.variant
                 spec["backend"] = result.backend or "ort-cpu"
+                spec["prefill_backend"] = result.prefill_backend
             result.peak_rss, result.peak_rss_note = measure_or_reason(spec)
         report["decoder"].append(asdict(result))

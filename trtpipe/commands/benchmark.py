@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..runtime.errors import UserError
 from ._common import (
     JsonOpt,
     QuietOpt,
@@ -73,6 +74,13 @@ def benchmark_cmd(
     memory: Annotated[
         bool, typer.Option("--memory/--no-memory", help="peak RSS per row (a fresh process each)")
     ] = True,
+    prefill_backend: Annotated[
+        str | None,
+        typer.Option(
+            "--prefill-backend",
+            help="GPT-2: add ort-cpu rows whose prompts run on this engine (ov), beside ort-cpu's own",
+        ),
+    ] = None,
     out_dir: Annotated[
         Path, typer.Option("--out", help="report directory (JSON, CSV, Markdown, PNG)")
     ] = Path("reports"),
@@ -82,6 +90,9 @@ def benchmark_cmd(
     """Benchmark a bundle on every backend / variant / shape asked, with peers side by side, on identical inputs."""
     if workload is not None:
         from ..benchmark.workload import run_workload
+
+        if prefill_backend is not None:
+            raise UserError("--prefill-backend times GPT-2 generation; --workload runs encoder tasks")
 
         report = run_workload(
             engine,
@@ -111,6 +122,7 @@ def benchmark_cmd(
             out_dir,
             rounds=rounds,
             memory=memory,
+            prefill_backend=prefill_backend,
         )
     if as_json:
         print_json(report)
