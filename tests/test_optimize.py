@@ -97,7 +97,9 @@ def test_albert_base_fusion_keeps_shared_weights_shared(make_bundle, tmp_path):
     entry = optimize_bundle(path, "fused")
     bundle = Bundle.load(path)
     assert entry["report"]["dedup_bytes_saved"] > 50e6  # twelve packed QKV copies collapsed into one
-    assert entry["report"]["fused_ops"]["Attention"] == 11 and entry["report"]["missing"] == []  # all but the first
+    assert (
+        entry["report"]["fused_ops"]["Attention"] == 11 and entry["report"]["missing"] == []
+    )  # all but the first
     assert entry["bytes"] <= 1.1 * bundle.model["parameter_bytes"], (
         entry["bytes"] / bundle.model["parameter_bytes"]
     )
