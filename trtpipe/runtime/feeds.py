@@ -102,3 +102,16 @@ def check_feeds(feeds: dict, specs: list[dict], limits: dict | None = None) -> d
         if pos is not None and pos.size and positions and (int(pos.max()) >= positions or int(pos.min()) < 0):
             raise UserError(f"position id {int(pos.max())} is outside [0, {positions})")
     return out
+
+
+class CheckedFeeds:
+    """For host sessions that hold the manifest's `specs` and `limits`: `check` validates feeds against them (a
+    session opened without specs passes feeds through)."""
+
+    specs: list[dict] | None = None
+    limits: dict | None = None
+
+    def check(self, feeds: dict) -> dict:
+        if self.specs is None:
+            return feeds
+        return check_feeds(feeds, self.specs, self.limits)

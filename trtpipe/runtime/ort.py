@@ -9,7 +9,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
-from .feeds import check_feeds
+from .feeds import CheckedFeeds
 
 _PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -95,7 +95,7 @@ def spinning(spin: str | None = None) -> dict[str, str]:
     return SPIN_SETTINGS[value]
 
 
-class OrtSession:
+class OrtSession(CheckedFeeds):
     """An ONNX Runtime InferenceSession behind the Session contract. `run` is thread-safe."""
 
     def __init__(
@@ -177,11 +177,6 @@ class OrtSession:
             variant=variant,
             spin=spin,
         )
-
-    def check(self, feeds: dict) -> dict:
-        if self.specs is None:
-            return feeds
-        return check_feeds(feeds, self.specs, self.limits)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = self.check(feeds)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
-from .feeds import check_feeds
+from .feeds import CheckedFeeds
 
 DEVICE = "CPU"
 
@@ -59,7 +59,7 @@ def _name(port, known: set[str]) -> str:
     return declared[0] if declared else port.get_any_name()
 
 
-class OvSession:
+class OvSession(CheckedFeeds):
     """An OpenVINO compiled model (CPU) behind the Session contract. `run` is thread-safe: each call takes an idle
     infer request from a small pool (or makes one), so concurrent calls never share one."""
 
@@ -135,11 +135,6 @@ class OvSession:
             outputs=outputs,
             precision=entry.get("compute", "f32"),
         )
-
-    def check(self, feeds: dict) -> dict:
-        if self.specs is None:
-            return feeds
-        return check_feeds(feeds, self.specs, self.limits)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # copies: the request's output memory is reused by the next call that takes it
