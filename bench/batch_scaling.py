@@ -120,7 +120,7 @@ def ov_lines(
 
 
 def main() -> int:
-    from common import REPORTS, ensure_bundle, mark, write_section
+    from common import REPORTS, ensure_bundle, targets_table, write_section
 
     from trtpipe.benchmark.batch_scaling import (
         KERNEL_TEXT,
@@ -290,8 +290,7 @@ def main() -> int:
             int8_gain >= 4,
         ),
     ]
-    lines += ["", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {n} | {v} | {mark(ok)} |" for n, v, ok in targets]
+    lines += ["", *targets_table(targets)]
     lines += [
         "",
         f"Fastest variant at {top} in flight: {best_top} ({runs[(best_top, top)]['tokens_per_s']:.1f} tokens/s). "

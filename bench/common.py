@@ -85,6 +85,15 @@ def mark(ok: bool | None) -> str:
     return "–" if ok is None else ("✅" if ok else "❌ missed")
 
 
+def targets_table(targets: list[tuple[str, str, bool | None]], head: str = "target") -> list[str]:
+    """The markdown table of (what, measured, met) rows that ends a section: met ✅, missed ❌, unmeasured –."""
+    return [
+        f"| {head} | measured | |",
+        "|---|---|---|",
+        *(f"| {n} | {v} | {mark(ok)} |" for n, v, ok in targets),
+    ]
+
+
 class Timer:
     def __enter__(self):
         self.started = time.perf_counter()

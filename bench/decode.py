@@ -11,7 +11,7 @@ import json
 import shutil
 
 import numpy as np
-from common import REPORTS, ROOT, ensure_bundle, mark, write_section
+from common import REPORTS, ROOT, ensure_bundle, targets_table, write_section
 
 
 def profile_step(bundle, variant_file: str, past: int, threads: int, steps: int = 20) -> dict[str, float]:
@@ -212,8 +212,7 @@ def main() -> None:
             growth <= 1.4,
         )
     )
-    lines += ["", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {mark(ok)} |" for name, value, ok in targets]
+    lines += ["", *targets_table(targets)]
 
     profile = {p: profile_step(bundle, "model.kv-inplace.onnx", p, args.threads) for p in prompt_lens}
     lines += [

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-from common import REPORTS, ensure_bundle, ensure_variant, mark, write_section
+from common import REPORTS, ensure_bundle, ensure_variant, targets_table, write_section
 
 NEW_TOKENS = 64
 PROMPTS = (32, 512)
@@ -145,8 +145,7 @@ def main() -> None:
             text, ok = verdict("TTFT", p50(ours, "ttft"), p50(other, "ttft"))
             targets.append((f"GPT-2 {variant} prompt {p}: TTFT ≤ llama.cpp {ftype}'s", text, ok))
         lines.append(f"| llama.cpp {ftype} vs trtpipe {variant} | {' | '.join(cells)} |")
-    lines += ["", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {mark(ok)} |" for name, value, ok in targets]
+    lines += ["", *targets_table(targets)]
     lines += [
         "",
         f"The machine is shared: its 1-minute load average (2 cores) at the start / end was {load:.1f} / "

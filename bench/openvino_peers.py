@@ -26,7 +26,7 @@ import sys
 import time
 
 import numpy as np
-from common import REPORTS, ROOT, ensure_bundle, ensure_variant, mark, write_section
+from common import REPORTS, ROOT, ensure_bundle, ensure_variant, targets_table, write_section
 
 SEQ = 128
 NEW_TOKENS = 64
@@ -972,8 +972,7 @@ def main() -> None:
         lines, targets, raw = PARTS[part](args.threads, args.rounds)
         took = time.perf_counter() - tick
         print(f"== {part}: {took:.0f}s", flush=True)
-        lines += ["", "| target | measured | |", "|---|---|---|"]
-        lines += [f"| {name} | {value} | {mark(ok)} |" for name, value, ok in targets]
+        lines += ["", *targets_table(targets)]
         lines += [
             "",
             f"This part took {took / 60:.1f} min, with the peers' exports and NNCF's quantisation cached from an "

@@ -12,7 +12,7 @@ import argparse
 import json
 
 import numpy as np
-from common import BUNDLES, REPORTS, ensure_bundle, ensure_variant, mark, write_section
+from common import BUNDLES, REPORTS, ensure_bundle, ensure_variant, targets_table, write_section
 
 
 def embedding_accuracy(rows: dict, reference: str, batches: list[dict]) -> dict:
@@ -320,8 +320,7 @@ def main() -> None:
             more, goals = fn(args.threads, args.rounds)
             lines += more
             targets += goals
-    lines += ["", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {mark(ok)} |" for name, value, ok in targets]
+    lines += ["", *targets_table(targets)]
     body = "\n".join(lines)
     print(body)
     REPORTS.mkdir(exist_ok=True)

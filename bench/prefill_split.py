@@ -54,7 +54,7 @@ def rss(path, variant: str, prefill: str | None) -> dict:
 
 
 def main() -> int:
-    from common import ensure_bundle, ensure_variant, mark, write_section
+    from common import ensure_bundle, ensure_variant, targets_table, write_section
 
     from trtpipe.benchmark.decode import SETTLE_S, OursDecoder, run_decode
     from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop, summarize
@@ -191,8 +191,7 @@ def main() -> int:
             targets.append(
                 (f"{variant} prompt 512: TPOT no worse than 0.95× ONNX Runtime alone", f"{t:.2f}×", t >= 0.95)
             )
-    lines += ["", "| check | measured | |", "|---|---|---|"]
-    lines += [f"| {n} | {v} | {mark(ok)} |" for n, v, ok in targets]
+    lines += ["", *targets_table(targets, head="check")]
     lines += [
         "",
         f"The machine is shared: its 1-minute load average (2 cores) at the start / end was {load:.1f} / "

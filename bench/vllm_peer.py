@@ -16,7 +16,7 @@ import os
 
 
 def main() -> None:
-    from common import REPORTS, ensure_bundle, ensure_variant, mark, write_section
+    from common import REPORTS, ensure_bundle, ensure_variant, targets_table, write_section
 
     from trtpipe.benchmark.peers import hf_checkpoint
     from trtpipe.benchmark.vllm_peer import (
@@ -154,8 +154,7 @@ def main() -> None:
             )
         else:
             targets.append((name, "not measured (a level did not run)", None))
-    lines += ["", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {n} | {v} | {mark(ok)} |" for n, v, ok in targets]
+    lines += ["", *targets_table(targets)]
     lines += [
         "",
         f"The machine is shared: its 1-minute load average (2 cores) at the start / end was {load:.1f} / "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import REPORTS, ensure_bundle, mark, write_section
+from common import REPORTS, ensure_bundle, targets_table, write_section
 
 
 def main() -> None:
@@ -66,8 +66,7 @@ def main() -> None:
             )
         )
         del rows
-    lines += ["| target | measured | |", "|---|---|---|"]
-    lines += [f"| {name} | {value} | {mark(ok)} |" for name, value, ok in targets]
+    lines += [*targets_table(targets)]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
