@@ -15,28 +15,15 @@ import time
 from ..console import info, status
 from ..runtime.bundle import Bundle
 from ..runtime.errors import CheckFailed, UserError
+from ..runtime.ov import import_openvino, openvino_info
 from ..runtime.store import bundle_transaction
 from . import gate
 
 
-def bf16_compute(bundle: Bundle) -> str:
-    """What OpenVINO compiles the fp32 graph to when asked for bf16 here: "bf16", or "f32" without the ISA."""
-    from ..runtime.ov import OvSession
-
-    session = OvSession(
-        bundle.model_path("fp32"), threads=1, specs=bundle.manifest["inputs"], precision="bf16"
-    )
-    try:
-        return session.precision
-    finally:
-        session.close()
-
-
-def add_bf16(bundle_path, held_out: list[str], force: bool, overwrite: bool, versions: dict) -> dict:
+def add_bf16(bundle: Bundle, held_out: list[str], force: bool, overwrite: bool, versions: dict) -> dict:
     """Gate OpenVINO's bf16 compute of the fp32 graph on held-out text and record the variant. Returns the entry;
     CheckFailed when the gate fails (nothing written unless force)."""
     started = time.perf_counter()
-    bundle = Bundle.load(bundle_path)
     if bundle.is_decoder:
         raise UserError(
             "bf16 is OpenVINO's compute of an encoder's graph; for GPT-2 use --precision int8-wo or int4 "
@@ -44,13 +31,17 @@ def add_bf16(bundle_path, held_out: list[str], force: bool, overwrite: bool, ver
         )
     if "bf16" in bundle.variants and not overwrite:
         raise UserError(f"{bundle.path} already has the bf16 variant; pass --overwrite to rebuild it")
-    import openvino
-
-    compute = bf16_compute(bundle)
-    if compute != "bf16":
+    device = openvino_info()  # the CPU device's capabilities: a query, nothing compiled
+    if device is None:
+        import_openvino()  # the one-line UserError naming `pip install trtpipe[ov]`
+    if device.get("error"):
+        raise UserError(f"OpenVINO cannot query its CPU device ({device['error']}); see `trtpipe doctor`")
+    capabilities = device.get("capabilities", [])
+    if "BF16" not in capabilities:
         raise UserError(
-            f"this CPU has no bf16 arithmetic (OpenVINO compiles a bf16 hint at {compute} here): the fp32 variant "
-            "on --backend ov is the same computation; make the bf16 variant on a CPU with avx512_bf16 or AMX"
+            f"this CPU has no bf16 arithmetic (OpenVINO's CPU device offers {', '.join(capabilities)}"
+            "; a bf16 hint would compile at f32): the fp32 variant on --backend ov is the same computation; make the "
+            "bf16 variant on a CPU with avx512_bf16 or AMX"
         )
     with status(f"gate: bf16 (ov) vs fp32 on {len(held_out)} held-out texts"):
         result = gate.evaluate(
@@ -73,7 +64,7 @@ def add_bf16(bundle_path, held_out: list[str], force: bool, overwrite: bool, ver
             "compute": "bf16",
             "backends": ["ov"],
             "ort_only": False,
-            "tools": {**versions, "openvino": openvino.__version__.split("-")[0]},
+            "tools": {**versions, "openvino": device["version"]},
             "report": {"inference_precision_hint": "bf16", "file_shared_with": "fp32"},
             "gate": {**result.to_dict(forced=force), "backend": "ov"},
             "parity": {},

@@ -110,7 +110,7 @@ def optimize_bundle(
 
         bundle = Bundle.load(bundle_path)
         held_out = read_texts(gate_texts, bundle.kind.gate_texts, "heldout")
-        return add_bf16(bundle_path, held_out, force, overwrite, tool_versions())
+        return add_bf16(bundle, held_out, force, overwrite, tool_versions())
     bundle = Bundle.load(bundle_path)
     if precision == "int8-nncf" and bundle.is_decoder:
         raise UserError(
