@@ -54,7 +54,7 @@ def _variants_for(bundle: Bundle, backend: str, variants: list[str]) -> list[str
         if backend not in ("ort-cpu", "ov"):  # OpenVINO reads ORT's CPU-only ops too (runtime/ov.py)
             names = [n for n in names if not bundle.variants[n].get("ort_only")]
         # a variant that is one backend's compute of another's file (bf16: OpenVINO's) runs there only
-        return [n for n in names if backend in bundle.variants[n].get("backends", [backend])]
+        return [n for n in names if bundle.runs_on(n, backend)]
     for name in variants:
         if backend != "trt" and name not in bundle.variants:
             raise UserError(

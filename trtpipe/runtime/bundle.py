@@ -128,6 +128,15 @@ class Bundle:
             )
         return self.variants[name]
 
+    def only_on(self, name: str | None) -> list[str]:
+        """The backends that compute variant `name` as recorded, where only some can (bf16: OpenVINO's compute of
+        model.onnx); [] when any backend that reads its file runs it."""
+        return list(self.variant(name).get("backends", []))
+
+    def runs_on(self, name: str | None, backend: str) -> bool:
+        only = self.only_on(name)
+        return not only or backend in only
+
     def verify_files(self, hashes: dict[str, str], what: str, fix: str) -> None:
         """Check that each file exists inside the bundle and has the recorded sha256."""
         for rel, expected in hashes.items():

@@ -159,11 +159,11 @@ class OrtSession(CheckedFeeds):
             entry = bundle.variants[variant]
             if backend != "ort-cpu" and entry.get("ort_only_cpu"):
                 raise UserError(f"variant {variant} runs on the CPU provider only; use --backend ort-cpu")
-            runs_on = entry.get("backends")
-            if runs_on and backend not in runs_on:
+            if not bundle.runs_on(variant, backend):
+                only = bundle.only_on(variant)
                 raise UserError(
                     f"variant {variant} is {entry.get('compute', variant)} compute of {entry['file']} on "
-                    f"{' / '.join(runs_on)} only; use --backend {runs_on[0]} (or --variant fp32 on {backend})"
+                    f"{' / '.join(only)} only; use --backend {only[0]} (or --variant fp32 on {backend})"
                 )
         path = bundle.model_path(variant, verify=verify)
         specs = bundle.variants[variant].get("inputs") or bundle.manifest["inputs"]

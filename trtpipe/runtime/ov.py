@@ -104,9 +104,8 @@ class OvSession(CheckedFeeds):
         self.output_names = tuple(_name(port, known) for port in model.outputs)
         self.index = {name: i for i, name in enumerate(self.input_names)}
         self.idle: queue.SimpleQueue = queue.SimpleQueue()
-        self.precision = compiled_precision(
-            self.compiled
-        )  # what the plugin computes in (bf16 needs the CPU's)
+        # what the plugin computes in (a bf16 hint needs the CPU's bf16 arithmetic)
+        self.precision = compiled_precision(self.compiled)
 
     @classmethod
     def from_bundle(

@@ -87,9 +87,8 @@ class RepoOptions:
     threads: int | None = None  # python backend: intra-op threads per instance (None: auto)
     max_queue: int = 64  # generation: requests that may wait for a slot before new ones are refused
     prefill_chunk: int = 64  # generation: prompt tokens prefilled per engine step
-    prefill_backend: str | None = (
-        None  # generation on ort-cpu: "ov" runs the prompts on OpenVINO (prefill.py)
-    )
+    # generation on ort-cpu: "ov" runs the prompts on OpenVINO (prefill.py)
+    prefill_backend: str | None = None
 
 
 @dataclass
@@ -225,12 +224,11 @@ def _plan(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
         variant = options.variant or "fp32"
         bundle.model_path(variant)  # checks every file of the variant against its sha256
         entry = bundle.variant(variant)
-        if entry.get(
-            "backends"
-        ):  # bf16: OpenVINO's compute of model.onnx, which Triton's onnxruntime cannot do
+        only = bundle.only_on(variant)  # bf16: OpenVINO's compute of model.onnx, not Triton's onnxruntime's
+        if only:
             raise UserError(
-                f"variant {variant} runs on {' / '.join(entry['backends'])} only; serve it with --backend python "
-                f"--runtime {entry['backends'][0]}"
+                f"variant {variant} runs on {' / '.join(only)} only; serve it with --backend python "
+                f"--runtime {only[0]}"
             )
         files = [(bundle.file(rel), rel) for rel in entry["sha256"]]
         filename = entry["file"]
@@ -249,12 +247,10 @@ def _plan(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
 
 def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
     variant = options.variant
-    if variant is not None:
-        entry = bundle.variant(variant)  # a UserError naming `trtpipe optimize` when it is missing
-        if entry.get("backends") and options.runtime not in entry["backends"]:
-            raise UserError(
-                f"variant {variant} runs on {' / '.join(entry['backends'])} only; use --runtime {entry['backends'][0]}"
-            )
+    # a missing variant: runs_on raises the UserError naming `trtpipe optimize`
+    if variant is not None and not bundle.runs_on(variant, options.runtime):
+        only = bundle.only_on(variant)
+        raise UserError(f"variant {variant} runs on {' / '.join(only)} only; use --runtime {only[0]}")
     decoupled = options.stream and bundle.is_decoder
     scheduling = Scheduling(
         max_batch=options.max_batch,
