@@ -112,3 +112,19 @@ def assert_close(
             f"{what}: {int(bad.sum())}/{bad.size} elements differ; max abs {diff.max():.3g}, mean {diff.mean():.3g}; "
             f"first at {tuple(int(i) for i in first)}: {actual[first]!r} vs {expected[first]!r}"
         )
+
+
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.force_spinning_stop")
+
+
+def spin_entries(session) -> dict[str, str]:
+    """The spinning entries an OrtSession was opened with (`ort.spinning`); a key not set is left out (ONNX Runtime's
+    default)."""
+    options = session.session.get_session_options()
+    found = {}
+    for key in SPIN_KEYS:
+        try:
+            found[key] = options.get_session_config_entry(key)
+        except RuntimeError:  # not set
+            continue
+    return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import spin_entries
 from typer.testing import CliRunner
 
 from trtpipe.cli import app
@@ -20,14 +21,6 @@ PROMPTS = ["The list of", "def main", "Hello there, how are you today my"]
 @pytest.fixture(scope="module")
 def gpt2(make_bundle):
     return make_bundle("tiny-gpt2", "generate")
-
-
-def _spin_entry(generator: Generator, key: str) -> str | None:
-    options = generator.runner.session.session.get_session_options()
-    try:
-        return options.get_session_config_entry(key)
-    except RuntimeError:  # not set: ONNX Runtime's default
-        return None
 
 
 def test_openvino_writes_the_cache_onnx_runtime_writes(gpt2):
@@ -67,7 +60,7 @@ def test_greedy_generation_is_token_exact_against_onnx_runtime_alone(gpt2):
     # a left-padded batch of prompts (in place: each row prefilled alone)
     assert [c.ids for c in split.generate(PROMPTS, 12)] == [c.ids for c in ort.generate(PROMPTS, 12)]
     # a single Generator keeps ONNX Runtime's default spinning (its steps follow one another)
-    assert _spin_entry(split, "session.force_spinning_stop") is None
+    assert "session.force_spinning_stop" not in spin_entries(split.runner.session)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
@@ -88,7 +81,7 @@ def test_batching_with_openvino_prefill_gives_each_request_what_it_gets_alone(gp
     expected = [alone.generate([ids], 16, s)[0].ids for ids, s in zip(prompts, samplings)]
     engine = BatchEngine(path, variant=variant, slots=2, chunk=5, prefill_backend="ov")
     # beside OpenVINO, the decode session's threads stop spinning after each step
-    assert _spin_entry(engine.generator, "session.force_spinning_stop") == "1"
+    assert spin_entries(engine.generator.runner.session)["session.force_spinning_stop"] == "1"
     requests = [engine.submit(ids, 16, s) for ids, s in zip(prompts, samplings)]
     engine.run()
     assert [r.result().ids for r in requests] == expected

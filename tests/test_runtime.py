@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, spin_entries
 
 from trtpipe.runtime import Bundle, UserError, load_pipeline, open_session
 from trtpipe.runtime.tasks import _aggregate_entities, _best_span
@@ -106,12 +105,7 @@ def test_ort_spinning_is_onnx_runtimes_default_unless_the_environment_or_the_ses
     path = make_bundle("tiny-bert", "embed")
 
     def entries(**kwargs):
-        options = open_session(path, **kwargs).session.get_session_options()
-        found = {}
-        for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
-            with contextlib.suppress(RuntimeError):  # not set: ONNX Runtime's own default
-                found[key] = options.get_session_config_entry(key)
-        return found
+        return spin_entries(open_session(path, **kwargs))
 
     monkeypatch.delenv("TRTPIPE_ORT_SPIN", raising=False)
     assert entries() == {}  # not set: ONNX Runtime's own default (spinning), no entry of ours

@@ -30,13 +30,13 @@ class OursDecoder:
         self.generator = Generator(
             bundle, backend=backend, variant=variant, threads=threads, kv=kv, prefill_backend=prefill_backend
         )
+        self.prefill_backend = self.generator.prefill_backend  # None where the decoding backend prefills
         kind = "in-place KV" if self.generator.inplace else "ping-pong KV"
-        if prefill_backend:
-            kind += f", {prefill_backend} prefill"
+        if self.prefill_backend:
+            kind += f", {self.prefill_backend} prefill"
         self.label = f"trtpipe {variant or 'fp32'} ({kind})" + (
             "" if backend == "ort-cpu" else f" [{backend}]"
         )
-        self.prefill_backend = prefill_backend
         self.variant_file = bundle.variants[self.generator.variant]["file"] if backend != "trt" else None
         self.variant = variant
         self.backend = backend
