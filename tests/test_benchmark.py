@@ -567,14 +567,23 @@ def test_bench_scripts_say_not_measured_instead_of_a_number(monkeypatch):
 
 def test_the_compute_roof_is_the_machines_and_names_what_set_it(monkeypatch):
     """The roof is the higher of the fastest engine's GEMM and the nominal peak; an engine that cannot run says
-    why; the nominal peak follows the vector width and FMA units the CPU has (AMD's AVX-512 counts as 2 × 256)."""
+    why; the nominal peak follows the vector width and FMA units the CPU has (Zen 4's AVX-512 counts as 2 × 256,
+    Zen 5's as 2 × 512 except on its mobile parts)."""
     from trtpipe.benchmark import floors
 
     epyc = ("AuthenticAMD", {"avx2", "avx512f", "avx512_vnni"}, 2.6e9)
     xeon = ("GenuineIntel", {"avx2", "avx512f"}, 2.0e9)
     monkeypatch.setattr(floors, "cpu_flags", lambda: epyc)
+    monkeypatch.setattr(floors, "cpu_family", lambda: (0x19, 0x11))  # Zen 4 (Genoa)
     assert floors.nominal_peak("fp32", 2)[0] == 2 * 8 * 2 * 2 * 2.6e9
     assert floors.nominal_peak("int8", 2)[0] == 4 * floors.nominal_peak("fp32", 2)[0]
+    monkeypatch.setattr(floors, "cpu_family", lambda: (0x1A, 0x02))  # Zen 5 (Turin)
+    assert floors.nominal_peak("fp32", 2) == (2 * 16 * 2 * 2 * 2.6e9, floors.nominal_peak("fp32", 2)[1])
+    assert "Zen 5" in floors.nominal_peak("fp32", 2)[1]
+    monkeypatch.setattr(floors, "cpu_family", lambda: (0x1A, 0x24))  # Zen 5 mobile (Strix Point)
+    assert floors.nominal_peak("fp32", 2)[0] == 2 * 8 * 2 * 2 * 2.6e9
+    monkeypatch.setattr(floors, "cpu_family", lambda: (None, None))
+    assert floors.nominal_peak("fp32", 2)[0] == 2 * 8 * 2 * 2 * 2.6e9
     monkeypatch.setattr(floors, "cpu_flags", lambda: xeon)
     assert floors.nominal_peak("fp32", 1)[0] == 16 * 2 * 2 * 2.0e9
     assert floors.nominal_peak("int8", 1) == (None, "no VNNI")
@@ -583,6 +592,7 @@ def test_the_compute_roof_is_the_machines_and_names_what_set_it(monkeypatch):
         raise ImportError("No module named 'openvino'")
 
     monkeypatch.setattr(floors, "cpu_flags", lambda: epyc)
+    monkeypatch.setattr(floors, "cpu_family", lambda: (0x19, 0x11))
     monkeypatch.setattr(
         floors, "ENGINES", {"slow": lambda p, t, n: 50e9, "fast": lambda p, t, n: 120e9, "missing": broken}
     )
@@ -641,3 +651,23 @@ def test_bench_rebuilds_an_int8_variant_an_older_quantiser_wrote(monkeypatch, tm
     common.ensure_variant(tmp_path, "int8")
     common.ensure_variant(tmp_path, "int8-wo")  # missing: built, nothing to overwrite
     assert calls[1:] == [("int8-wo", {"force": True, "overwrite": False})]
+
+
+def test_cpu_family_reads_proc_cpuinfo(tmp_path, monkeypatch):
+    """family and model come from the first CPU's lines; a file without them gives (None, None)."""
+    import builtins
+
+    from trtpipe.benchmark import floors
+
+    text = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+    )
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(text + text.replace("26", "25"))
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins, "open", lambda f, *a, **k: real_open(fake if f == "/proc/cpuinfo" else f, *a, **k)
+    )
+    assert floors.cpu_family() == (26, 2)
+    fake.write_text("processor\t: 0\n")
+    assert floors.cpu_family() == (None, None)

@@ -192,15 +192,40 @@ def cpu_flags() -> tuple[str, set[str], float | None]:
     return vendor, flags, mhz * 1e6 if mhz else None
 
 
+def cpu_family() -> tuple[int | None, int | None]:
+    """(cpu family, model) of CPU 0 from /proc/cpuinfo, (None, None) where it is not there."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and key not in found and value.strip().isdigit():
+                    found[key] = int(value)
+                if len(found) == 2:
+                    break
+    except OSError:
+        pass
+    return found.get("cpu family"), found.get("model")
+
+
+def amd_full_512(family: int | None, model: int | None) -> bool:
+    """Zen 5 (family 0x1A) executes AVX-512 on full 512-bit datapaths, except its mobile parts (Strix Point,
+    models 0x20-0x2F), which split them in two like Zen 4 (family 0x19) does."""
+    return family == 0x1A and model is not None and not 0x20 <= model <= 0x2F
+
+
 def nominal_peak(precision: str, threads: int) -> tuple[float | None, str]:
     """threads × fp32 lanes per FMA × FMA units × 2 FLOP × clock (int8 with VNNI: 4 multiply-adds per 32-bit lane).
-    FMA units and their width are not in /proc/cpuinfo: AMD's AVX-512 (Zen 4) issues two 256-bit FMAs per cycle,
-    Intel's server cores two 512-bit ones; the note says which was assumed."""
+    FMA units and their width are not in /proc/cpuinfo: Intel's server cores and AMD's Zen 5 (cpu family 26) issue
+    two 512-bit FMAs per cycle, Zen 4's AVX-512 two 256-bit ones; the note says which was assumed."""
     vendor, flags, clock = cpu_flags()
     if not clock or not flags:
         return None, "no /proc/cpuinfo"
     if "avx512f" in flags and vendor != "AuthenticAMD":
         lanes, units, what = 16, 2, "2 × 512-bit FMA units"
+    elif "avx512f" in flags and amd_full_512(*cpu_family()):
+        lanes, units, what = 16, 2, "2 × 512-bit FMA units (AMD Zen 5)"
     elif "avx512f" in flags or "avx2" in flags:
         lanes, units, what = (
             8,
