@@ -20,10 +20,15 @@ def main() -> None:
 
     from trtpipe.benchmark.peers import hf_checkpoint
     from trtpipe.benchmark.vllm_peer import (
+        GEMM_ROWS,
         VllmWorker,
+        bound_lines,
+        gemm_shapes,
         greedy_agreement,
         mix_requests,
+        ort_gemm_ms,
         ours_closed_loop,
+        stats_delta,
         summarize,
     )
     from trtpipe.runtime import BatchEngine, Bundle
@@ -58,13 +63,18 @@ def main() -> None:
         for v in ("fp32", "int8-wo", "int4")
     }
     runs: dict = {}
+    top = max(args.levels)
+    split, ort_ms, onednn_ms, gemm_why = None, None, None, None
     try:
         for clients in args.levels:
             for variant, engine in engines.items():
                 ours_closed_loop(engine, requests[:2], clients)  # warm
+                before = dict(engine.stats)
                 runs[(f"trtpipe BatchEngine {variant}", clients)] = ours_closed_loop(
                     engine, requests, clients
                 )
+                if variant == "fp32" and clients == top:
+                    split = stats_delta(engine.stats, before)
             if worker is not None:
                 try:
                     runs[("vLLM-CPU fp32", clients)] = worker.ask(
@@ -72,6 +82,18 @@ def main() -> None:
                     )
                 except Exception as exc:
                     why = str(exc).splitlines()[0][:240]
+        # the fp32 GEMM at the row counts a step has, ours and the one vLLM's linear layers dispatch to
+        ort_ms = ort_gemm_ms(args.threads)
+        if worker is not None:
+            try:
+                answer = worker.ask(
+                    op="gemm", shapes=gemm_shapes(), rows=list(GEMM_ROWS), threads=args.threads
+                )
+                onednn_ms = {int(m): v for m, v in answer["ms"].items()}
+            except Exception as exc:
+                gemm_why = str(exc).splitlines()[0][:240]
+        else:
+            gemm_why = why
     finally:
         if worker is not None:
             worker.close()
@@ -109,8 +131,11 @@ def main() -> None:
                 f"| {label} | {clients} | {s['tokens_per_s']:.1f} | {s['ttft_p50_ms']:.0f} | {s['ttft_p95_ms']:.0f} | "
                 f"{tpot} | {s['tokens']} |"
             )
+    lines += [
+        "",
+        *bound_lines(top, split, runs.get(("vLLM-CPU fp32", top)), ort_ms, onednn_ms, gemm_why),
+    ]
     targets = []
-    top = max(args.levels)
     ours, peer = stats.get(("trtpipe BatchEngine fp32", top)), stats.get(("vLLM-CPU fp32", top))
     name = f"fp32 at {top} in flight on the serve_load mix ≥ 1.0× vLLM-CPU (one process)"
     if ours and peer:

@@ -61,3 +61,43 @@ def test_our_closed_loop_gives_each_request_what_it_gets_alone(gpt2):
         alone = [t.id for t in generator.stream([r["ids"]], r["new_tokens"], ignore_eos=True)]
         assert got["ids"] == alone and len(got["steps"]) == r["new_tokens"] - 1 and got["ttft"] > 0
     assert peer.summarize(run)["tokens"] == sum(r["new_tokens"] for r in requests)
+
+
+def test_bound_lines_split_our_step_and_compare_the_gemm_both_sides_run():
+    """Our engine's counters over the run become ms a step and ms a token; vLLM's engine steps its own ms a step;
+    the GEMM table divides MLAS by oneDNN per row count and prices one pass of 80 rows against 64 + 16."""
+    before = {"steps": 10, "decode_s": 1.0, "prefill_s": 0.5, "decode_rows": 40, "prefill_tokens": 100}
+    after = {"steps": 210, "decode_s": 7.0, "prefill_s": 3.5, "decode_rows": 2040, "prefill_tokens": 4100}
+    split = peer.stats_delta(after, before)
+    assert split == {
+        "steps": 200,
+        "decode_s": 6.0,
+        "prefill_s": 3.0,
+        "decode_rows": 2000,
+        "prefill_tokens": 4000,
+    }
+    ort = {1: 6.0, 16: 10.0, 64: 20.0, 80: 24.0}
+    lines = peer.bound_lines(
+        16, split, {"seconds": 8.0, "engine_steps": 200}, ort, {1: 8.0, 16: 8.0, 80: 20.0}
+    )
+    text = "\n".join(lines)
+    assert "decode 6.0 s (30.0 ms a step, 10.0 decoding rows on average)" in text
+    assert "prefill 3.0 s for 4000 prompt tokens (0.75 ms a token)" in text
+    assert "vLLM-CPU took 200 engine steps, 40.0 ms a step" in text
+    assert "| 1 | 6.00 | 8.00 | 0.75× |" in text and "| 16 | 10.00 | 8.00 | 1.25× |" in text
+    assert "| 64 | 20.00 | not measured (no worker) | – |" in text
+    assert (
+        "two ONNX Runtime passes (BatchEngine's step) 30.00 ms, one pass of 80 rows (vLLM's step) 24.00 ms, 20% less"
+        in text
+    )
+    missing = "\n".join(peer.bound_lines(16, None, None, None, None, "vllm is not installed"))
+    assert "fp32 GEMM: not measured (vllm is not installed)" in missing and "BatchEngine took" not in missing
+
+
+def test_gemm_shapes_are_the_kernel_stack_batch_scaling_times():
+    from trtpipe.benchmark.batch_scaling import layer_stack
+
+    shapes = peer.gemm_shapes()
+    stack = layer_stack(2, head=50257)
+    weights = sorted(tuple(i.dims) for i in stack.graph.initializer)
+    assert sorted(map(tuple, shapes)) == weights and shapes[-1] == [768, 50257]

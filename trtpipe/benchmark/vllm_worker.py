@@ -8,7 +8,10 @@ Standalone on purpose: the standard library and vllm only; run by path:
 Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
   {"op": "load", "path": DIR, "max_model_len": N, "dtype": "float32"}
   {"op": "closed_loop", "requests": [{"ids": [...], "new_tokens": K, "temperature": T, "seed": S}...],
-   "clients": C}   -> {"seconds": s, "results": [{"ttft": s, "steps": [s...], "ids": [...]}...]}
+   "clients": C}   -> {"seconds": s, "engine_steps": n, "results": [{"ttft": s, "steps": [s...], "ids": [...]}...]}
+  {"op": "gemm", "shapes": [[K, N]...], "rows": [M...], "threads": T, "iters": I}
+                   -> {"ms": {M: median ms of one pass over every shape}}: the fp32 GEMM vLLM's CPU linear layers
+                      dispatch to (oneDNN onednn_mm on prepacked weights), random seeded weights
   {"op": "info"}   -> versions
   {"op": "quit"}
 """
@@ -62,10 +65,12 @@ def closed_loop(cmd: dict) -> dict:
         engine.add_request(str(index), TokensPrompt(prompt_token_ids=r["ids"]), params)
         live[str(index)] = {"index": index, "sent": time.perf_counter(), "times": [], "ids": []}
 
+    steps = 0
     while todo or live:
         while todo and len(live) < cmd["clients"]:
             add()
         outputs = engine.step()
+        steps += 1
         now = time.perf_counter()
         for out in outputs:
             state = live.get(out.request_id)
@@ -83,7 +88,32 @@ def closed_loop(cmd: dict) -> dict:
                     "ids": ids,
                 }
                 del live[out.request_id]
-    return {"seconds": time.perf_counter() - started, "results": results}
+    return {"seconds": time.perf_counter() - started, "engine_steps": steps, "results": results}
+
+
+def gemm(cmd: dict) -> dict:
+    """Median ms of one pass over `shapes` ([K, N] weights, x [M, K]) through vLLM's own CPU GEMM dispatch
+    (`create_onednn_mm` / `onednn_mm`, what `dispatch_cpu_unquantized_gemm` picks for dense fp32 weights)."""
+    import torch
+    from vllm import _custom_ops as ops
+
+    torch.set_num_threads(int(cmd.get("threads") or 2))
+    generator = torch.Generator().manual_seed(0)
+    shapes = [tuple(s) for s in cmd["shapes"]]
+    handlers = [ops.create_onednn_mm(torch.randn(k, n, generator=generator) * 0.02, 32) for k, n in shapes]
+    out = {}
+    for m in cmd["rows"]:
+        inputs = {k: torch.randn(m, k, generator=generator) for k, _ in shapes}
+        samples = []
+        for i in range(3 + int(cmd.get("iters") or 15)):
+            started = time.perf_counter()
+            for (k, _), handler in zip(shapes, handlers):
+                ops.onednn_mm(handler, inputs[k], None)
+            if i >= 3:
+                samples.append(time.perf_counter() - started)
+        samples.sort()
+        out[str(m)] = samples[len(samples) // 2] * 1e3
+    return {"ms": out}
 
 
 def info(cmd: dict) -> dict:
@@ -93,7 +123,7 @@ def info(cmd: dict) -> dict:
     return {"vllm": vllm.__version__, "torch": torch.__version__}
 
 
-OPS = {"load": load, "closed_loop": closed_loop, "info": info}
+OPS = {"load": load, "closed_loop": closed_loop, "gemm": gemm, "info": info}
 
 
 def main() -> int:
