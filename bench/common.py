@@ -94,6 +94,15 @@ def targets_table(targets: list[tuple[str, str, bool | None]], head: str = "targ
     ]
 
 
+def load_line(start: float) -> str:
+    """The sentence that ends a section: the 1-minute load average when it started (`start`, os.getloadavg()[0])
+    and now, on a machine that other processes share."""
+    return (
+        f"The machine is shared: its 1-minute load average ({os.cpu_count()} cores) at the start / end was "
+        f"{start:.1f} / {os.getloadavg()[0]:.1f}; above {os.cpu_count()} means other processes competed for the cores."
+    )
+
+
 class Timer:
     def __enter__(self):
         self.started = time.perf_counter()

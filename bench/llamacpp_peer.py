@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-from common import REPORTS, ensure_bundle, ensure_variant, targets_table, write_section
+from common import REPORTS, ensure_bundle, ensure_variant, load_line, targets_table, write_section
 
 NEW_TOKENS = 64
 PROMPTS = (32, 512)
@@ -148,8 +148,7 @@ def main() -> None:
     lines += ["", *targets_table(targets)]
     lines += [
         "",
-        f"The machine is shared: its 1-minute load average (2 cores) at the start / end was {load:.1f} / "
-        f"{os.getloadavg()[0]:.1f}; above 2 means other processes competed for the cores.",
+        load_line(load),
     ]
     body = "\n".join(lines)
     print(body)

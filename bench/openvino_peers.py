@@ -26,7 +26,7 @@ import sys
 import time
 
 import numpy as np
-from common import REPORTS, ROOT, ensure_bundle, ensure_variant, targets_table, write_section
+from common import REPORTS, ROOT, ensure_bundle, ensure_variant, load_line, targets_table, write_section
 
 SEQ = 128
 NEW_TOKENS = 64
@@ -976,9 +976,7 @@ def main() -> None:
         lines += [
             "",
             f"This part took {took / 60:.1f} min, with the peers' exports and NNCF's quantisation cached from an "
-            "earlier run where present. The machine is shared: its 1-minute load average (2 cores) at the start / "
-            f"end was {load:.1f} / {os.getloadavg()[0]:.1f}; anything above 2 means other processes were "
-            "competing for the cores.",
+            f"earlier run where present. {load_line(load)}",
         ]
         body = "\n".join(lines)
         print(body)

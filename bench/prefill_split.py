@@ -54,7 +54,7 @@ def rss(path, variant: str, prefill: str | None) -> dict:
 
 
 def main() -> int:
-    from common import ensure_bundle, ensure_variant, targets_table, write_section
+    from common import ensure_bundle, ensure_variant, load_line, targets_table, write_section
 
     from trtpipe.benchmark.decode import SETTLE_S, OursDecoder, run_decode
     from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop, summarize
@@ -194,8 +194,7 @@ def main() -> int:
     lines += ["", *targets_table(targets, head="check")]
     lines += [
         "",
-        f"The machine is shared: its 1-minute load average (2 cores) at the start / end was {load:.1f} / "
-        f"{os.getloadavg()[0]:.1f}.",
+        load_line(load),
     ]
     body = "\n".join(lines)
     print(body)

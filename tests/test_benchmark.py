@@ -671,3 +671,13 @@ def test_cpu_family_reads_proc_cpuinfo(tmp_path, monkeypatch):
     assert floors.cpu_family() == (26, 2)
     fake.write_text("processor\t: 0\n")
     assert floors.cpu_family() == (None, None)
+
+
+def test_load_line_says_the_load_at_start_and_end_against_the_cores(monkeypatch):
+    import os
+
+    common = _bench("common")
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.46, 0.0, 0.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    line = common.load_line(1.23)
+    assert "(2 cores) at the start / end was 1.2 / 3.5; above 2 means other processes" in line
