@@ -209,10 +209,10 @@ def cpu_family() -> tuple[int | None, int | None]:
     return found.get("cpu family"), found.get("model")
 
 
-def amd_full_512(family: int | None, model: int | None) -> bool:
-    """Zen 5 (family 0x1A) executes AVX-512 on full 512-bit datapaths, except its mobile parts (Strix Point,
-    models 0x20-0x2F), which split them in two like Zen 4 (family 0x19) does."""
-    return family == 0x1A and model is not None and not 0x20 <= model <= 0x2F
+def amd_full_512(family_id: int | None, model: int | None) -> bool:
+    """Zen 5 (cpu family 0x1A) executes AVX-512 on full 512-bit datapaths, except its mobile parts (Strix Point,
+    models 0x20-0x2F), which split them in two like Zen 4 (cpu family 0x19) does."""
+    return family_id == 0x1A and model is not None and not 0x20 <= model <= 0x2F
 
 
 def nominal_peak(precision: str, threads: int) -> tuple[float | None, str]:
