@@ -121,3 +121,38 @@ def test_worker_answers_every_command_with_one_json_line():
     assert len(answers) == 2
     assert answers[0]["ok"] is True or "openvino_genai" in answers[0]["error"]
     assert answers[1]["ok"] is False and answers[1]["error"].startswith(("ModuleNotFoundError", "KeyError"))
+
+
+def test_worker_protocol_answers_each_line_and_names_the_error(monkeypatch):
+    """The loop the three peer workers share: one answer per command, a failing op is an error line with the
+    library's own framing lines skipped, blank lines ignored, quit stops before the lines after it."""
+    import io
+
+    sys.path.insert(0, str(ROOT / "trtpipe" / "benchmark"))
+    try:
+        import worker_protocol
+    finally:
+        sys.path.remove(str(ROOT / "trtpipe" / "benchmark"))
+
+    def broken(cmd):
+        raise RuntimeError("Exception from src/core.cpp:1:\nthe real reason\nCheck 'x' failed at y")
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    commands = [
+        {"op": "echo", "x": 1},
+        {"op": "broken"},
+        {"op": "nope"},
+        {"op": "quit"},
+        {"op": "echo", "x": 2},
+    ]
+    lines = [json.dumps(c) + "\n" for c in commands]
+    code = worker_protocol.serve(
+        {"echo": lambda cmd: {"x": cmd["x"]}, "broken": broken},
+        lines=["\n", *lines],
+        skip=("Exception from", "Check '"),
+    )
+    answers = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert code == 0 and answers[0] == {"ok": True, "x": 1}
+    assert answers[1] == {"ok": False, "error": "RuntimeError: the real reason"}
+    assert answers[2]["ok"] is False and answers[2]["error"].startswith("KeyError") and len(answers) == 3

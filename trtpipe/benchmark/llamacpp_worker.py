@@ -2,8 +2,9 @@
 (.venv-llamacpp, `make bench-peers`): the same one-JSON-command-per-line protocol as ov_genai_worker.py, so the
 benchmark's rows interleave with ours without sharing the cores (the worker is blocked on stdin while ours run).
 
-Standalone on purpose: it imports only the standard library and llama_cpp (trtpipe is not installed in that venv);
-run by path: `.venv-llamacpp/bin/python trtpipe/benchmark/llamacpp_worker.py`.
+Standalone on purpose: it imports only the standard library, llama_cpp and its sibling worker_protocol.py (the
+loop all three workers share; trtpipe is not installed in that venv); run by path:
+`.venv-llamacpp/bin/python trtpipe/benchmark/llamacpp_worker.py`.
 
 Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
   {"op": "quantize", "source": F32.gguf, "target": OUT.gguf, "ftype": "Q8_0" | "Q4_0", "threads": T}
@@ -15,9 +16,10 @@ Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+
+from worker_protocol import serve  # this folder is sys.path[0]: the worker runs by path (worker_protocol.py)
 
 MODELS: dict = {}
 FTYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
@@ -83,22 +85,7 @@ OPS = {"quantize": quantize, "load": load, "generate": generate, "info": info}
 
 
 def main() -> int:
-    out = sys.stdout
-    sys.stdout = sys.stderr  # anything the library prints goes to stderr; stdout carries the answers only
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        cmd = json.loads(line)
-        if cmd.get("op") == "quit":
-            break
-        try:
-            answer = {"ok": True, **OPS[cmd["op"]](cmd)}
-        except Exception as exc:  # answered, not raised: the benchmark prints the row as not measured (why)
-            lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {(lines or ['?'])[-1][:300]}"}
-        out.write(json.dumps(answer) + "\n")
-        out.flush()
-    return 0
+    return serve(OPS)
 
 
 if __name__ == "__main__":

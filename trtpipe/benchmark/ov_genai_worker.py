@@ -3,8 +3,9 @@ bench-peers`): the benchmark in the runtime's venv starts it once and sends it o
 it answers one JSON line per command on stdout. It sits idle (blocked on stdin) while the benchmark times its own
 rows, so rounds interleave across the two processes without sharing the cores.
 
-Standalone on purpose: it imports only the standard library, numpy and openvino_genai (trtpipe is not installed in
-that venv), and it is run by path: `.venv-ov-genai/bin/python trtpipe/benchmark/ov_genai_worker.py`.
+Standalone on purpose: it imports only the standard library, numpy, openvino_genai and its sibling
+worker_protocol.py (the loop all three workers share; trtpipe is not installed in that venv), and it is run by
+path: `.venv-ov-genai/bin/python trtpipe/benchmark/ov_genai_worker.py`.
 
 Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
   {"op": "load", "name": N, "path": DIR, "kind": "llm" | "cb", "properties": {...}, "scheduler": {...}}
@@ -19,9 +20,10 @@ Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+
+from worker_protocol import serve  # this folder is sys.path[0]: the worker runs by path (worker_protocol.py)
 
 PIPES: dict = {}
 
@@ -155,24 +157,7 @@ OPS = {
 
 
 def main() -> int:
-    out = sys.stdout
-    sys.stdout = sys.stderr  # anything the libraries print goes to stderr; stdout carries the answers only
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        cmd = json.loads(line)
-        if cmd.get("op") == "quit":
-            break
-        try:
-            answer = {"ok": True, **OPS[cmd["op"]](cmd)}
-        except Exception as exc:  # answered, not raised: the benchmark prints the row as not measured (why)
-            lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-            said = [s for s in lines if not s.startswith(("Exception from", "Check '"))]
-            reason = (said or lines or [type(exc).__name__])[-1][:300]
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {reason}"}
-        out.write(json.dumps(answer) + "\n")
-        out.flush()
-    return 0
+    return serve(OPS, skip=("Exception from", "Check '"))  # OpenVINO's own framing lines
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 the one-JSON-command-per-line protocol of ov_genai_worker.py. vLLM starts its engine core in a spawned process,
 so this module does all its work under the `__main__` guard.
 
-Standalone on purpose: the standard library and vllm only; run by path:
+Standalone on purpose: the standard library, vllm and its sibling worker_protocol.py only; run by path:
 `.venv-vllm/bin/python trtpipe/benchmark/vllm_worker.py` (the driver sets LD_PRELOAD, threads and KV space).
 
 Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
@@ -18,9 +18,10 @@ Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+
+from worker_protocol import serve  # this folder is sys.path[0]: the worker runs by path (worker_protocol.py)
 
 STATE: dict = {}
 
@@ -127,27 +128,7 @@ OPS = {"load": load, "closed_loop": closed_loop, "gemm": gemm, "info": info}
 
 
 def main() -> int:
-    import os
-
-    # answers on a private copy of stdout; file descriptor 1 itself goes to stderr, since vLLM's spawned engine
-    # process inherits it and logs there (a Python-level sys.stdout swap would not reach that process)
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        cmd = json.loads(line)
-        if cmd.get("op") == "quit":
-            break
-        try:
-            answer = {"ok": True, **OPS[cmd["op"]](cmd)}
-        except Exception as exc:  # answered, not raised: the benchmark prints the row as not measured (why)
-            lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {(lines or ['?'])[-1][:300]}"}
-        out.write(json.dumps(answer) + "\n")
-        out.flush()
-    return 0
+    return serve(OPS, fd_level=True)  # vLLM's spawned engine process inherits fd 1 and logs there
 
 
 if __name__ == "__main__":
