@@ -596,3 +596,102 @@ def test_a_plan_carries_over_by_weight_role_and_not_across_architectures(make_bu
         optimize_bundle(other, "int4", plan_from=source)
     with pytest.raises(UserError, match="records no int8 plan"):
         optimize_bundle(other, "int8", plan_from=make_bundle("tiny-bert", "embed"))
+
+
+def test_a_search_goes_on_past_a_plan_the_held_out_gate_refuses(tmp_path, monkeypatch):
+    """calibration_gate(held_out=...): a candidate must pass calibration (search thresholds) and then the held-out
+    gate the variant is recorded with; held-out is not read when calibration already refuses; both verdicts are in
+    passes.last, which the searches record; no temp file is left beside the bundle."""
+    import types
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trtpipe.optimize import gate, search
+
+    verdict = {"held_out": False}
+    calls = []
+
+    class Result:
+        def __init__(self, ok):
+            self.passed = ok
+
+        def passed_with_headroom(self, fraction):
+            return self.passed
+
+    def evaluate(bundle, path, precision, texts, search=False, backend="ort-cpu"):
+        assert path.exists() and backend == "ort-cpu"
+        calls.append((list(texts), search))
+        return Result(texts[0] == "cal" if search else verdict["held_out"])
+
+    monkeypatch.setattr(search.gate, "evaluate", evaluate)
+    bundle = types.SimpleNamespace(path=tmp_path, kind=types.SimpleNamespace(qdq_calibration_texts=2))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [x],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+    )
+    passes = search.calibration_gate(bundle, "int8", ["cal", "cal", "more"], held_out=["held"])
+    assert passes(model) is False and passes.last == {"passed_calibration": True, "passed_held_out": False}
+    assert calls == [(["cal", "cal"], True), (["held"], False)]
+    verdict["held_out"] = True
+    assert passes(model) is True and gate.verdicts(passes, True)["passed_held_out"] is True
+    calls.clear()
+    refusing = search.calibration_gate(bundle, "int8", ["bad"], held_out=["held"])
+    assert refusing(model) is False and refusing.last == {"passed_calibration": False} and len(calls) == 1
+    alone = search.calibration_gate(bundle, "int8", ["cal"])
+    assert alone(model) is True and alone.last == {"passed_calibration": True}
+    assert gate.verdicts(lambda m: True, None) == {"passed_calibration": None}
+    assert not list(tmp_path.iterdir()) and isinstance(model, onnx.ModelProto)
+
+
+def test_int8_s8_weights_are_recorded_and_refused_where_they_would_saturate(
+    make_bundle, tmp_path, monkeypatch
+):
+    """--int8-weights s8: the weights are s8 (u8 by default), the entry names the CPU it needs, and a CPU without
+    VNNI refuses to build it and to run it, in one line naming the fix; only dynamic int8 takes the option."""
+    from trtpipe.runtime import cpu
+
+    default, path = tmp_path / "u8", tmp_path / "s8"
+    shutil.copytree(make_bundle("tiny-bert", "classify"), default)
+    shutil.copytree(make_bundle("tiny-bert", "classify"), path)
+    entry = optimize_bundle(default, "int8", force=True)
+    assert entry["report"]["weights"] == "u8" and "cpu_needs" not in entry
+
+    monkeypatch.setattr(cpu, "missing", lambda needs: [])  # a VNNI CPU, whatever runs the tests
+    entry = optimize_bundle(path, "int8", force=True, int8_weights="s8")
+    assert entry["report"]["weights"] == "s8" and entry["cpu_needs"] == ["vnni"]
+    model = onnx.load(str(Bundle.load(path).model_path("int8")))
+    kinds = Counter(i.data_type for i in model.graph.initializer if i.name.endswith("_quantized"))
+    assert kinds and set(kinds) == {onnx.TensorProto.INT8}
+    assert open_session(path, variant="int8").run  # it opens here
+
+    monkeypatch.setattr(cpu, "missing", lambda needs: list(needs))  # an AVX2-only CPU
+    with pytest.raises(UserError, match=r"VNNI .*--precision int8 --overwrite` \(u8 weights\)"):
+        open_session(path, variant="int8")
+    with pytest.raises(UserError, match="needs a CPU with VNNI"):
+        optimize_bundle(path, "int8", overwrite=True, int8_weights="s8")
+    with pytest.raises(UserError, match="is for --precision int8"):
+        optimize_bundle(path, "int4", int8_weights="s8")
+    with pytest.raises(UserError, match="--int8-weights must be u8 or s8"):
+        optimize_bundle(path, "int8", overwrite=True, int8_weights="u4")
+    open_session(default, variant="int8")  # u8 weights run anywhere
+
+
+def test_cpu_missing_reads_vnni_on_x86_only(monkeypatch):
+    from trtpipe.runtime import cpu
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "fma"})
+    assert cpu.missing(["vnni"]) == ["vnni"] and cpu.missing([]) == []
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx_vnni"})
+    assert cpu.missing(["vnni"]) == []
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: None)  # flags unknown: not refused
+    assert cpu.missing(["vnni"]) == []
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")  # 32-bit accumulation: nothing saturates
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"asimd"})
+    assert cpu.missing(["vnni"]) == []

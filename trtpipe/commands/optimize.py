@@ -28,6 +28,14 @@ def optimize_cmd(
         str, typer.Option("--method", help="int8-qdq calibration: minmax | entropy | percentile")
     ] = "minmax",
     block_size: Annotated[int, typer.Option("--block-size", help="int4 / int8-wo block size")] = 32,
+    int8_weights: Annotated[
+        str,
+        typer.Option(
+            "--int8-weights",
+            help="int8: u8 (runs on every CPU) | s8 (VNNI's u8 × s8 kernels: faster there, refused on x86 CPUs "
+            "without VNNI)",
+        ),
+    ] = "u8",
     lm_head: Annotated[
         bool, typer.Option("--lm-head/--no-lm-head", help="GPT-2: quantise the LM head too")
     ] = True,
@@ -63,6 +71,7 @@ def optimize_cmd(
         overwrite=overwrite,
         method=method,
         block_size=block_size,
+        int8_weights=int8_weights,
         lm_head=lm_head,
         accuracy_level=accuracy_level,
         gate_texts=gate_texts,

@@ -93,6 +93,12 @@ def thresholds(task: str, precision: str) -> dict[str, tuple[str, float]]:
     return {"token_top1": (">=", 0.98)}  # ner, qa, fill-mask
 
 
+def verdicts(passes, ok: bool | None) -> dict:
+    """What a search records for one candidate it judged with `passes` (search.calibration_gate): the calibration
+    verdict, and the held-out one where it was asked (`passes.last`)."""
+    return dict(getattr(passes, "last", None) or {"passed_calibration": ok})
+
+
 def search_thresholds(task: str, precision: str) -> dict[str, tuple[str, float]]:
     """What a search's candidate must meet on calibration text: the gate's thresholds, plus, where the gate counts
     flipped labels, an expected agreement with half the allowed error to spare (label agreement ≥ 0.99 adds

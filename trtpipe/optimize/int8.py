@@ -8,6 +8,7 @@ error measured on calibration text) orders that search where errors are not meas
 
 from __future__ import annotations
 
+import contextvars
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from onnx import numpy_helper
 
 from ..console import progress
 from ..export import graph
+from .gate import verdicts
 
 EXTRA = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
 # REDUCE_RANGE: on x86 CPUs without VNNI (AVX2 only: this machine's AMD EPYC) ONNX Runtime's u8 × s8 kernels add
@@ -29,6 +31,12 @@ EXTRA = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
 # int8-qdq, which TensorRT reads as symmetric s8, keeps 7 bits ([-64, 63]; tiny BERT 0.976 → 0.9993). On VNNI CPUs
 # u8 weights forgo VNNI's u8 × s8 instruction: dynamic int8 there is slower than it could be (not measured here).
 WEIGHT_LEVELS = 63
+# `optimize --int8-weights s8` (explicit, never the default): full-range s8 weights, which VNNI's u8 × s8 instruction
+# multiplies directly; u8 × u8 runs on slower kernels there (MiniLM b8 s128 on an AVX-512 VNNI EPYC, the same plan:
+# s8 1.67× fp32, u8 1.13×; `python bench/int8_weights.py`). Such a variant saturates on x86 CPUs without VNNI, so
+# its manifest entry names the CPU it needs (`cpu_needs`) and the runtime refuses it elsewhere (runtime/cpu.py).
+INT8_WEIGHTS = ("u8", "s8")
+WEIGHTS: contextvars.ContextVar[str] = contextvars.ContextVar("int8_weights", default="u8")
 
 
 def restore_sharing(model: onnx.ModelProto) -> None:
@@ -131,11 +139,14 @@ def quiet_quantizer():
     return silenced()
 
 
-def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str], per_row: bool = True) -> onnx.ModelProto:
+def apply_dynamic(
+    model: onnx.ModelProto, plan: dict[str, str], per_row: bool = True, weights: str | None = None
+) -> onnx.ModelProto:
     """Quantise per the plan: per-channel nodes first, then per-tensor nodes (two ORT passes). per_row (default):
     activations quantised per row (int8_rows), so a batched GPT-2 step gives every row what it gets alone and an
     encoder gives a text the same vectors whatever it is batched or padded with; per_row=False keeps ONNX Runtime's
-    one scale per tensor (for comparison)."""
+    one scale per tensor (for comparison). weights: "u8" or "s8" (INT8_WEIGHTS); by default the WEIGHTS context's,
+    which `optimize` sets for the whole search."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     per_channel = [n for n, scheme in plan.items() if scheme == "per-channel"]
@@ -151,7 +162,7 @@ def apply_dynamic(model: onnx.ModelProto, plan: dict[str, str], per_row: bool = 
                 str(current),
                 str(target),
                 per_channel=channel,
-                weight_type=QuantType.QUInt8,  # see REDUCE_RANGE
+                weight_type=QuantType.QInt8 if (weights or WEIGHTS.get()) == "s8" else QuantType.QUInt8,
                 nodes_to_quantize=nodes,
                 extra_options=EXTRA,
             )
@@ -217,7 +228,7 @@ def quantize_qdq_gated(
                 continue  # sharing made this rung the same as the last one
             quantized, report = quantize_qdq(source, feeds, method, exclude=excluded)
             ok = passes(quantized)
-            tried.append({"fp32_nodes": len(excluded), "passed_calibration": ok})
+            tried.append({"fp32_nodes": len(excluded), **verdicts(passes, ok)})
             result = (quantized, {**report, "fp32_nodes": excluded, "plans_tried": tried})
             if ok:
                 break

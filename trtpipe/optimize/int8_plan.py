@@ -27,6 +27,7 @@ import onnxruntime as ort
 
 from ..console import progress
 from ..runtime.errors import UserError
+from .gate import verdicts
 from .int8 import apply_dynamic, node_scores, weight_matmuls
 
 SCHEMES = ("per-tensor", "per-channel", "fp32")
@@ -162,7 +163,7 @@ def quantize_dynamic_gated(
         plan = {n: by_weight[w] for w, nodes in groups.items() for n in nodes}
         quantized = apply_dynamic(model, plan)
         ok = passes(quantized)
-        tried.append({**_counts(plan), "passed_calibration": ok})
+        tried.append({**_counts(plan), **verdicts(passes, ok)})
         return quantized, plan, ok
 
     quantized, plan, ok = attempt({w: "per-tensor" for w in groups})

@@ -22,6 +22,7 @@ import onnx
 from ..console import status
 from ..export import graph
 from ..runtime.errors import UserError
+from .gate import verdicts
 from .int8 import WEIGHT_LEVELS, consistent_per_weight, node_scores, restore_sharing, weight_matmuls
 
 FRACTIONS = (0, 1 / 12, 1 / 6, 1 / 3, 1 / 2)
@@ -138,7 +139,7 @@ def quantize_nncf_gated(
         with status(f"int8-nncf: NNCF's transformer recipe, {len(ignored)} weight MatMuls kept float"):
             quantized, report = quantize_nncf(candidate, feeds, ignored)
         ok = passes(quantized)
-        tried.append({"float_weight_nodes": len(ignored), "passed_calibration": ok})
+        tried.append({"float_weight_nodes": len(ignored), **verdicts(passes, ok)})
         result = (quantized, {**report, "fp32_nodes": ignored, "plans_tried": tried})
         if ok:
             break

@@ -17,10 +17,12 @@ import onnx
 from .. import __version__, corpus
 from ..console import info, status, warn
 from ..export import graph
+from ..runtime import cpu
 from ..runtime.bundle import Bundle
 from ..runtime.errors import CheckFailed, UserError
 from ..runtime.store import bundle_transaction, file_hashes
 from . import gate
+from .int8 import INT8_WEIGHTS, WEIGHTS
 from .search import calibration_gate, weight_only_gated
 from .twins import kv_inplace_twin, twin_agreement
 
@@ -93,6 +95,7 @@ def optimize_bundle(
     accuracy_level: int = 4,
     gate_texts: str | Path | None = None,
     plan_from: str | Path | None = None,
+    int8_weights: str = "u8",
 ) -> dict:
     """Add `precision` to the bundle. Returns the new manifest entry. Raises CheckFailed (exit 1) when the accuracy
     gate fails (nothing written unless force=True, which is recorded). plan_from (int8): no search — the int8 plan
@@ -105,6 +108,16 @@ def optimize_bundle(
         )
     if block_size not in (16, 32, 64, 128, 256):
         raise UserError(f"--block-size must be 16, 32, 64, 128 or 256 (got {block_size})")
+    if int8_weights not in INT8_WEIGHTS:
+        raise UserError(f"--int8-weights must be {' or '.join(INT8_WEIGHTS)} (got {int8_weights!r})")
+    if int8_weights == "s8":
+        if precision != "int8":
+            raise UserError(f"--int8-weights s8 is for --precision int8 (dynamic int8), not {precision}")
+        if cpu.missing(["vnni"]):
+            raise UserError(
+                f"--int8-weights s8 needs a CPU with VNNI ({' or '.join(cpu.VNNI)}) to be gated on; this one has "
+                "none (its int8 kernels would saturate full-range s8 weights): leave the default, u8"
+            )
     if precision == "bf16":  # no new graph: OpenVINO's bf16 compute of the fp32 one, gated (bf16.py)
         from .bf16 import add_bf16
 
@@ -122,6 +135,7 @@ def optimize_bundle(
     calib_texts = read_texts(calibration, bundle.kind.calibration_texts, "train")
     held_out = read_texts(gate_texts, bundle.kind.gate_texts, "heldout")
     started = time.perf_counter()
+    weights = WEIGHTS.set(int8_weights)  # read by every int8 quantisation of this search (int8.apply_dynamic)
     try:
         return _optimize_locked(
             bundle,
@@ -143,6 +157,8 @@ def optimize_bundle(
             + "; ".join(refused.result.failures())
             + " — nothing written (pass --force to keep it anyway)"
         ) from None
+    finally:
+        WEIGHTS.reset(weights)
 
 
 class _Refused(Exception):
@@ -214,6 +230,7 @@ def _optimize_locked(
             accuracy_level,
             force,
             carried,
+            held_out,
         )
         if precision in ("int8-wo", "int4"):  # the rung the search settled on
             block_size, lm_head = report["block_size"], report["lm_head"]
@@ -250,13 +267,21 @@ def _optimize_locked(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": None,
         }
+        if precision == "int8":  # which int8 kernels the weights were made for (int8.INT8_WEIGHTS)
+            report["weights"] = WEIGHTS.get()
+            if WEIGHTS.get() == "s8":
+                entry["cpu_needs"] = ["vnni"]  # runtime/cpu.py: refused where its kernels would saturate
         locked.manifest["variants"][precision] = entry
         locked.manifest.get("refused", {}).pop(precision, None)
         if locked.is_decoder and precision in ("int8", "int8-wo", "int4") and "kv-inplace" in locked.variants:
             twin = kv_inplace_twin(
                 locked, precision, plan, block_size, lm_head, accuracy_level, stage, result
             )
-            locked.manifest["variants"][f"{precision}.kv-inplace"] = {**twin, "tools": tool_versions()}
+            locked.manifest["variants"][f"{precision}.kv-inplace"] = {
+                **twin,
+                "tools": tool_versions(),
+                **({"cpu_needs": entry["cpu_needs"]} if "cpu_needs" in entry else {}),
+            }
         entry["seconds"] = round(time.perf_counter() - started, 1)
     if f"{precision}.kv-inplace" in Bundle.load(bundle.path).variants:
         worst, top1 = twin_agreement(bundle.path, precision)
@@ -294,6 +319,7 @@ def _build(
     accuracy_level: int,
     force: bool = False,
     carried: tuple[dict[str, str], str] | None = None,
+    held_out: list[str] | None = None,
 ):
     model_info = bundle.model
     plan = None
@@ -320,14 +346,14 @@ def _build(
         from .int8 import quantize_qdq_gated
 
         model, report = quantize_qdq_gated(
-            source, feeds, method, calibration_gate(bundle, "int8-qdq", calib_texts)
+            source, feeds, method, calibration_gate(bundle, "int8-qdq", calib_texts, held_out=held_out)
         )
         return model, report, plan
     if precision == "int8-nncf":
         from .nncf_int8 import quantize_nncf_gated
 
         model, report = quantize_nncf_gated(
-            source, feeds, calibration_gate(bundle, "int8-nncf", calib_texts, backend="ov")
+            source, feeds, calibration_gate(bundle, "int8-nncf", calib_texts, backend="ov", held_out=held_out)
         )
         return model, report, plan
     if precision in ("int8-wo", "int4"):
@@ -347,7 +373,10 @@ def _build(
     else:
         # weights reused by every layer compound their error over the layers: measure it rather than estimate it
         model, plan, report = quantize_dynamic_gated(
-            base, feeds, calibration_gate(bundle, "int8", calib_texts), measure=bundle.spec.shared_layers
+            base,
+            feeds,
+            calibration_gate(bundle, "int8", calib_texts, held_out=held_out),
+            measure=bundle.spec.shared_layers,
         )
     by_weight = {node.input[1]: plan[node.name] for node in weight_matmuls(base) if node.name in plan}
     report["activations"] = ACTIVATIONS

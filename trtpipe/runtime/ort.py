@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cpu
 from .bundle import Bundle
 from .errors import UserError
 from .feeds import CheckedFeeds
@@ -159,6 +160,7 @@ class OrtSession(CheckedFeeds):
             entry = bundle.variants[variant]
             if backend != "ort-cpu" and entry.get("ort_only_cpu"):
                 raise UserError(f"variant {variant} runs on the CPU provider only; use --backend ort-cpu")
+            cpu.require(bundle.path, variant, entry)
             if not bundle.runs_on(variant, backend):
                 only = bundle.only_on(variant)
                 raise UserError(

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..runtime import cpu
 from ..runtime.bundle import Bundle
 from ..runtime.errors import UserError
 from ..runtime.prefill import PREFILL_BACKENDS
@@ -224,6 +225,9 @@ def _plan(name: str, bundle: Bundle, options: RepoOptions) -> PlannedModel:
         variant = options.variant or "fp32"
         bundle.model_path(variant)  # checks every file of the variant against its sha256
         entry = bundle.variant(variant)
+        cpu.require(
+            bundle.path, variant, entry
+        )  # s8 int8 weights: Triton's onnxruntime on this CPU saturates them
         only = bundle.only_on(variant)  # bf16: OpenVINO's compute of model.onnx, not Triton's onnxruntime's
         if only:
             raise UserError(

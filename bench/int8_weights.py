@@ -1,0 +1,150 @@
+"""Why dynamic int8 gains little over fp32 on a VNNI CPU (issue 20): MiniLM b8 × s128, the bundle's own int8 plan
+quantised three ways, timed side by side with fp32 and gated on the held-out text. Our int8 stores u8 weights
+(int8.py, REDUCE_RANGE: safe on every x86 CPU). VNNI's int8 instruction multiplies u8 activations by s8 weights,
+so u8 × u8 runs on ONNX Runtime's slower kernels. The last row is what `optimize --int8-weights s8` writes (its
+own search, gated), in a scratch copy of the bundle. Prints a table; the numbers are quoted in docs/benchmarks.md
+(Optimize).
+
+    python bench/int8_weights.py [--rounds 4]        # ≈ 1 min on 2 cores, after make export
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    import onnx
+    import onnxruntime as ort
+    import onnxruntime.quantization as quantization
+    from common import ensure_bundle, ensure_variant, environment_line
+    from onnxruntime.quantization import QuantType
+
+    from trtpipe.export import graph
+    from trtpipe.optimize import gate
+    from trtpipe.optimize import int8 as int8_module
+    from trtpipe.optimize.int8_plan import weight_groups
+    from trtpipe.optimize.variants import optimize_bundle
+    from trtpipe.runtime import Bundle, CheckFailed, UserError
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    path = ensure_bundle("minilm", "embed")
+    ensure_variant(path, "int8")
+    bundle = Bundle.load(path)
+    base = onnx.load(str(bundle.model_path("fp32")))
+    graph.bypass_weight_identities(base)
+    per_channel = set(bundle.variants["int8"]["report"]["scheme"].get("per-channel", []))
+    plan = {
+        n: "per-channel" if n in per_channel else "per-tensor"
+        for nodes in weight_groups(base).values()
+        for n in nodes
+    }
+    real = quantization.quantize_dynamic
+
+    def quantised(weight_type, reduce_range: bool):
+        def patched(*a, **k):
+            return real(*a, **{**k, "weight_type": weight_type, "reduce_range": reduce_range})
+
+        quantization.quantize_dynamic = patched  # apply_dynamic imports it from the package at call time
+        try:
+            return int8_module.apply_dynamic(base, plan)
+        finally:
+            quantization.quantize_dynamic = real
+
+    rows = {
+        "u8 weights, 8 bits (optimize's default)": quantised(QuantType.QUInt8, False),
+        "s8 weights, 8 bits (VNNI's u8 × s8)": quantised(QuantType.QInt8, False),
+        "s8 weights, 7 bits (reduce_range)": quantised(QuantType.QInt8, True),
+    }
+    searched, why = None, None  # what `optimize --int8-weights s8` writes: its own search, s8 weights
+    scratch = tempfile.TemporaryDirectory()
+    try:
+        copy = Path(scratch.name) / path.name
+        shutil.copytree(path, copy)
+        searched = optimize_bundle(copy, "int8", overwrite=True, int8_weights="s8")
+        searched["path"] = Bundle.load(copy).model_path("int8")
+    except (UserError, CheckFailed) as exc:
+        why = str(exc).splitlines()[0][:160]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    sessions = {
+        "fp32": ort.InferenceSession(
+            str(bundle.model_path("fp32")), options, providers=["CPUExecutionProvider"]
+        )
+    }
+    gates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, model in rows.items():
+            file = os.path.join(tmp, f"{len(gates)}.onnx")
+            graph.save_onnx(model, file)
+            gates[label] = gate.evaluate(bundle, file, "int8", gate.gate_texts(bundle.kind.gate_texts))
+            sessions[label] = ort.InferenceSession(file, options, providers=["CPUExecutionProvider"])
+        if searched is not None:
+            label = "s8 weights, 8 bits, its own search (`optimize --int8-weights s8`)"
+            gates[label] = gate.evaluate(
+                bundle, searched["path"], "int8", gate.gate_texts(bundle.kind.gate_texts)
+            )
+            sessions[label] = ort.InferenceSession(
+                str(searched["path"]), options, providers=["CPUExecutionProvider"]
+            )
+            counts = searched["report"]["counts"]
+            rows[label] = f"{counts['per-channel']} per-channel, {counts['fp32']} fp32"
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for spec in sessions["fp32"].get_inputs():
+            if spec.name == "input_ids":
+                feeds[spec.name] = rng.integers(100, 20000, (8, 128)).astype(np.int64)
+            else:
+                feeds[spec.name] = (np.zeros if "type" in spec.name else np.ones)((8, 128), dtype=np.int64)
+        samples: dict = {label: [] for label in sessions}
+        for _ in range(args.rounds):
+            for label, session in sessions.items():
+                session.run(None, feeds)
+                for _ in range(5):
+                    started = time.perf_counter()
+                    session.run(None, feeds)
+                    samples[label].append(time.perf_counter() - started)
+    fp32 = float(np.median(samples["fp32"]))
+    print(f"_{environment_line(args.threads)}_\n")
+    print(
+        f"MiniLM b8 × s128, {args.threads} threads, median of {args.rounds} interleaved rounds × 5; the int8 rows "
+        f"run the bundle's own plan ({len(per_channel)} MatMuls per-channel, the rest per-tensor), activations per row; "
+        "gate on the held-out text:\n"
+    )
+    print("| row | p50 ms | × fp32 speed | sentence cosine mean / min | gate |")
+    print("|---|---|---|---|---|")
+    print(f"| fp32 | {fp32 * 1e3:.1f} | 1.00× | reference | – |")
+    for label in rows:
+        if label not in samples:
+            continue
+        ms = float(np.median(samples[label]))
+        m = gates[label].metrics
+        verdict = "pass" if gates[label].passed else "fail"
+        print(
+            f"| {label} | {ms * 1e3:.1f} | {fp32 / ms:.2f}× | {m['embedding_cosine_mean']:.4f} / "
+            f"{m['embedding_cosine_min']:.4f} | {verdict} |"
+        )
+    if searched is None:
+        print(f"| s8 weights, its own search | not measured ({why}) |||| ")
+    else:
+        print(
+            f"\nThe s8 search kept {rows['s8 weights, 8 bits, its own search (`optimize --int8-weights s8`)']}."
+        )
+    scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()
