@@ -6,6 +6,11 @@ own search, gated), in a scratch copy of the bundle. Prints a table; the numbers
 (Optimize).
 
     python bench/int8_weights.py [--rounds 4]        # ≈ 1 min on 2 cores, after make export
+    python bench/int8_weights.py --gpt2             # also GPT-2 124M's int8 on the serve_load mix, ≈ 4 min more
+
+--gpt2: BatchEngine (16 slots) on the vLLM peer's 32 serve_load requests, alone and 16 in flight, int8 with u8
+weights against s8 weights (the same plan: every weight per channel, `--plan-from per-channel`; random weights,
+speed only) and int4, 2 interleaved rounds. The s8 variant is made in a hard-linked scratch copy of the bundle.
 """
 
 from __future__ import annotations
@@ -21,6 +26,69 @@ import numpy as np
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gpt2", action="store_true", help="also GPT-2's int8 weights on the serve_load mix")
+    args = parser.parse_args()
+    encoders(args)
+    if args.gpt2:
+        gpt2(args)
+
+
+def gpt2(args) -> None:
+    from common import ensure_bundle, ensure_variant
+
+    from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop
+    from trtpipe.optimize.variants import optimize_bundle
+    from trtpipe.runtime import BatchEngine, Bundle, CheckFailed, UserError
+
+    path = ensure_bundle("gpt2", "generate")
+    ensure_variant(path, "int8", plan_from="per-channel")
+    ensure_variant(path, "int4")
+    requests = mix_requests(Bundle.load(path), 32)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / path.name
+        shutil.copytree(path, copy, copy_function=os.link)  # the files are replaced, never written in place
+        rows = {"int8, u8 weights": (path, "int8"), "int4": (path, "int4")}
+        try:
+            optimize_bundle(
+                copy, "int8", overwrite=True, force=True, plan_from="per-channel", int8_weights="s8"
+            )
+            rows["int8, s8 weights"] = (copy, "int8")
+        except (UserError, CheckFailed) as exc:
+            print(f"int8 with s8 weights: not measured ({str(exc).splitlines()[0][:160]})")
+        engines = {k: BatchEngine(p, variant=v, threads=args.threads, slots=16) for k, (p, v) in rows.items()}
+        for engine in engines.values():
+            ours_closed_loop(engine, requests[:4], 16)  # warm
+        speed: dict = {(k, c): [] for k in engines for c in (1, 16)}
+        for _ in range(2):
+            for clients in (1, 16):
+                for label, engine in engines.items():
+                    time.sleep(0.2)
+                    run = ours_closed_loop(engine, requests, clients)
+                    speed[(label, clients)].append(
+                        sum(len(r["ids"]) for r in run["results"]) / run["seconds"]
+                    )
+        for engine in engines.values():
+            engine.close()
+    print(
+        "\nGPT-2 124M (random weights: speed only), the serve_load mix (32 requests), BatchEngine 16 slots, "
+        "tokens/s over 2 interleaved rounds (low–high):\n"
+    )
+    print("| variant | alone | 16 in flight | 16 × alone |")
+    print("|---|---|---|---|")
+    for label in engines:
+        one, many = speed[(label, 1)], speed[(label, 16)]
+        print(
+            f"| {label} | {min(one):.0f}–{max(one):.0f} | {min(many):.0f}–{max(many):.0f} | "
+            f"{np.median(many) / np.median(one):.2f}× |"
+        )
+
+
+def encoders(args) -> None:
     import onnx
     import onnxruntime as ort
     import onnxruntime.quantization as quantization
@@ -33,13 +101,6 @@ def main() -> None:
     from trtpipe.optimize.int8_plan import weight_groups
     from trtpipe.optimize.variants import optimize_bundle
     from trtpipe.runtime import Bundle, CheckFailed, UserError
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
 
     path = ensure_bundle("minilm", "embed")
     ensure_variant(path, "int8")

@@ -34,6 +34,12 @@ def test_the_layer_stack_holds_gpt2_layers_and_each_variant_uses_its_own_kernel(
     assert (
         ops["int8"]["DynamicQuantizeMatMul"] + ops["int8"]["MatMulInteger"] >= 4 and not ops["int8"]["MatMul"]
     )
+    weights = {
+        name: {i.data_type for i in m.graph.initializer if i.name.endswith("_quantized")}
+        for name, m in models.items()
+        if name.startswith("int8 ") or name == "int8"
+    }
+    assert weights == {"int8": {onnx.TensorProto.UINT8}, "int8 s8": {onnx.TensorProto.INT8}}
     for name, bits in (("int8-wo", 8), ("int4", 4)):
         nbits = [n for n in models[name].graph.node if n.op_type == "MatMulNBits"]
         assert len(nbits) == 4

@@ -31,6 +31,7 @@ LAYER_SHAPES = (
 KERNEL_TEXT = {
     "fp32": "MatMul (fp32)",
     "int8": "MatMulInteger (GPT-2's int8 variant: u8 weights per channel, u8 activations per row)",
+    "int8 s8": "MatMulInteger with s8 weights per channel (`optimize --int8-weights s8`: VNNI's u8 × s8), u8 activations per row",
     "int8-wo": "MatMulNBits 8-bit (int8-wo: block 32, int8 compute)",
     "int4": "MatMulNBits 4-bit (int4: block 32, int8 compute)",
 }
@@ -96,6 +97,9 @@ def kernel_models(layers: int = 2, head: int = 0) -> dict[str, onnx.ModelProto]:
     return {
         "fp32": base,
         "int8": apply_dynamic(copy(), {n.name: "per-channel" for n in weight_matmuls(copy())}, per_row=True),
+        "int8 s8": apply_dynamic(
+            copy(), {n.name: "per-channel" for n in weight_matmuls(copy())}, per_row=True, weights="s8"
+        ),
         "int8-wo": quantize_weight_only(copy(), 8, 32, lm_head=True, accuracy_level=4)[0],
         "int4": quantize_weight_only(copy(), 4, 32, lm_head=True, accuracy_level=4)[0],
     }
