@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..runtime.cpu import cpuinfo
+
 GEMM_N = 2048
 
 
@@ -175,38 +177,19 @@ ENGINES: dict[str, Callable[[str, int, int], float]] = {
 
 def cpu_flags() -> tuple[str, set[str], float | None]:
     """(vendor, flags, clock in Hz) of CPU 0, from /proc/cpuinfo (Linux)."""
-    vendor, flags, mhz = "", set(), None
+    fields = cpuinfo()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "vendor_id" and not vendor:
-                    vendor = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-                elif key == "cpu MHz" and mhz is None:
-                    mhz = float(value)
-    except OSError:
-        pass
-    return vendor, flags, mhz * 1e6 if mhz else None
+        mhz = float(fields.get("cpu MHz", ""))
+    except ValueError:
+        mhz = None
+    return fields.get("vendor_id", ""), set(fields.get("flags", "").split()), mhz * 1e6 if mhz else None
 
 
 def cpu_family() -> tuple[int | None, int | None]:
     """(cpu family, model) of CPU 0 from /proc/cpuinfo, (None, None) where it is not there."""
-    found: dict[str, int] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model") and key not in found and value.strip().isdigit():
-                    found[key] = int(value)
-                if len(found) == 2:
-                    break
-    except OSError:
-        pass
-    return found.get("cpu family"), found.get("model")
+    fields = cpuinfo()
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    return (int(family) if family.isdigit() else None), (int(model) if model.isdigit() else None)
 
 
 def amd_full_512(family_id: int | None, model: int | None) -> bool:

@@ -14,17 +14,27 @@ def x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
-def cpu_flags() -> set[str] | None:
-    """The first CPU's flags, None where /proc/cpuinfo does not say (not Linux)."""
+def cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo (its first value of each key), {} where there is none (not Linux).
+    The one reader of that file: the runtime's check below and the benchmark's roofs (benchmark/floors.py)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    return set(value.split())
+                if not line.strip() and fields:
+                    break  # the end of the first CPU's block
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return None
+    return fields
+
+
+def cpu_flags() -> set[str] | None:
+    """The first CPU's flags, None where /proc/cpuinfo does not say (not Linux)."""
+    flags = cpuinfo().get("flags")
+    return set(flags.split()) if flags is not None else None
 
 
 def missing(needs: list[str] | tuple[str, ...]) -> list[str]:
