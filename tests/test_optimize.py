@@ -601,7 +601,8 @@ def test_a_plan_carries_over_by_weight_role_and_not_across_architectures(make_bu
 def test_a_search_goes_on_past_a_plan_the_held_out_gate_refuses(tmp_path, monkeypatch):
     """calibration_gate(held_out=...): a candidate must pass calibration (search thresholds) and then the held-out
     gate the variant is recorded with; held-out is not read when calibration already refuses; both verdicts are in
-    passes.last, which the searches record; no temp file is left beside the bundle."""
+    passes.last, which the searches record; HeldOutGate keeps its verdict for the candidate it judged; no temp file
+    is left beside the bundle."""
     import types
 
     import onnx
@@ -635,13 +636,19 @@ def test_a_search_goes_on_past_a_plan_the_held_out_gate_refuses(tmp_path, monkey
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
         )
     )
-    passes = search.calibration_gate(bundle, "int8", ["cal", "cal", "more"], held_out=["held"])
+    held = search.HeldOutGate(bundle, "int8", ["held"])
+    passes = search.calibration_gate(bundle, "int8", ["cal", "cal", "more"], held_out=held)
     assert passes(model) is False and passes.last == {"passed_calibration": True, "passed_held_out": False}
     assert calls == [(["cal", "cal"], True), (["held"], False)]
+    # the verdict is kept with the candidate it judged: the plan a search returns is not gated twice
+    assert held.result_for(model).passed is False and held.result_for(onnx.ModelProto()) is None
     verdict["held_out"] = True
     assert passes(model) is True and gate.verdicts(passes, True)["passed_held_out"] is True
+    assert held.result_for(model).passed is True
     calls.clear()
-    refusing = search.calibration_gate(bundle, "int8", ["bad"], held_out=["held"])
+    refusing = search.calibration_gate(
+        bundle, "int8", ["bad"], held_out=search.HeldOutGate(bundle, "int8", ["held"])
+    )
     assert refusing(model) is False and refusing.last == {"passed_calibration": False} and len(calls) == 1
     alone = search.calibration_gate(bundle, "int8", ["cal"])
     assert alone(model) is True and alone.last == {"passed_calibration": True}

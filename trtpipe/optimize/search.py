@@ -14,13 +14,44 @@ from ..runtime.store import temp_name
 from . import gate
 
 
+def _evaluate(bundle: Bundle, precision: str, candidate: onnx.ModelProto, texts, search: bool, backend: str):
+    """gate.evaluate on a candidate still in memory: written beside the bundle for the run, then removed."""
+    path = temp_name(
+        bundle.path / f"model.{precision}.onnx"
+    )  # a killed run leaves a .tmp- file the next writer removes
+    try:
+        graph.save_onnx(candidate, path)
+        return gate.evaluate(bundle, path, precision, texts, search=search, backend=backend)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class HeldOutGate:
+    """The held-out gate a variant is recorded with, as a search's judge (calibration_gate(held_out=...)). It keeps
+    its last verdict with the candidate it judged, so the plan a search returns is not measured a second time
+    (`result_for`)."""
+
+    def __init__(self, bundle: Bundle, precision: str, texts: list[str], backend: str = "ort-cpu"):
+        self.bundle, self.precision, self.texts, self.backend = bundle, precision, texts, backend
+        self.last: tuple[onnx.ModelProto, gate.GateResult] | None = None
+
+    def __call__(self, candidate: onnx.ModelProto) -> gate.GateResult:
+        result = _evaluate(self.bundle, self.precision, candidate, self.texts, False, self.backend)
+        self.last = (candidate, result)
+        return result
+
+    def result_for(self, model: onnx.ModelProto) -> gate.GateResult | None:
+        """The verdict on `model` itself (the same object, unchanged since), None if it was not the last judged."""
+        return self.last[1] if self.last is not None and self.last[0] is model else None
+
+
 def calibration_gate(
     bundle: Bundle,
     precision: str,
     calib_texts: list[str],
     headroom: float = 0.0,
     backend: str = "ort-cpu",
-    held_out: list[str] | None = None,
+    held_out: HeldOutGate | None = None,
 ):
     """The accuracy gate on calibration text (the search's guide; the recorded gate uses held-out text), by
     gate.search_thresholds, with `headroom` (GateResult.passed_with_headroom) for searches whose rungs are coarse.
@@ -31,21 +62,11 @@ def calibration_gate(
     2 of the 167 held-out labels.) The verdicts of the last call are in `passes.last` for the search's report."""
     texts = calib_texts[: bundle.kind.qdq_calibration_texts]
 
-    def judge(candidate: onnx.ModelProto, judged: list[str], search: bool) -> bool:
-        path = temp_name(
-            bundle.path / f"model.{precision}.onnx"
-        )  # a killed run leaves a .tmp- file the next writer removes
-        try:
-            graph.save_onnx(candidate, path)
-            result = gate.evaluate(bundle, path, precision, judged, search=search, backend=backend)
-            return result.passed_with_headroom(headroom) if search else result.passed
-        finally:
-            path.unlink(missing_ok=True)
-
     def passes(candidate: onnx.ModelProto) -> bool:
-        passes.last = {"passed_calibration": judge(candidate, texts, search=True)}
-        if passes.last["passed_calibration"] and held_out:
-            passes.last["passed_held_out"] = judge(candidate, held_out, search=False)
+        result = _evaluate(bundle, precision, candidate, texts, True, backend)
+        passes.last = {"passed_calibration": result.passed_with_headroom(headroom)}
+        if passes.last["passed_calibration"] and held_out is not None:
+            passes.last["passed_held_out"] = held_out(candidate).passed
         return all(passes.last.values())
 
     passes.last = {}

@@ -23,7 +23,7 @@ from ..runtime.errors import CheckFailed, UserError
 from ..runtime.store import bundle_transaction, file_hashes
 from . import gate
 from .int8 import INT8_WEIGHTS, WEIGHTS
-from .search import calibration_gate, weight_only_gated
+from .search import HeldOutGate, calibration_gate, weight_only_gated
 from .twins import kv_inplace_twin, twin_agreement
 
 PRECISIONS = ("fused", "fp16", "bf16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4")
@@ -219,6 +219,8 @@ def _optimize_locked(
 ) -> dict:
     with bundle_transaction(bundle.path) as (locked, stage):
         source = locked.model_path("fp32")
+        backend = GATE_BACKEND.get(precision, "ort-cpu")
+        held_out_gate = HeldOutGate(locked, precision, held_out, backend)  # the int8 searches consult it
         model, report, plan = _build(
             locked,
             source,
@@ -230,7 +232,7 @@ def _optimize_locked(
             accuracy_level,
             force,
             carried,
-            held_out,
+            held_out_gate,
         )
         if precision in ("int8-wo", "int4"):  # the rung the search settled on
             block_size, lm_head = report["block_size"], report["lm_head"]
@@ -243,9 +245,12 @@ def _optimize_locked(
             )
         result = None
         if precision != "fused":
-            backend = GATE_BACKEND.get(precision, "ort-cpu")
-            with status(f"gate: {precision} ({backend}) vs fp32 on {len(held_out)} held-out texts"):
-                result = gate.evaluate(locked, tmp, precision, held_out, backend=backend)
+            result = held_out_gate.result_for(
+                model
+            )  # a search that confirmed its plan on held-out text already
+            if result is None:
+                with status(f"gate: {precision} ({backend}) vs fp32 on {len(held_out)} held-out texts"):
+                    result = gate.evaluate(locked, tmp, precision, held_out, backend=backend)
         else:
             with status("checking the fused graph against fp32"):
                 result = gate.evaluate(locked, tmp, "fp16", held_out)  # fusion is exact up to fp32 reordering
@@ -261,7 +266,7 @@ def _optimize_locked(
             "ort_only": precision in ORT_ONLY,
             "tools": tool_versions(),
             "report": report,
-            "gate": {**result.to_dict(forced=force), "backend": GATE_BACKEND.get(precision, "ort-cpu")},
+            "gate": {**result.to_dict(forced=force), "backend": backend},
             "parity": {},
             "graph": {"nodes": len(model.graph.node), "initializer_bytes": graph.initializer_bytes(model)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -319,7 +324,7 @@ def _build(
     accuracy_level: int,
     force: bool = False,
     carried: tuple[dict[str, str], str] | None = None,
-    held_out: list[str] | None = None,
+    held_out: HeldOutGate | None = None,
 ):
     model_info = bundle.model
     plan = None
