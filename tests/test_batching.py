@@ -59,6 +59,14 @@ def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2, backend):
     expected = [_alone(generator, item) for item in mix]
     assert any(e.finish == "stop" for e in expected)  # the stop strings do trigger
     engine = BatchEngine(gpt2, slots=4, chunk=16, backend=backend)
+    widths = []  # (rows the step computed, rows running): running rows are packed, nothing rides along
+    decode = engine.runner.decode
+
+    def counted(tokens, lengths, cache, mask=None, live=None):
+        widths.append((len(tokens), sum(r is not None and r.state == "running" for r in engine.table)))
+        return decode(tokens, lengths, cache, mask, live=live)
+
+    engine.runner.decode = counted
     requests, slots_seen = [], {}
     for index, item in enumerate(mix):  # arrivals spread over the run: four now, then one every other step
         requests.append(engine.submit(item["prompt"], item["max_new_tokens"], item["sampling"], item["stop"]))
@@ -77,6 +85,8 @@ def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2, backend):
     assert max(len(item["prompt"]) for item in mix) > 16  # some prompts were prefilled in several chunks
     assert engine.busy == 0 and engine.idle()
     assert engine.stats["prefill_tokens"] == sum(len(item["prompt"]) for item in mix)
+    assert all(width == running for width, running in widths)
+    assert engine.stats["moves"] > 0  # rows did move (and still got what they get alone)
 
 
 @pytest.mark.parametrize("backend", ["ort-cpu", "ov"])
@@ -248,3 +258,33 @@ def test_needs_the_in_place_variant(gpt2, copy_bundle):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match=r"no kv-inplace variant.*trtpipe optimize"):
         BatchEngine(path)
+
+
+def test_cache_rows_swap_their_cached_tokens_only():
+    """Packing the running rows moves a row's cached positions (in place) or its whole row and mask (the interop
+    layout); what lies past a row's length is not copied, and the other rows are untouched."""
+    from trtpipe.runtime.kv import KVCache
+    from trtpipe.runtime.slots import SlotCache
+
+    cache = KVCache(layers=1, batch=3, heads=2, head_dim=4, capacity=8, inplace=True)
+    rng = np.random.default_rng(0)
+    for buffer in cache.buffers[0]:
+        buffer[:] = rng.standard_normal(buffer.size)
+    before = [cache.view(0, i, 0).copy() for i in range(2)]
+    cache.swap_rows(0, 2, 5, 3)
+    for index, old in enumerate(before):
+        now = cache.view(0, index, 0)
+        assert np.array_equal(now[2, :, :5], old[0, :, :5]) and np.array_equal(now[0, :, :3], old[2, :, :3])
+        assert np.array_equal(now[1], old[1])
+        assert np.array_equal(now[2, :, 5:], old[2, :, 5:])  # past row 0's length: row 2's own, not copied
+    with pytest.raises(ValueError, match="ping-pong"):
+        KVCache(1, 2, 2, 4, 8, inplace=False).swap_rows(0, 1, 1, 1)
+
+    slots = SlotCache(layers=1, slots=3, heads=2, head_dim=4, capacity=16)
+    slots.own[2] = [np.full((1, 2, 3, 4), 7.0, np.float32)] * 2
+    slots.own[0] = [np.full((1, 2, 2, 4), 5.0, np.float32)] * 2
+    slots.join(0)  # row 0 shared (2 columns), row 2 still prefilling on its own buffers
+    slots.swap_rows(0, 2)
+    assert slots.joined.tolist() == [False, False, True] and list(slots.own) == [0]
+    assert slots.own[0][0].shape == (1, 2, 3, 4) and slots.mask[2].sum() == 2 and slots.mask[0].sum() == 0
+    assert (slots.kv[0][2] == 5.0).all()

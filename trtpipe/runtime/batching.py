@@ -3,7 +3,8 @@
 `BatchEngine` owns one in-place KV cache of `slots` rows (GroupQueryAttention; each row has its own length) and a
 bounded queue. Each `step()`: finished or cancelled rows leave and free their slot at once; waiting requests take
 free slots and are prefilled in chunks (at most `chunk` prompt tokens per step, so a long prompt never stalls the
-running rows for its whole prefill); then one batched decode step advances every running row. A request keeps its
+running rows for its whole prefill); then one batched decode step advances every running row. The running rows are
+kept packed in slots [0, R) (`packing.py`), so a step computes only the rows that decode. A request keeps its
 own sampling settings and seeded generator, max_new_tokens and stop strings, so it gets exactly what it gets alone
 (`Generator.generate`). The scheduling is plain numpy and Python; `start()` adds the one thread a server needs to
 drive `step()`, and `close()` stops it and fails whatever is left with an error (never a hang).
@@ -25,6 +26,7 @@ import numpy as np
 from .bundle import Bundle
 from .errors import UserError
 from .generate import Completion, Generator, History, PromptTruncated, Token
+from .packing import cached, pack
 from .request import DONE, PREFILL, RUNNING, EngineStopped, QueueFull, Request
 from .sampling import Sampling, sample_next
 from .slots import SlotDecoder
@@ -109,6 +111,7 @@ class BatchEngine:
             "prefill_tokens": 0,
             "decode_s": 0.0,
             "prefill_s": 0.0,
+            "moves": 0,  # rows moved to keep the running ones packed (`packing.py`)
         }
 
     # -------------------------------------------------------------------------------------------- requests
@@ -228,8 +231,10 @@ class BatchEngine:
                 self._end(request, "cancelled")
 
     def _admit(self) -> None:
+        """Waiting requests take free slots, the highest first: a prompt prefills above the running rows, where
+        packing them moves nothing but itself (once, when its prefill ends)."""
         with self.lock:
-            for slot in range(self.slots):
+            for slot in reversed(range(self.slots)):
                 if not self.waiting:
                     return
                 if self.table[slot] is None:
@@ -256,27 +261,16 @@ class BatchEngine:
         self.stats["prefill_s"] += time.perf_counter() - started
 
     def _decode(self) -> None:
-        """One batched step over slots [0, highest running slot]; idle or prefilling slots in that range ride along
-        with a placeholder token whose K/V lands where their next real write goes."""
+        """One batched step over the running rows, packed into slots [0, R) first (`packing.py`)."""
         running = [r for r in self.table if r is not None and r.state == RUNNING]
         if not running:
             return
         started = time.perf_counter()
-        high = max(r.slot for r in running) + 1
-        tokens = np.full(high, self.generator.pad_id, dtype=np.int64)
-        lengths = np.zeros(high, dtype=np.int64)
-        live = np.zeros(high, dtype=bool)
-        for slot in range(high):
-            request = self.table[slot]
-            if request is None:
-                continue
-            if request.state == RUNNING:
-                tokens[slot] = request.pending
-                lengths[slot] = len(request.ids) + len(request.tokens) - 1
-                live[slot] = True
-            else:
-                lengths[slot] = request.prefilled
-        logits, _ = self.runner.decode(tokens, lengths, self.cache, None, live=live)
+        self.stats["moves"] += pack(self.table, self.cache, running)
+        rows = self.table[: len(running)]
+        tokens = np.array([r.pending for r in rows], dtype=np.int64)
+        lengths = np.array([cached(r) for r in rows], dtype=np.int64)
+        logits, _ = self.runner.decode(tokens, lengths, self.cache, None, live=np.ones(len(rows), bool))
         self.stats["decode_rows"] += len(running)
         self.stats["decode_s"] += time.perf_counter() - started
         for request in running:

@@ -143,6 +143,17 @@ class KVCache:
         if not self.inplace:
             self.current = 1 - self.current
 
+    def swap_rows(self, a: int, b: int, length_a: int, length_b: int) -> None:
+        """In place: exchange the cached tokens of rows `a` and `b` (their first `length_a` / `length_b` positions;
+        GroupQueryAttention reads nothing past a row's length, so the rest need not move)."""
+        if not self.inplace:
+            raise ValueError("rows of a ping-pong cache share one length and are not swapped")
+        for index in range(2 * self.layers):
+            first, second = self.view(0, index, 0, 1, a), self.view(0, index, 0, 1, b)
+            kept = first[:, :, :length_a].copy()
+            first[:, :, :length_b] = second[:, :, :length_b]
+            second[:, :, :length_a] = kept
+
 
 class DeviceKVCache:
     """Ping-pong K/V buffers on a GPU for one request: `pointers[copy][index]` are device addresses ([B, H, T, D]);

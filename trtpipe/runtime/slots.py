@@ -97,6 +97,21 @@ class SlotCache:
         elif self.width - needed > 2 * BUCKET or self.width > room:
             self.trim(self.width - min(needed + BUCKET, room))
 
+    def swap_rows(self, a: int, b: int, length_a: int = 0, length_b: int = 0) -> None:
+        """Exchange rows `a` and `b`: their own buffers (prefilling) or their rows of the shared tensors and mask
+        (joined). The lengths are not needed here: a row's mask says which of its columns count."""
+        if self.joined[a] or self.joined[b]:
+            self.fit(max(a, b) + 1, 0)
+            for buffer in self.kv:
+                buffer[[a, b]] = buffer[[b, a]]
+            self.mask[[a, b]] = self.mask[[b, a]]
+        self.joined[[a, b]] = self.joined[[b, a]]
+        own_a, own_b = self.own.pop(a, None), self.own.pop(b, None)
+        if own_b is not None:
+            self.own[a] = own_b
+        if own_a is not None:
+            self.own[b] = own_a
+
     def trim(self, keep_from: int) -> None:
         self.kv = [np.ascontiguousarray(b[:, :, keep_from:, :]) for b in self.kv]
         self.mask = np.ascontiguousarray(self.mask[:, keep_from:])
