@@ -8,13 +8,10 @@ Prints a table; the numbers are quoted in docs/benchmarks.md (vLLM-CPU peer, "No
 from __future__ import annotations
 
 import argparse
-import time
-
-import numpy as np
 
 
 def main() -> None:
-    from common import ensure_bundle, ensure_variant, environment_line
+    from common import ensure_bundle, ensure_variant, environment_line, mix_round, span
 
     from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop
     from trtpipe.runtime import BatchEngine, Bundle
@@ -49,24 +46,10 @@ def main() -> None:
     rows: dict = {key: [] for key in engines}
     for _ in range(args.rounds):
         for key, engine in engines.items():
-            time.sleep(0.2)  # the last engine's threads asleep first
-            run = ours_closed_loop(engine, requests, args.clients)
-            steps = np.array([s for r in run["results"] for s in r["steps"]]) * 1e3
-            ttft = np.array([r["ttft"] for r in run["results"]]) * 1e3
-            tokens = sum(len(r["ids"]) for r in run["results"])
-            rows[key].append(
-                (tokens / run["seconds"], np.median(ttft), np.percentile(steps, 50), np.percentile(steps, 99))
-            )
+            got = mix_round(engine, requests, args.clients)
+            rows[key].append((got["tokens_per_s"], got["ttft_p50"], got["tpot_p50"], got["tpot_p99"]))
     for engine in engines.values():
         engine.close()
-
-    def span(values, places=0):
-        low, high = min(values), max(values)
-        return (
-            f"{low:.{places}f}"
-            if f"{low:.{places}f}" == f"{high:.{places}f}"
-            else f"{low:.{places}f}–{high:.{places}f}"
-        )
 
     print(f"_{environment_line(args.threads)}_\n")
     print(

@@ -51,7 +51,7 @@ def unpacked_engine():
 
 
 def main() -> None:
-    from common import ensure_bundle, ensure_variant, load_line, write_section
+    from common import ensure_bundle, ensure_variant, load_line, mix_round, span, write_section
 
     from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop
     from trtpipe.runtime import BatchEngine, Bundle
@@ -82,31 +82,23 @@ def main() -> None:
     rows: dict = {key: [] for key in engines}
     for _ in range(args.rounds):
         for key, engine in engines.items():
-            time.sleep(0.2)  # the last engine's threads asleep first
-            before = dict(engine.stats)
-            run = ours_closed_loop(engine, requests, args.clients)
-            delta = {k: engine.stats[k] - before.get(k, 0) for k in engine.stats}
-            steps = np.array([s for r in run["results"] for s in r["steps"]]) * 1e3
-            tokens = sum(len(r["ids"]) for r in run["results"])
+            got = mix_round(engine, requests, args.clients)
+            delta = got["stats"]
             decodes = max(1, delta["steps"])
             computed = delta.get("computed_rows", delta["decode_rows"])
             rows[key].append(
                 (
-                    tokens / run["seconds"],
+                    got["tokens_per_s"],
                     computed / decodes,
                     delta["decode_rows"] / decodes,
                     delta["decode_s"] * 1e3 / decodes,
-                    np.percentile(steps, 50),
-                    np.percentile(steps, 99),
+                    got["tpot_p50"],
+                    got["tpot_p99"],
                     delta["moves"],
                 )
             )
     for engine in engines.values():
         engine.close()
-
-    def span(values, places=0):
-        low, high = f"{min(values):.{places}f}", f"{max(values):.{places}f}"
-        return low if low == high else f"{low}–{high}"
 
     lines = [
         f"The serve_load mix ({len(requests)} requests) at {args.clients} in flight, BatchEngine 16 slots, chunk 64, "
