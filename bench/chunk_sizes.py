@@ -47,7 +47,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for key, engine in engines.items():
             got = mix_round(engine, requests, args.clients)
-            rows[key].append((got["tokens_per_s"], got["ttft_p50"], got["tpot_p50"], got["tpot_p99"]))
+            rows[key].append(
+                (got["tokens_per_s"], got["ttft_p50_ms"], got["tpot_p50_ms"], got["tpot_p99_ms"])
+            )
     for engine in engines.values():
         engine.close()
 

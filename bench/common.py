@@ -120,20 +120,10 @@ def span(values, places: int = 0) -> str:
 
 def mix_round(engine, requests: list[dict], clients: int) -> dict:
     """One closed-loop round of `requests` through a BatchEngine at `clients` in flight, after a 0.2 s pause (the
-    last engine's threads asleep first): tokens/s, TTFT p50, TPOT p50 / p99 (ms) and the engine's counters for it."""
-    import numpy as np
-
-    from trtpipe.benchmark.vllm_peer import ours_closed_loop
+    last engine's threads asleep first): vllm_peer.summarize's figures and the engine's counters for the round."""
+    from trtpipe.benchmark.vllm_peer import ours_closed_loop, stats_delta, summarize
 
     time.sleep(0.2)
     before = dict(engine.stats)
-    run = ours_closed_loop(engine, requests, clients)
-    steps = np.array([s for r in run["results"] for s in r["steps"]]) * 1e3
-    ttft = np.array([r["ttft"] for r in run["results"]]) * 1e3
-    return {
-        "tokens_per_s": sum(len(r["ids"]) for r in run["results"]) / run["seconds"],
-        "ttft_p50": float(np.median(ttft)),
-        "tpot_p50": float(np.percentile(steps, 50)),
-        "tpot_p99": float(np.percentile(steps, 99)),
-        "stats": {k: engine.stats[k] - before.get(k, 0) for k in engine.stats},
-    }
+    run = summarize(ours_closed_loop(engine, requests, clients))
+    return {**run, "stats": stats_delta(engine.stats, before)}

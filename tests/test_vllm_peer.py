@@ -25,6 +25,7 @@ def test_summarize_counts_every_token_and_every_step():
     s = peer.summarize(run)
     assert s["tokens"] == 5 and s["tokens_per_s"] == 2.5
     assert s["ttft_p50_ms"] == pytest.approx(200.0) and s["tpot_p50_ms"] == pytest.approx(20.0)
+    assert s["tpot_p99_ms"] == pytest.approx(29.8)
 
 
 def test_greedy_agreement_skips_sampled_requests():

@@ -116,7 +116,8 @@ def ours_closed_loop(engine, requests: list[dict], clients: int) -> dict:
 
 
 def summarize(run: dict) -> dict:
-    """tokens/s (every new token ÷ wall time), TTFT p50 / p95 and TPOT p50 (every step of every request) in ms."""
+    """tokens/s (every new token ÷ wall time), TTFT p50 / p95 and TPOT p50 / p99 (every step of every request) in
+    ms."""
     results = run["results"]
     tokens = sum(len(r["ids"]) for r in results)
     ttft = np.array([r["ttft"] for r in results]) * 1e3
@@ -128,6 +129,7 @@ def summarize(run: dict) -> dict:
         "ttft_p50_ms": float(np.percentile(ttft, 50)),
         "ttft_p95_ms": float(np.percentile(ttft, 95)),
         "tpot_p50_ms": float(np.percentile(steps, 50)) if steps.size else None,
+        "tpot_p99_ms": float(np.percentile(steps, 99)) if steps.size else None,
     }
 
 
