@@ -17,7 +17,8 @@ import numpy as np
 
 def unpacked_engine():
     """BatchEngine's scheduling before `packing.py`: admit into the lowest free slot, decode every slot up to the
-    highest running one (a slot that does not run rides along with a placeholder token)."""
+    highest running one (a slot that does not run rides along with a placeholder token, whose K/V the in-place graph
+    writes where that row's next real write goes: ort-cpu only, as this script runs it)."""
     from trtpipe.runtime import BatchEngine
     from trtpipe.runtime.packing import cached
     from trtpipe.runtime.request import PREFILL, RUNNING
@@ -39,8 +40,7 @@ def unpacked_engine():
             rows = self.table[: max(r.slot for r in running) + 1]
             tokens = np.array([r.pending if r in running else 0 for r in rows], dtype=np.int64)
             lengths = np.array([cached(r) for r in rows], dtype=np.int64)
-            live = np.array([r in running for r in rows])
-            logits, _ = self.runner.decode(tokens, lengths, self.cache, None, live=live)
+            logits, _ = self.runner.decode(tokens, lengths, self.cache, None)
             self.stats["decode_rows"] += len(running)
             self.stats["computed_rows"] = self.stats.get("computed_rows", 0) + len(rows)
             self.stats["decode_s"] += time.perf_counter() - started
@@ -92,8 +92,8 @@ def main() -> None:
                     computed / decodes,
                     delta["decode_rows"] / decodes,
                     delta["decode_s"] * 1e3 / decodes,
-                    got["tpot_p50"],
-                    got["tpot_p99"],
+                    got["tpot_p50_ms"],
+                    got["tpot_p99_ms"],
                     delta["moves"],
                 )
             )

@@ -62,9 +62,9 @@ def test_a_mix_of_requests_gets_what_each_gets_alone(gpt2, backend):
     widths = []  # (rows the step computed, rows running): running rows are packed, nothing rides along
     decode = engine.runner.decode
 
-    def counted(tokens, lengths, cache, mask=None, live=None):
+    def counted(tokens, lengths, cache, mask=None):
         widths.append((len(tokens), sum(r is not None and r.state == "running" for r in engine.table)))
-        return decode(tokens, lengths, cache, mask, live=live)
+        return decode(tokens, lengths, cache, mask)
 
     engine.runner.decode = counted
     requests, slots_seen = [], {}

@@ -270,7 +270,7 @@ class BatchEngine:
         rows = self.table[: len(running)]
         tokens = np.array([r.pending for r in rows], dtype=np.int64)
         lengths = np.array([cached(r) for r in rows], dtype=np.int64)
-        logits, _ = self.runner.decode(tokens, lengths, self.cache, None, live=np.ones(len(rows), bool))
+        logits, _ = self.runner.decode(tokens, lengths, self.cache, None)
         self.stats["decode_rows"] += len(running)
         self.stats["decode_s"] += time.perf_counter() - started
         for request in running:

@@ -121,10 +121,8 @@ class DecoderRunner:
         lengths: np.ndarray,
         cache: KVCache,
         mask: np.ndarray | None,
-        live: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One step for every row. `lengths` = valid tokens per row before this step; `live` (BatchEngine's
-        running rows) is not needed here: in place, a row that is not running writes where its next write goes."""
+        """One step for every row. `lengths` = valid tokens per row before this step."""
         batch = len(tokens)
         if self.inplace:
             if cache.step_logits is None:

@@ -1,14 +1,15 @@
 """`SlotDecoder`: in-flight batching on the interop (ping-pong) GPT-2 graph, for backends without the in-place one.
 
 `BatchEngine` drives a runner through three calls: `new_cache(slots, capacity)`, `prefill_row(ids, cache, row,
-past, logits)` and `decode(tokens, lengths, cache, mask, live)`. On ONNX Runtime's CPU the in-place KV graph
+past, logits)` and `decode(tokens, lengths, cache, mask)`. On ONNX Runtime's CPU the in-place KV graph
 (GroupQueryAttention, a length per row) answers them directly. OpenVINO runs only the interop graph, whose past is
 one [B, H, W, D] tensor per layer and kind with an attention mask [B, W + 1], so here the rows share a width:
 
 - a prompt is prefilled alone (batch 1, in chunks, into the row's own buffers), and joins the shared buffers,
   right-aligned, at its first decode step: its columns are always the last `length` ones, the rest masked;
-- every decode step runs rows [0, B) on the shared past and appends one column (the present the graph returns,
-  copied once, is the next step's past); a row that is not running rides along masked to its own new column only;
+- every decode step runs rows [0, B), all of them running (BatchEngine packs them there, `packing.py`), on the
+  shared past and appends one column (the present the graph returns, copied once, is the next step's past); rows
+  past B (prefilling on their own buffers, or left) are dropped from the shared tensors;
 - the width moves in buckets of 32 columns, so the graph sees a new shape once every 32 steps rather than every
   step (OpenVINO prepares its kernels per shape): each step drops the free column on the left (one copy of the
   K/V), a full width grows by a bucket, and columns no row uses any more (a long request left) are dropped.
@@ -159,23 +160,17 @@ class SlotDecoder:
         lengths: np.ndarray,
         cache: SlotCache,
         mask: np.ndarray | None = None,
-        live: np.ndarray | None = None,
     ) -> tuple[np.ndarray, None]:
-        """One step for rows [0, B); `live` marks the running ones (default all). `lengths` (their tokens so far)
-        is what the mask of a joined row already counts, so positions come from the mask (`kv.next_step`).
-        Returns the logits [B, V]."""
+        """One step for rows [0, B), every one running. `lengths` (their tokens so far) is what the mask of a
+        joined row already counts, so positions come from the mask (`kv.next_step`). Returns the logits [B, V]."""
         batch = len(tokens)
-        live = np.ones(batch, bool) if live is None else np.asarray(live, bool)[:batch]
-        for row in np.flatnonzero(live & ~cache.joined[:batch]):
+        for row in np.flatnonzero(~cache.joined[:batch]):  # a prompt's first step: its own buffers join
             cache.join(int(row))
         cache.fit(batch, 0)
-        for row in np.flatnonzero(~live & cache.joined[:batch]):  # rows that left: masked from now on
-            cache.reset(int(row))
         cache.settle(batch)
         feeds = kv.next_step(tokens, cache.mask[:batch])
         feeds.update({name: cache.kv[index][:batch] for index, name, _ in self.names})
-        step_mask = feeds["attention_mask"].copy()  # what the cache keeps: rows not running masked throughout
-        step_mask[~live] = 0
+        step_mask = feeds["attention_mask"]  # what the cache keeps
         # the free column on the left is dropped to keep the width (and so the graph's shapes) where it was
         start = 0 if step_mask[:, 0].any() else 1
 
