@@ -2,7 +2,7 @@
 
 The in-place cache (and the interop layout, `slots.py`) decodes a contiguous run of rows. Without packing that run
 reaches the highest running slot, and the idle and prefilling slots below it ride along: on the serve_load mix at
-16 in flight, 14.2 rows computed a step for 9.4 running (GPT-2 on 2 cores; packed, fp32 serves 1.05-1.11x the
+16 in flight, 14.2 rows computed a step for 9.4 running (GPT-2 on 2 cores; packed, fp32 serves 1.04-1.13x the
 tokens/s and int4 1.17-1.33x, `bench/packing.py`).
 So before each step every running row above R swaps places with a slot below R that is free or prefilling. Only
 cached tokens are copied (a free slot has none; a prompt that just finished prefilling moves once), 24 K/V buffers
