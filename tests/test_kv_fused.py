@@ -1,19 +1,41 @@
-"""The fused step graph (decoding rows and one prompt chunk in one pass) gives exactly what the two passes give."""
+"""The fused step (decoding rows and one prompt chunk in one pass): its graph gives exactly what the two passes give,
+`optimize --precision kv-fused` writes checked twins that stay current, and BatchEngine on them gives every request
+what it gets alone."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from test_batching import _alone, _mix
 
-from trtpipe.optimize.kv_fused import fused_feeds, rewrite_kv_fused, run_fused
-from trtpipe.runtime import Bundle, Generator
+from trtpipe.optimize.kv_fused import rewrite_kv_fused
+from trtpipe.optimize.variants import optimize_bundle
+from trtpipe.runtime import BatchEngine, Bundle, Generator, UserError
+from trtpipe.runtime.fused import FusedStep
+from trtpipe.runtime.ort import OrtSession
 
 
 @pytest.fixture(scope="module")
 def gpt2(make_bundle):
     return make_bundle("tiny-gpt2", "generate")
+
+
+@pytest.fixture(scope="module")
+def fused_gpt2(gpt2, tmp_path_factory):
+    """A copy of tiny-gpt2 with int4 and then kv-fused (twins of kv-inplace and int4.kv-inplace)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("fused") / "bundle"
+    shutil.copytree(gpt2, path)
+    optimize_bundle(path, "int4", force=True)
+    optimize_bundle(path, "kv-fused")
+    return path
 
 
 def test_one_fused_pass_equals_a_decode_step_and_a_chunk(gpt2, tmp_path):
@@ -22,7 +44,7 @@ def test_one_fused_pass_equals_a_decode_step_and_a_chunk(gpt2, tmp_path):
     path = tmp_path / "model.kv-fused.onnx"
     plain = onnx.load(bundle.model_path("kv-inplace"))
     onnx.save(rewrite_kv_fused(plain, model["num_layers"], model["num_heads"], model["head_dim"]), path)
-    fused = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fused = FusedStep(bundle, OrtSession(path))
     runner = Generator(gpt2, kv="inplace").runner
     rng = np.random.default_rng(3)
     caches = [runner.new_cache(5, 64) for _ in range(2)]
@@ -37,14 +59,101 @@ def test_one_fused_pass_equals_a_decode_step_and_a_chunk(gpt2, tmp_path):
     step, _ = runner.decode(tokens, lengths, caches[0], None)
     last = np.empty((1, vocab), np.float32)
     runner.prefill_row(chunk, caches[0], row, past, last)
-    got = run_fused(fused, caches[1], fused_feeds(tokens, lengths, chunk, past), row)
+    got = fused.run(caches[1], tokens, lengths, chunk, past, row)
 
     assert got.shape == (4, vocab)
     np.testing.assert_allclose(got[:3], step[:3], rtol=0, atol=1e-5)
     np.testing.assert_allclose(got[3], last[0], rtol=0, atol=1e-5)
     for a, b in zip(caches[0].buffers[0], caches[1].buffers[0]):  # the same K/V written in the same places
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk row"):  # the chunk's row must lie above the decoding rows
+        fused.run(caches[1], tokens, lengths, chunk, past, 2)
     with pytest.raises(ValueError, match="GroupQueryAttention"):
         rewrite_kv_fused(
             onnx.load(bundle.model_path()), model["num_layers"], model["num_heads"], model["head_dim"]
         )
+
+
+def test_optimize_writes_a_checked_twin_of_every_in_place_variant(fused_gpt2):
+    variants = Bundle.load(fused_gpt2).variants
+    for base in ("fp32", "int4"):
+        name = "kv-fused" if base == "fp32" else f"{base}.kv-fused"
+        entry, source = variants[name], variants[entry_source(name)]
+        assert entry["kv"] == "fused" and entry["made_from"] == entry_source(name)
+        assert entry["source_sha256"] == source["sha256"] and entry["precision"] == source["precision"]
+        check = entry["parity"]["ort-cpu"]
+        assert check["verdict"] == "pass" and check["max_abs_logits"] <= check["atol"] and check["top1"]
+        assert (fused_gpt2 / entry["file"]).is_file()
+    with pytest.raises(UserError, match="--overwrite"):
+        optimize_bundle(fused_gpt2, "kv-fused")
+
+
+def entry_source(name: str) -> str:
+    return name.replace("kv-fused", "kv-inplace")
+
+
+@pytest.mark.parametrize("variant", [None, "int4"])
+def test_batch_engine_on_the_fused_step_gives_each_request_what_it_gets_alone(fused_gpt2, variant):
+    generator = Generator(fused_gpt2, variant=variant)
+    mix = _mix(generator)
+    engine = BatchEngine(fused_gpt2, variant=variant, slots=4, chunk=16)
+    assert engine.fused is not None  # the bundle has a current twin: used without being asked for
+    requests = []
+    for index, item in enumerate(mix):  # arrivals spread over the run, so prompts prefill beside running rows
+        requests.append(engine.submit(item["prompt"], item["max_new_tokens"], item["sampling"], item["stop"]))
+        if index >= 3:
+            engine.step()
+            engine.step()
+    engine.run()
+    for item, request in zip(mix, requests):
+        got, want = request.result(), _alone(generator, item)
+        assert got.ids == want.ids and got.text == want.text and got.finish == want.finish, item
+    assert engine.stats["fused_steps"] > 0
+    assert engine.stats["prefill_tokens"] == sum(len(item["prompt"]) for item in mix)
+    plain = BatchEngine(fused_gpt2, variant=variant, slots=4, chunk=16, fused=False)
+    assert plain.fused is None
+    plain.generate([mix[0]["prompt"]], 4)
+    assert plain.stats["fused_steps"] == 0
+
+
+def test_a_rebuilt_in_place_variant_rebuilds_its_twin(fused_gpt2, copy_bundle):
+    path = copy_bundle(fused_gpt2)
+    optimize_bundle(path, "int4", force=True, overwrite=True)
+    variants = Bundle.load(path).variants
+    assert variants["int4.kv-fused"]["source_sha256"] == variants["int4.kv-inplace"]["sha256"]
+    assert BatchEngine(path, variant="int4", slots=2).fused is not None
+
+
+def test_fused_step_errors_name_the_fix(gpt2, fused_gpt2, copy_bundle):
+    with pytest.raises(UserError, match="--precision kv-fused"):
+        BatchEngine(gpt2, slots=2, fused=True)
+    assert BatchEngine(gpt2, slots=2).fused is None  # a bundle without the twin batches as before
+    with pytest.raises(UserError, match="ort-cpu"):
+        BatchEngine(fused_gpt2, slots=2, fused=True, backend="ov")
+    with pytest.raises(UserError, match="True, False or None"):
+        BatchEngine(fused_gpt2, slots=2, fused="yes")
+    stale = copy_bundle(fused_gpt2)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["variants"]["kv-fused"]["source_sha256"] = {"model.kv-inplace.onnx": "0" * 64}
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="stale.*--overwrite"):
+        BatchEngine(stale, slots=2, fused=True)
+    assert BatchEngine(stale, slots=2).fused is None  # a stale twin is not used unasked
+
+
+def test_cli_refuses_kv_fused_for_an_encoder_in_one_line(make_bundle):
+    encoder = make_bundle("tiny-bert", "classify")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "cli.py"),
+            "optimize",
+            str(encoder),
+            "--precision",
+            "kv-fused",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "GPT-2" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

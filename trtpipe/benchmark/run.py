@@ -50,7 +50,7 @@ def _variants_for(bundle: Bundle, backend: str, variants: list[str]) -> list[str
     if variants == ["all"]:
         if backend == "trt":
             return sorted({e.get("variant", "fp32") for e in bundle.engines.values()})
-        names = [n for n in bundle.variants if n not in ("all-logits",) and not n.endswith("kv-inplace")]
+        names = [n for n in bundle.variants if n != "all-logits" and not bundle.variants[n].get("kv")]
         if backend not in ("ort-cpu", "ov"):  # OpenVINO reads ORT's CPU-only ops too (runtime/ov.py)
             names = [n for n in names if not bundle.variants[n].get("ort_only")]
         # a variant that is one backend's compute of another's file (bf16: OpenVINO's) runs there only

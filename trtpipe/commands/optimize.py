@@ -18,7 +18,7 @@ def optimize_cmd(
         typer.Option(
             "--precision",
             help="fused | fp16 | bf16 (OpenVINO, encoders) | int8 | int8-qdq | int8-nncf (OpenVINO, encoders) | "
-            "int8-wo | int4",
+            "int8-wo | int4 | kv-fused (GPT-2: BatchEngine's fused step, a twin of each in-place KV variant)",
         ),
     ],
     calibration: Annotated[

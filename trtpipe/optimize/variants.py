@@ -4,7 +4,8 @@ bf16 (encoders) is OpenVINO's bf16 compute of the fp32 file itself (bf16.py), no
 int8-nncf, int8-wo and int4 are made from the unfused fp32 export, so TensorRT and peer
 runtimes can load them; fused, int8, int8-wo and int4 run on ONNX Runtime (and OpenVINO) only; int8-nncf is NNCF's
 static int8 for the `ov` backend (nncf_int8.py), gated on OpenVINO. GPT-2 weight variants also get an in-place-KV twin
-(`<precision>.kv-inplace`) that the runtime uses on the CPU.
+(`<precision>.kv-inplace`) that the runtime uses on the CPU; kv-fused adds the fused step twin of each of those
+(`<precision>.kv-fused`, fused_twin.py), which BatchEngine runs where a step decodes rows and prefills a chunk.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from ..runtime.bundle import Bundle
 from ..runtime.errors import CheckFailed, UserError
 from ..runtime.store import bundle_transaction, file_hashes
 from . import gate
+from .fused_twin import add_kv_fused, refresh_fused
 from .int8 import INT8_WEIGHTS, WEIGHTS
 from .search import HeldOutGate, calibration_gate, weight_only_gated
 from .twins import kv_inplace_twin, twin_agreement
 
-PRECISIONS = ("fused", "fp16", "bf16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4")
+PRECISIONS = ("fused", "fp16", "bf16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4", "kv-fused")
 FILES = {p: f"model.{p}.onnx" for p in PRECISIONS if p != "bf16"}  # bf16 is OpenVINO's compute of model.onnx
 ORT_ONLY = {"fused", "int8", "int8-nncf", "int8-wo", "int4"}  # not for TensorRT; OpenVINO runs them all
 # The backend a variant is made for runs its gate: int8-nncf's Q/DQ become OpenVINO's own int8 kernels.
@@ -118,6 +120,8 @@ def optimize_bundle(
                 f"--int8-weights s8 needs a CPU with VNNI ({' or '.join(cpu.VNNI)}) to be gated on; this one has "
                 "none (its int8 kernels would saturate full-range s8 weights): leave the default, u8"
             )
+    if precision == "kv-fused":  # GPT-2's fused step twins: a graph rewrite, checked exactly (fused_twin.py)
+        return add_kv_fused(bundle_path, overwrite, tool_versions())
     if precision == "bf16":  # no new graph: OpenVINO's bf16 compute of the fp32 one, gated (bf16.py)
         from .bf16 import add_bf16
 
@@ -279,14 +283,15 @@ def _optimize_locked(
         locked.manifest["variants"][precision] = entry
         locked.manifest.get("refused", {}).pop(precision, None)
         if locked.is_decoder and precision in ("int8", "int8-wo", "int4") and "kv-inplace" in locked.variants:
-            twin = kv_inplace_twin(
+            twin, twin_model, twin_path = kv_inplace_twin(
                 locked, precision, plan, block_size, lm_head, accuracy_level, stage, result
             )
-            locked.manifest["variants"][f"{precision}.kv-inplace"] = {
+            locked.manifest["variants"][f"{precision}.kv-inplace"] = twin = {
                 **twin,
                 "tools": tool_versions(),
                 **({"cpu_needs": entry["cpu_needs"]} if "cpu_needs" in entry else {}),
             }
+            refresh_fused(locked, f"{precision}.kv-inplace", twin, twin_model, twin_path, stage)
         entry["seconds"] = round(time.perf_counter() - started, 1)
     if f"{precision}.kv-inplace" in Bundle.load(bundle.path).variants:
         worst, top1 = twin_agreement(bundle.path, precision)

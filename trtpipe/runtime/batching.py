@@ -4,7 +4,8 @@
 bounded queue. Each `step()`: finished or cancelled rows leave and free their slot at once; waiting requests take
 free slots and are prefilled in chunks (at most `chunk` prompt tokens per step, so a long prompt never stalls the
 running rows for its whole prefill); then one batched decode step advances every running row. The running rows are
-kept packed in slots [0, R) (`packing.py`), so a step computes only the rows that decode. A request keeps its
+kept packed in slots [0, R) (`packing.py`), so a step computes only the rows that decode; where the bundle has the
+fused step (`fused.py`), a step with both runs the rows and one chunk as one pass. A request keeps its
 own sampling settings and seeded generator, max_new_tokens and stop strings, so it gets exactly what it gets alone
 (`Generator.generate`). The scheduling is plain numpy and Python; `start()` adds the one thread a server needs to
 drive `step()`, and `close()` stops it and fails whatever is left with an error (never a hang).
@@ -25,8 +26,9 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import UserError
+from .fused import open_fused
 from .generate import Completion, Generator, History, PromptTruncated, Token
-from .packing import cached, pack
+from .packing import pack, step_rows
 from .request import DONE, PREFILL, RUNNING, EngineStopped, QueueFull, Request
 from .sampling import Sampling, sample_next
 from .slots import SlotDecoder
@@ -56,6 +58,7 @@ class BatchEngine:
         max_queue: int = 64,
         backend: str = "ort-cpu",
         prefill_backend: str | None = None,
+        fused: bool | None = None,
     ):
         if backend not in BACKENDS:
             raise UserError(
@@ -93,6 +96,8 @@ class BatchEngine:
             max_queue,
         )
         self.runner = self.generator.runner
+        base = variant or "fp32"  # the fused step (`fused.py`): where the bundle has it, unless fused=False
+        self.fused = open_fused(self.bundle, base, fused, backend, prefill_backend, threads, spin)
         if backend == "ov":  # OpenVINO runs the interop graph only: rows share its width (slots.py)
             self.runner = SlotDecoder(self.bundle, self.runner.session)
         self.cache = self.runner.new_cache(self.slots, self.capacity)
@@ -112,6 +117,7 @@ class BatchEngine:
             "decode_s": 0.0,
             "prefill_s": 0.0,
             "moves": 0,  # rows moved to keep the running ones packed (`packing.py`)
+            "fused_steps": 0,  # steps that ran the rows and a chunk as one pass (`fused.py`)
         }
 
     # -------------------------------------------------------------------------------------------- requests
@@ -196,8 +202,9 @@ class BatchEngine:
         self._admit()
         if self.busy == 0:
             return False
-        self._prefill()
-        self._decode()
+        if not self._fused():
+            self._prefill()
+            self._decode()
         self.stats["steps"] += 1
         return True
 
@@ -242,6 +249,29 @@ class BatchEngine:
                     request.slot, request.state = slot, PREFILL
                     self.table[slot] = request
 
+    def _fused(self) -> bool:
+        """With the fused step, a step that has running rows and a prompt to prefill runs the rows (packed) and one
+        chunk of the oldest prompt as one pass (`fused.py`); False for any other step."""
+        running = [r for r in self.table if r is not None and r.state == RUNNING]
+        waiting = sorted((r for r in self.table if r and r.state == PREFILL), key=lambda r: r.id)
+        if self.fused is None or not running or not waiting:
+            return False
+        started = time.perf_counter()
+        self.stats["moves"] += pack(self.table, self.cache, running)  # every prompt's row is now ≥ R
+        (rows, tokens, lengths), request = step_rows(self.table, len(running)), waiting[0]
+        piece = request.ids[request.prefilled : request.prefilled + self.chunk]
+        logits = self.fused.run(self.cache, tokens, lengths, piece, request.prefilled, request.slot)
+        request.prefilled += len(piece)
+        for key, value in (("prefill_tokens", len(piece)), ("decode_rows", len(rows)), ("fused_steps", 1)):
+            self.stats[key] += value
+        self.stats["decode_s"] += time.perf_counter() - started
+        for row, running_request in enumerate(rows):
+            self._emit(running_request, logits[row])
+        if request.prefilled == len(request.ids):
+            request.state = RUNNING
+            self._emit(request, logits[-1])
+        return True
+
     def _prefill(self) -> None:
         """Up to `chunk` prompt tokens this step, oldest request first; a prompt's last chunk gives its first token."""
         budget = self.chunk
@@ -267,9 +297,7 @@ class BatchEngine:
             return
         started = time.perf_counter()
         self.stats["moves"] += pack(self.table, self.cache, running)
-        rows = self.table[: len(running)]
-        tokens = np.array([r.pending for r in rows], dtype=np.int64)
-        lengths = np.array([cached(r) for r in rows], dtype=np.int64)
+        _, tokens, lengths = step_rows(self.table, len(running))
         logits, _ = self.runner.decode(tokens, lengths, self.cache, None)
         self.stats["decode_rows"] += len(running)
         self.stats["decode_s"] += time.perf_counter() - started

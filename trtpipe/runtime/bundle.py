@@ -195,10 +195,11 @@ class Bundle:
         path = self.file(entry["file"])
         if verify:
             name = variant or "fp32"
+            made_by = "kv-fused" if name.endswith("kv-fused") else name.removesuffix(".kv-inplace")
             fix = (
                 "re-export with `trtpipe export ... --overwrite`"
-                if name == "fp32"
-                else f"recreate it with `trtpipe optimize {self.path} --precision {name} --overwrite`"
+                if name in ("fp32", "kv-inplace", "all-logits")
+                else f"recreate it with `trtpipe optimize {self.path} --precision {made_by} --overwrite`"
             )
             self.verify_files(entry["sha256"], f"variant {name}", fix)
             self.check_external_data(path, entry, fix)

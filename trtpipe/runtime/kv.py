@@ -82,6 +82,25 @@ def inplace_decode(tokens: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndar
     }
 
 
+def fused_step(
+    tokens: np.ndarray, lengths: np.ndarray, chunk_ids: list[int], chunk_past: int
+) -> dict[str, np.ndarray]:
+    """The fused step graph (`fused.py`): R rows' tokens after `lengths` cached ones, then a prompt chunk after
+    `chunk_past` of its own, packed into one sequence [1, R + C]; logits at the R rows and the chunk's last token."""
+    rows, count = len(tokens), len(chunk_ids)
+    return {
+        "input_ids": np.concatenate([np.asarray(tokens), np.asarray(chunk_ids)]).astype(np.int64)[None],
+        "position_ids": np.concatenate([lengths, np.arange(chunk_past, chunk_past + count)]).astype(np.int64)[
+            None
+        ],
+        "seqlens_k": np.asarray(lengths, dtype=np.int32),
+        "total_sequence_length": np.array(int(np.max(lengths)) + 1, dtype=np.int32),
+        "chunk_seqlens_k": np.array([chunk_past + count - 1], dtype=np.int32),
+        "chunk_total_sequence_length": np.array(chunk_past + count, dtype=np.int32),
+        "logit_positions": np.concatenate([np.arange(rows), [rows + count - 1]]).astype(np.int64),
+    }
+
+
 def empty_past(layers: int, heads: int, head_dim: int, batch: int = 1, dtype=np.float32) -> dict:
     """Zero-length past_key_values for every layer: the interop graph's prefill (no cache yet)."""
     return {past: np.zeros((batch, heads, 0, head_dim), dtype=dtype) for _, past, _ in kv_names(layers)}
@@ -119,6 +138,7 @@ class KVCache:
         self.length = 0
         self.bindings: dict = {}  # in place: decode-step IOBindings by row count, made once and reused
         self.step_logits: np.ndarray | None = None  # in place: the decode step's logits buffer
+        self.fused_logits: np.ndarray | None = None  # in place: the fused step's (`fused.py`)
 
     @property
     def nbytes(self) -> int:

@@ -41,8 +41,8 @@ def compile_config(threads: int | None = None, performance: str = "LATENCY", pre
 
 
 def runnable_variants(bundle: Bundle) -> list[str]:
-    """The bundle's variants OpenVINO runs: all but the in-place KV graphs (bf16 runs here only)."""
-    return [name for name, entry in bundle.variants.items() if entry.get("kv") != "inplace"]
+    """The bundle's variants OpenVINO runs: all but the in-place and fused step KV graphs (bf16 runs here only)."""
+    return [name for name, entry in bundle.variants.items() if entry.get("kv") not in ("inplace", "fused")]
 
 
 def _reason(exc: Exception) -> str:
@@ -117,9 +117,9 @@ class OvSession(CheckedFeeds):
     ) -> OvSession:
         variant = variant or "fp32"
         entry = bundle.variant(variant)  # a UserError naming `trtpipe optimize` when it is missing
-        if entry.get("kv") == "inplace":
+        if entry.get("kv") in ("inplace", "fused"):
             raise UserError(
-                f"variant {variant} (in-place KV cache, GroupQueryAttention) runs on ONNX Runtime only; "
+                f"variant {variant} ({entry['kv']} KV cache, GroupQueryAttention) runs on ONNX Runtime only; "
                 f"--backend ov runs: {', '.join(runnable_variants(bundle))} (or use --backend ort-cpu)"
             )
         path = bundle.model_path(variant, verify=verify)

@@ -11,6 +11,8 @@ of up to a few hundred positions, against a step that computes fewer rows ever a
 
 from __future__ import annotations
 
+import numpy as np
+
 from .request import PREFILL, RUNNING, Request
 
 
@@ -38,3 +40,10 @@ def pack(table: list[Request | None], cache, running: list[Request]) -> int:
         if other is not None:
             other.slot = high
     return len(holes)
+
+
+def step_rows(table: list[Request | None], count: int) -> tuple[list[Request], np.ndarray, np.ndarray]:
+    """The packed running rows [0, count) of a step: their requests, pending tokens and cached lengths."""
+    rows = table[:count]
+    tokens = np.array([r.pending for r in rows], dtype=np.int64)
+    return rows, tokens, np.array([cached(r) for r in rows], dtype=np.int64)

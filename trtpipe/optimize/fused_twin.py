@@ -1,0 +1,130 @@
+"""Fused step twins (`<precision>.kv-fused`) of GPT-2's in-place KV variants: `trtpipe optimize --precision kv-fused`.
+
+Each twin is `kv_fused.rewrite_kv_fused` of an in-place variant, the same weights (no re-quantisation), checked
+before it is written: one fused step (`runtime/fused.py`) must give the logits and write the K/V that a decode step
+and a prompt chunk give as two passes. BatchEngine runs a bundle's current twin where a step has both; a twin
+records the sha256 of its source, so a rebuilt in-place variant leaves it stale (and `optimize` rebuilds the twin of
+a precision it rebuilds, once the bundle has `kv-fused`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..console import info, status
+from ..export import graph
+from ..runtime.bundle import Bundle
+from ..runtime.decoder import DecoderRunner
+from ..runtime.errors import CheckFailed, UserError
+from ..runtime.fused import FusedStep
+from ..runtime.ort import OrtSession
+from ..runtime.store import bundle_transaction, file_hashes
+from .kv_fused import rewrite_kv_fused
+
+# fp32 measured bit-equal; the quantised graphs quantise activations per row (int8) or per block of a row (int4,
+# int8-wo), so a row's numbers do not depend on the rows packed with it either: what is left is summation order
+ATOL = 1e-3
+
+
+def fused_agreement(bundle: Bundle, inplace_path: Path, fused_path: Path, seed: int = 0) -> dict:
+    """One fused step against the two passes on random cached K/V: 3 decoding rows and a chunk of 7 tokens in row 4
+    (max abs difference of logits and of the K/V written, and whether every row's top-1 token agrees)."""
+    runner = DecoderRunner(bundle, OrtSession(inplace_path, specs=None), inplace=True)
+    fused = FusedStep(bundle, OrtSession(fused_path, specs=None))
+    rng = np.random.default_rng(seed)
+    capacity = min(64, bundle.limits["max_positions"])
+    caches = [runner.new_cache(5, capacity) for _ in range(2)]
+    for buffers in zip(*(c.buffers[0] for c in caches)):  # the same cached K/V in both
+        buffers[0][:] = rng.standard_normal(buffers[0].size).astype(np.float32)
+        buffers[1][:] = buffers[0]
+    tokens = rng.integers(0, runner.vocab, 3)
+    lengths = np.array([5, capacity // 2, 2])
+    chunk, past = [int(t) for t in rng.integers(0, runner.vocab, 7)], 6
+    step, _ = runner.decode(tokens, lengths, caches[0], None)
+    last = np.empty((1, runner.vocab), np.float32)
+    runner.prefill_row(chunk, caches[0], 4, past, last)
+    want = np.concatenate([step[:3], last])
+    got = fused.run(caches[1], tokens, lengths, chunk, past, 4)
+    kv = max(float(np.abs(a - b).max()) for a, b in zip(caches[0].buffers[0], caches[1].buffers[0]))
+    logits = float(np.abs(want - got).max())
+    top1 = bool((want.argmax(-1) == got.argmax(-1)).all())
+    return {
+        "max_abs_logits": logits,
+        "max_abs_kv": kv,
+        "top1": top1,
+        "atol": ATOL,
+        "verdict": "pass" if max(logits, kv) <= ATOL and top1 else "fail",
+    }
+
+
+def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelProto, stage, tools) -> dict:
+    """Write (staged) and check the fused twin of in-place variant `inplace`: `source` is its manifest entry and
+    "path" (its file, staged or in place), `model` its graph. Returns the twin's manifest entry; CheckFailed when it
+    disagrees with the two passes (then the transaction keeps nothing)."""
+    info_ = bundle.model
+    fused = rewrite_kv_fused(model, info_["num_layers"], info_["num_heads"], info_["head_dim"])
+    name = inplace.replace("kv-inplace", "kv-fused")
+    target = bundle.path / f"model.{name}.onnx"
+    tmp = stage(target)
+    graph.save_onnx(fused, tmp)
+    agreement = fused_agreement(bundle, source["path"], tmp)
+    if agreement["verdict"] != "pass":
+        raise CheckFailed(
+            f"{name}: one fused step disagrees with a decode step and a chunk (max abs logits "
+            f"{agreement['max_abs_logits']:.2e}, K/V {agreement['max_abs_kv']:.2e}, atol {ATOL}, top-1 "
+            f"{'equal' if agreement['top1'] else 'differs'}); nothing written — a bug: please report it"
+        )
+    return {
+        "file": target.name,
+        "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
+        "bytes": tmp.stat().st_size,
+        "made_from": inplace,
+        "source_sha256": source["sha256"],
+        "precision": source.get("precision", "fp32"),
+        "ort_only": True,
+        "kv": "fused",
+        "tools": tools,
+        "parity": {"ort-cpu": {**agreement, "against": f"{inplace}: a decode step, then a prompt chunk"}},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def refresh_fused(
+    bundle: Bundle, inplace: str, entry: dict, model: onnx.ModelProto, path: Path, stage
+) -> None:
+    """After `optimize` (re)wrote in-place variant `inplace` (`entry`, its graph `model`, staged at `path`): where the
+    bundle serves with the fused step (it has kv-fused), its twin is rebuilt too, so it never goes stale."""
+    if "kv-fused" not in bundle.variants:
+        return
+    fused = kv_fused_twin(bundle, inplace, {**entry, "path": path}, model, stage, entry["tools"])
+    needs = {"cpu_needs": entry["cpu_needs"]} if "cpu_needs" in entry else {}
+    bundle.manifest["variants"][inplace.replace("kv-inplace", "kv-fused")] = {**fused, **needs}
+
+
+def add_kv_fused(bundle_path: str | Path, overwrite: bool, tools: dict) -> dict:
+    """`optimize --precision kv-fused`: the fused twin of every in-place variant the bundle has. Returns kv-fused's
+    manifest entry."""
+    bundle = Bundle.load(bundle_path)
+    if not bundle.is_decoder or "kv-inplace" not in bundle.variants:
+        raise UserError(
+            f"kv-fused is the fused step graph of a GPT-2 bundle's in-place KV variants; {bundle.path} has none "
+            "(export a GPT-2 bundle with `trtpipe export`)"
+        )
+    if "kv-fused" in bundle.variants and not overwrite:
+        raise UserError(f"{bundle.path} already has the kv-fused variant; pass --overwrite to rebuild it")
+    with bundle_transaction(bundle.path) as (locked, stage):
+        for inplace in [n for n in locked.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]:
+            path = locked.model_path(inplace)
+            source = {**locked.variants[inplace], "path": path}
+            with status(f"{inplace} → fused step graph, checked against two passes"):
+                entry = kv_fused_twin(locked, inplace, source, onnx.load(str(path)), stage, tools)
+            locked.manifest["variants"][entry["made_from"].replace("kv-inplace", "kv-fused")] = entry
+            info(
+                f"[green]{entry['file']}[/] ({entry['bytes'] / 2**20:.1f} MiB) from {inplace}: one pass = two "
+                f"passes within {ATOL} (max abs logits {entry['parity']['ort-cpu']['max_abs_logits']:.1e})"
+            )
+    return Bundle.load(bundle_path).variants["kv-fused"]
