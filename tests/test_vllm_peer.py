@@ -91,6 +91,12 @@ def test_bound_lines_split_our_step_and_compare_the_gemm_both_sides_run():
         "two ONNX Runtime passes (BatchEngine's step) 30.00 ms, one pass of 80 rows (vLLM's step) 24.00 ms, 20% less"
         in text
     )
+    fused = "\n".join(peer.bound_lines(16, {**split, "fused_steps": 70}, None, ort, None))
+    assert (
+        "200 steps, 70 of them one fused pass" in fused
+        and "on their own (no row decoding beside them) 3.0 s" in fused
+    )
+    assert "ms a token" not in fused  # a fused pass's chunk is not timed apart from its rows
     missing = "\n".join(peer.bound_lines(16, None, None, None, None, "vllm is not installed"))
     assert "fp32 GEMM: not measured (vllm is not installed)" in missing and "BatchEngine took" not in missing
 

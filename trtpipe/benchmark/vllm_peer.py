@@ -179,14 +179,23 @@ def bound_lines(
     steps, and the fp32 GEMM each side runs, MLAS against vLLM's oneDNN, at the row counts a step has."""
     lines = [f"**What bounds fp32 at {clients} in flight** (the same run)."]
     if split and split.get("steps"):
-        steps = split["steps"]
-        lines[0] += (
-            f" BatchEngine took {steps} steps: decode {split['decode_s']:.1f} s "
-            f"({split['decode_s'] / steps * 1e3:.1f} ms a step, {split['decode_rows'] / steps:.1f} decoding rows on "
-            f"average), prefill {split['prefill_s']:.1f} s for {split['prefill_tokens']} prompt tokens "
-            f"({split['prefill_s'] / max(1, split['prefill_tokens']) * 1e3:.2f} ms a token), each prompt chunk a run "
-            "of its own before the step's decode."
-        )
+        steps, fused = split["steps"], split.get("fused_steps", 0)
+        if fused:  # the fused step's time is counted as decode: its chunk and its rows are one pass
+            lines[0] += (
+                f" BatchEngine took {steps} steps, {fused} of them one fused pass of the decoding rows and a prompt "
+                f"chunk (`runtime/fused.py`): decode and fused passes {split['decode_s']:.1f} s "
+                f"({split['decode_rows'] / steps:.1f} decoding rows a step on average), prompt chunks run on their "
+                f"own (no row decoding beside them) {split['prefill_s']:.1f} s; {split['prefill_tokens']} prompt "
+                "tokens in all."
+            )
+        else:
+            lines[0] += (
+                f" BatchEngine took {steps} steps: decode {split['decode_s']:.1f} s "
+                f"({split['decode_s'] / steps * 1e3:.1f} ms a step, {split['decode_rows'] / steps:.1f} decoding rows "
+                f"on average), prefill {split['prefill_s']:.1f} s for {split['prefill_tokens']} prompt tokens "
+                f"({split['prefill_s'] / max(1, split['prefill_tokens']) * 1e3:.2f} ms a token), each prompt chunk a "
+                "run of its own before the step's decode."
+            )
     if peer_run and peer_run.get("engine_steps"):
         n = peer_run["engine_steps"]
         lines[0] += (
