@@ -157,3 +157,20 @@ def test_cli_refuses_kv_fused_for_an_encoder_in_one_line(make_bundle):
     )
     assert result.returncode == 2 and "GPT-2" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_fused_step_spends_the_rest_of_its_budget_on_the_next_prompts(fused_gpt2):
+    """One running row and three 5-token prompts, chunk 16: one step runs the row with the first prompt as one pass,
+    then prefills the next two in passes of their own (16 - 5 tokens left), so all three have their first token."""
+    generator = Generator(fused_gpt2)
+    prompts = [list(range(10 + 7 * i, 15 + 7 * i)) for i in range(4)]
+    engine = BatchEngine(fused_gpt2, slots=4, chunk=16)
+    first = engine.submit(prompts[0], 6)
+    engine.step()  # nothing decodes yet: the first prompt prefills on its own, then decodes
+    assert engine.stats["fused_steps"] == 0 and len(first.tokens) == 2
+    later = [engine.submit(p, 6) for p in prompts[1:]]
+    engine.step()
+    assert engine.stats["fused_steps"] == 1 and [len(r.tokens) for r in later] == [1, 1, 1]
+    engine.run()
+    for prompt, request in zip(prompts, [first, *later]):
+        assert request.result().ids == generator.generate([prompt], 6)[0].ids

@@ -5,8 +5,8 @@ bounded queue. Each `step()`: finished or cancelled rows leave and free their sl
 free slots and are prefilled in chunks (at most `chunk` prompt tokens per step, so a long prompt never stalls the
 running rows for its whole prefill); then one batched decode step advances every running row. The running rows are
 kept packed in slots [0, R) (`packing.py`), so a step computes only the rows that decode; where the bundle has the
-fused step (`fused.py`), a step with both runs the rows and one chunk as one pass. A request keeps its
-own sampling settings and seeded generator, max_new_tokens and stop strings, so it gets exactly what it gets alone
+fused step (`fused.py`), a step with both runs the rows and one chunk as one pass. A request keeps its own sampling
+settings and seeded generator, max_new_tokens and stop strings, so it gets exactly what it gets alone
 (`Generator.generate`). The scheduling is plain numpy and Python; `start()` adds the one thread a server needs to
 drive `step()`, and `close()` stops it and fails whatever is left with an error (never a hang).
 """
@@ -250,8 +250,7 @@ class BatchEngine:
                     self.table[slot] = request
 
     def _fused(self) -> bool:
-        """With the fused step, a step that has running rows and a prompt to prefill runs the rows (packed) and one
-        chunk of the oldest prompt as one pass (`fused.py`); False for any other step."""
+        """With the fused step: running rows (packed) and one chunk of the oldest prompt as one pass (`fused.py`)."""
         running = [r for r in self.table if r is not None and r.state == RUNNING]
         waiting = sorted((r for r in self.table if r and r.state == PREFILL), key=lambda r: r.id)
         if self.fused is None or not running or not waiting:
@@ -270,11 +269,12 @@ class BatchEngine:
         if request.prefilled == len(request.ids):
             request.state = RUNNING
             self._emit(request, logits[-1])
+        self._prefill(self.chunk - len(piece))  # the budget left: the next prompts, a pass each
         return True
 
-    def _prefill(self) -> None:
-        """Up to `chunk` prompt tokens this step, oldest request first; a prompt's last chunk gives its first token."""
-        budget = self.chunk
+    def _prefill(self, budget: int | None = None) -> None:
+        """Up to `budget` (`chunk`) prompt tokens, oldest request first; a prompt's last chunk gives its first token."""
+        budget = self.chunk if budget is None else budget
         started = time.perf_counter()
         for request in sorted((r for r in self.table if r and r.state == PREFILL), key=lambda r: r.id):
             if budget <= 0:
