@@ -174,3 +174,49 @@ def test_a_fused_step_spends_the_rest_of_its_budget_on_the_next_prompts(fused_gp
     engine.run()
     for prompt, request in zip(prompts, [first, *later]):
         assert request.result().ids == generator.generate([prompt], 6)[0].ids
+
+
+def test_the_fused_session_prefills_and_decodes_as_the_in_place_runner_does(fused_gpt2):
+    """FusedStep.prefill_row (a dummy row on the scratch slot) and FusedStep.decode (the last row as the chunk) give
+    the in-place runner's logits and K/V, and leave every other row's cache alone."""
+    bundle = Bundle.load(fused_gpt2)
+    engine = BatchEngine(fused_gpt2, slots=4)
+    runner, fused = engine.runner, engine.fused
+    rng = np.random.default_rng(7)
+    caches = [runner.new_cache(5, 64) for _ in range(2)]  # 4 slots and the scratch row
+    for buffers in zip(*(c.buffers[0] for c in caches)):
+        buffers[0][:] = rng.standard_normal(buffers[0].size).astype(np.float32)
+        buffers[1][:] = buffers[0]
+    vocab = bundle.limits["vocab_size"]
+    chunk = [int(t) for t in rng.integers(0, vocab, 6)]
+    want, got = np.empty((1, vocab), np.float32), np.empty((1, vocab), np.float32)
+    runner.prefill_row(chunk, caches[0], 2, 9, want)
+    fused.prefill_row(chunk, caches[1], 2, 9, got)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    tokens, lengths = rng.integers(0, vocab, 3), np.array([12, 4, 30])
+    step, _ = runner.decode(tokens, lengths, caches[0], None)
+    fused_step, _ = fused.decode(tokens, lengths, caches[1])
+    np.testing.assert_allclose(fused_step, step[:3], rtol=0, atol=1e-5)
+    per_row = caches[0].heads * caches[0].capacity * caches[0].head_dim
+    for a, b in zip(caches[0].buffers[0], caches[1].buffers[0]):  # the slots' K/V agree; only scratch differs
+        np.testing.assert_allclose(a[: 4 * per_row], b[: 4 * per_row], rtol=0, atol=1e-6)
+
+
+def test_a_busy_fused_engine_runs_on_one_session(fused_gpt2):
+    """Every decode step of two rows or more and every prefill pass goes to the fused session; only a lone row's
+    decode uses the in-place graph (the rows still get what they get alone: the mix test above)."""
+    engine = BatchEngine(fused_gpt2, slots=4, chunk=16)
+    in_place = []
+    decode = engine.runner.decode
+
+    def counted(tokens, lengths, cache, mask=None):
+        in_place.append(len(tokens))
+        return decode(tokens, lengths, cache, mask)
+
+    def refused(*args):
+        raise AssertionError("a prompt was prefilled on the in-place session")
+
+    engine.runner.decode, engine.runner.prefill_row = counted, refused
+    engine.generate([list(range(5, 5 + n)) for n in (3, 20, 7, 40, 11)], 12)
+    assert in_place and set(in_place) == {1}  # the last row left decodes alone, on the in-place graph
+    assert engine.stats["fused_steps"] > 0

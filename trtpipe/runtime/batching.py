@@ -100,7 +100,8 @@ class BatchEngine:
         self.fused = open_fused(self.bundle, base, fused, backend, prefill_backend, threads, spin)
         if backend == "ov":  # OpenVINO runs the interop graph only: rows share its width (slots.py)
             self.runner = SlotDecoder(self.bundle, self.runner.session)
-        self.cache = self.runner.new_cache(self.slots, self.capacity)
+        scratch = self.fused is not None  # the fused step's scratch row, after the slots (`fused.py`)
+        self.cache = self.runner.new_cache(self.slots + scratch, self.capacity)
         self.table: list[Request | None] = [None] * self.slots  # slot → request
         self.waiting: collections.deque[Request] = collections.deque()
         self.ids = itertools.count(1)
@@ -194,10 +195,8 @@ class BatchEngine:
             return not self.waiting and self.busy == 0
 
     # ----------------------------------------------------------------------------------------------- steps
-
     def step(self) -> bool:
-        """One scheduler iteration: retire, admit, prefill (≤ chunk tokens), decode. False when there was nothing
-        to do."""
+        """One scheduler iteration: retire, admit, prefill (≤ chunk tokens), decode; False with nothing to do."""
         self._retire()
         self._admit()
         if self.busy == 0:
@@ -280,8 +279,8 @@ class BatchEngine:
             if budget <= 0:
                 break
             piece = request.ids[request.prefilled : request.prefilled + budget]
-            logits = self.prefill_logits
-            self.runner.prefill_row(piece, self.cache, request.slot, request.prefilled, logits)
+            logits, runner = self.prefill_logits, self.fused or self.runner
+            runner.prefill_row(piece, self.cache, request.slot, request.prefilled, logits)
             request.prefilled += len(piece)
             budget -= len(piece)
             self.stats["prefill_tokens"] += len(piece)
@@ -298,7 +297,8 @@ class BatchEngine:
         started = time.perf_counter()
         self.stats["moves"] += pack(self.table, self.cache, running)
         _, tokens, lengths = step_rows(self.table, len(running))
-        logits, _ = self.runner.decode(tokens, lengths, self.cache, None)
+        runner = self.fused if self.fused is not None and len(running) > 1 else self.runner  # one row: M = 1
+        logits, _ = runner.decode(tokens, lengths, self.cache, None)
         self.stats["decode_rows"] += len(running)
         self.stats["decode_s"] += time.perf_counter() - started
         for request in running:

@@ -4,9 +4,11 @@ BatchEngine's step is a prompt chunk, then a decode step over the running rows: 
 twice. A bundle that has the fused step graph (`<precision>.kv-fused`, written by `trtpipe optimize --precision
 kv-fused` from the in-place variant, `optimize/kv_fused.py`) runs the steps that have both as one pass, as vLLM-CPU
 does: the R rows' tokens and the chunk's are packed into one sequence, and attention is split per row
-(GroupQueryAttention on the rows' in-place buffers, and on the chunk row's slice of the same buffers). Steps with
-only one kind keep the in-place graph, which is faster there (a fused pass needs a row of each kind). The fused
-session holds a second copy of the weights in memory: `BatchEngine(fused=False)` keeps one.
+(GroupQueryAttention on the rows' in-place buffers, and on the chunk row's slice of the same buffers). The other
+steps of a busy engine run on the same session (`FusedStep.prefill_row`, `FusedStep.decode`): two sessions taking
+turns each pay for the other's spinning threads (measured: 8 int4 streams lost 15 % that way). Only a lone row's
+decode keeps the in-place graph, whose one-row MatMuls a fused pass (two rows at least) cannot match.
+`BatchEngine(fused=False)` leaves the fused session out.
 """
 
 from __future__ import annotations
@@ -74,8 +76,11 @@ def open_fused(
 
 
 class FusedStep:
-    """One ONNX Runtime session of a fused step graph, run over BatchEngine's in-place `KVCache` (IOBinding: rows
-    [0, R) and the chunk's row bound in place, bindings made once per (R, chunk row) and kept on the cache)."""
+    """One ONNX Runtime session of a fused step graph, run over BatchEngine's in-place `KVCache` (IOBinding: the rows
+    and the chunk's row bound in place, bindings made once per layout and kept on the cache). Beside `run` it has
+    the runner's `prefill_row` and `decode`, so that a busy engine runs every step on this one session (switching
+    between two sessions costs each the other's spinning threads): a prompt chunk alone takes a one-token dummy row
+    on the cache's last row (its scratch slot), and a decode step of R ≥ 2 rows runs its last row as the chunk."""
 
     def __init__(self, bundle: Bundle, session):
         self.session = session
@@ -89,32 +94,52 @@ class FusedStep:
         chunk_ids: list[int],
         chunk_past: int,
         chunk_row: int,
+        base: int = 0,
     ) -> np.ndarray:
-        """R rows' next tokens after `lengths` cached ones (rows [0, R)), and the chunk `chunk_ids` after
-        `chunk_past` cached tokens in row `chunk_row` ≥ R. Returns logits [R + 1, V]: the rows', then the chunk's
-        last token's (a view, valid until the next run)."""
+        """R rows' next tokens after `lengths` cached ones (rows [base, base + R)), and the chunk `chunk_ids` after
+        `chunk_past` cached tokens in row `chunk_row`, outside those rows. Returns logits [R + 1, V]: the rows', then
+        the chunk's last token's (a view, valid until the next run)."""
         rows = len(tokens)
-        if not 0 < rows <= chunk_row < cache.batch:
+        if (
+            rows < 1
+            or base + rows > cache.batch
+            or not 0 <= chunk_row < cache.batch
+            or base <= chunk_row < base + rows
+        ):
             raise ValueError(
-                f"fused step: rows [0, {rows}) and chunk row {chunk_row} do not fit {cache.batch}"
+                f"fused step: rows [{base}, {base + rows}) and chunk row {chunk_row} do not fit {cache.batch} rows"
             )
         if cache.fused_logits is None:
             cache.fused_logits = np.empty((1, cache.batch + 1, self.vocab), dtype=np.float32)
-        key = ("fused", rows, chunk_row)
+        key = ("fused", rows, chunk_row, base)
         io = cache.bindings.get(key)
         if io is None:
-            io = cache.bindings[key] = self._bind(cache, rows, chunk_row)
+            io = cache.bindings[key] = self._bind(cache, rows, chunk_row, base)
         for name, value in kv.fused_step(tokens, lengths, chunk_ids, chunk_past).items():
             io.bind_cpu_input(name, value)
         self.session.session.run_with_iobinding(io)
         return cache.fused_logits[0, : rows + 1]
 
-    def _bind(self, cache: KVCache, rows: int, chunk_row: int):
+    def prefill_row(self, ids: list[int], cache: KVCache, row: int, past: int, logits: np.ndarray) -> None:
+        """The runner's `prefill_row`: `ids` after `past` cached tokens in `row`, beside a dummy row on the scratch
+        slot (the cache's last row); the chunk's last logits go to `logits` [1, V]."""
+        dummy = np.zeros(1, dtype=np.int64)
+        logits[0] = self.run(cache, dummy, dummy, ids, past, row, base=cache.batch - 1)[1]
+
+    def decode(
+        self, tokens: np.ndarray, lengths: np.ndarray, cache: KVCache, mask=None
+    ) -> tuple[np.ndarray, None]:
+        """The runner's in-place `decode` for rows [0, R), R ≥ 2: the last row is the one-token chunk."""
+        rows = len(tokens)
+        logits = self.run(cache, tokens[:-1], lengths[:-1], [int(tokens[-1])], int(lengths[-1]), rows - 1)
+        return logits, None
+
+    def _bind(self, cache: KVCache, rows: int, chunk_row: int, base: int):
         io = self.session.session.io_binding()
         for index, past, present in cache.names():
             layer_kind = past.removeprefix("past_key_values.")
             for (source, target), view in (
-                ((past, present), cache.view(0, index, 0, rows, 0)),
+                ((past, present), cache.view(0, index, 0, rows, base)),
                 (
                     (f"chunk_past.{layer_kind}", f"chunk_present.{layer_kind}"),
                     cache.view(0, index, 0, 1, chunk_row),
@@ -126,6 +151,3 @@ class FusedStep:
         logits = cache.fused_logits[:, : rows + 1]
         io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         return io
-
-
-__all__ = ["FusedStep", "fused_name", "open_fused", "stale"]
