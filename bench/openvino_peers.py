@@ -812,7 +812,8 @@ class OursBatch:
         from trtpipe.runtime import BatchEngine
 
         self.engine = BatchEngine(path, variant=variant, threads=threads, slots=streams)
-        self.label = f"trtpipe BatchEngine {variant or 'fp32'} ({streams} slots, in-place KV)"
+        step = ", the fused step (kv-fused)" if self.engine.fused is not None else ""
+        self.label = f"trtpipe BatchEngine {variant or 'fp32'} ({streams} slots, in-place KV{step})"
 
     def batch(self, prompts, new_tokens):
         started = time.perf_counter()

@@ -203,20 +203,38 @@ def test_the_fused_session_prefills_and_decodes_as_the_in_place_runner_does(fuse
 
 
 def test_a_busy_fused_engine_runs_on_one_session(fused_gpt2):
-    """Every decode step of two rows or more and every prefill pass goes to the fused session; only a lone row's
-    decode uses the in-place graph (the rows still get what they get alone: the mix test above)."""
+    """While rows decode, every step goes to the fused session: decode steps of two rows or more, and prompt chunks
+    (beside the rows, or after them in the step's budget). The in-place graph keeps a lone row's decode and prompts
+    prefilled while no row decodes, so a request served alone never switches sessions."""
     engine = BatchEngine(fused_gpt2, slots=4, chunk=16)
-    in_place = []
-    decode = engine.runner.decode
+    in_place_decodes, in_place_prefills, fused_prefills = [], [], []
+    decode, prefill, fused_prefill = engine.runner.decode, engine.runner.prefill_row, engine.fused.prefill_row
 
-    def counted(tokens, lengths, cache, mask=None):
-        in_place.append(len(tokens))
+    def running() -> int:
+        return sum(r is not None and r.state == "running" for r in engine.table)
+
+    def counted_decode(tokens, lengths, cache, mask=None):
+        in_place_decodes.append(len(tokens))
         return decode(tokens, lengths, cache, mask)
 
-    def refused(*args):
-        raise AssertionError("a prompt was prefilled on the in-place session")
+    def counted_prefill(*args):
+        in_place_prefills.append(engine.stats["steps"])  # the step it runs in
+        return prefill(*args)
 
-    engine.runner.decode, engine.runner.prefill_row = counted, refused
-    engine.generate([list(range(5, 5 + n)) for n in (3, 20, 7, 40, 11)], 12)
-    assert in_place and set(in_place) == {1}  # the last row left decodes alone, on the in-place graph
+    def counted_fused_prefill(*args):
+        fused_prefills.append(running())
+        return fused_prefill(*args)
+
+    engine.runner.decode, engine.runner.prefill_row = counted_decode, counted_prefill
+    engine.fused.prefill_row = counted_fused_prefill
+    prompts = [list(range(5, 5 + n)) for n in (3, 4, 5, 20, 7, 40, 11)]
+    engine.generate(prompts, 12)
+    assert in_place_decodes and set(in_place_decodes) == {1}  # the last row left decodes alone, in place
+    assert in_place_prefills and set(in_place_prefills) == {0}  # the first step's prompts: no row decoded yet
+    assert (
+        fused_prefills and min(fused_prefills) > 0
+    )  # the budget left after a fused pass, beside running rows
     assert engine.stats["fused_steps"] > 0
+    alone = BatchEngine(fused_gpt2, slots=4, chunk=16)
+    alone.fused.run = None  # a request alone never reaches the fused session
+    assert alone.generate([prompts[3]], 8)[0].ids == Generator(fused_gpt2).generate([prompts[3]], 8)[0].ids

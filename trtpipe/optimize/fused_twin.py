@@ -65,8 +65,8 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
     """Write (staged) and check the fused twin of in-place variant `inplace`: `source` is its manifest entry and
     "path" (its file, staged or in place), `model` its graph. Returns the twin's manifest entry; CheckFailed when it
     disagrees with the two passes (then the transaction keeps nothing)."""
-    info_ = bundle.model
-    fused = rewrite_kv_fused(model, info_["num_layers"], info_["num_heads"], info_["head_dim"])
+    dims = bundle.model
+    fused = rewrite_kv_fused(model, dims["num_layers"], dims["num_heads"], dims["head_dim"])
     name = inplace.replace("kv-inplace", "kv-fused")
     target = bundle.path / f"model.{name}.onnx"
     tmp = stage(target)
@@ -90,6 +90,7 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
         "tools": tools,
         "parity": {"ort-cpu": {**agreement, "against": f"{inplace}: a decode step, then a prompt chunk"}},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"cpu_needs": source["cpu_needs"]} if "cpu_needs" in source else {}),  # s8 int8 weights: VNNI
     }
 
 
@@ -101,8 +102,7 @@ def refresh_fused(
     if "kv-fused" not in bundle.variants:
         return
     fused = kv_fused_twin(bundle, inplace, {**entry, "path": path}, model, stage, entry["tools"])
-    needs = {"cpu_needs": entry["cpu_needs"]} if "cpu_needs" in entry else {}
-    bundle.manifest["variants"][inplace.replace("kv-inplace", "kv-fused")] = {**fused, **needs}
+    bundle.manifest["variants"][inplace.replace("kv-inplace", "kv-fused")] = fused
 
 
 def add_kv_fused(bundle_path: str | Path, overwrite: bool, tools: dict) -> dict:

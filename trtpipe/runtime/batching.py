@@ -268,18 +268,18 @@ class BatchEngine:
         if request.prefilled == len(request.ids):
             request.state = RUNNING
             self._emit(request, logits[-1])
-        self._prefill(self.chunk - len(piece))  # the budget left: the next prompts, a pass each
+        self._prefill(self.chunk - len(piece), self.fused)  # the budget left: the next prompts, a pass each
         return True
 
-    def _prefill(self, budget: int | None = None) -> None:
+    def _prefill(self, budget: int | None = None, runner=None) -> None:
         """Up to `budget` (`chunk`) prompt tokens, oldest request first; a prompt's last chunk gives its first token."""
-        budget = self.chunk if budget is None else budget
+        budget, runner = self.chunk if budget is None else budget, runner or self.runner
         started = time.perf_counter()
         for request in sorted((r for r in self.table if r and r.state == PREFILL), key=lambda r: r.id):
             if budget <= 0:
                 break
             piece = request.ids[request.prefilled : request.prefilled + budget]
-            logits, runner = self.prefill_logits, self.fused or self.runner
+            logits = self.prefill_logits
             runner.prefill_row(piece, self.cache, request.slot, request.prefilled, logits)
             request.prefilled += len(piece)
             budget -= len(piece)

@@ -6,9 +6,10 @@ kv-fused` from the in-place variant, `optimize/kv_fused.py`) runs the steps that
 does: the R rows' tokens and the chunk's are packed into one sequence, and attention is split per row
 (GroupQueryAttention on the rows' in-place buffers, and on the chunk row's slice of the same buffers). The other
 steps of a busy engine run on the same session (`FusedStep.prefill_row`, `FusedStep.decode`): two sessions taking
-turns each pay for the other's spinning threads (measured: 8 int4 streams lost 15 % that way). Only a lone row's
-decode keeps the in-place graph, whose one-row MatMuls a fused pass (two rows at least) cannot match.
-`BatchEngine(fused=False)` leaves the fused session out.
+turns each pay for the other's spinning threads (measured: 8 int4 streams lost 15 % that way). A lone row's decode
+and a prompt with no row decoding keep the in-place graph: a fused pass has two rows at least, whose MatMuls cost
+more than one row's, and a request served alone then never switches sessions. `BatchEngine(fused=False)` leaves
+the fused session out.
 """
 
 from __future__ import annotations
