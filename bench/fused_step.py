@@ -20,20 +20,12 @@ import numpy as np
 CHUNK, CHUNK_PAST, REPEAT = 64, 64, 5
 
 
-def two_passes(runner, cache, tokens, lengths, chunk: list[int], last: np.ndarray) -> np.ndarray:
-    """BatchEngine's step without the fused graph: the R rows' decode, then the chunk in slot R; the logits of both,
-    [R + 1, V]."""
-    rows = len(tokens)
-    step, _ = runner.decode(tokens, lengths, cache, None)
-    runner.prefill_row(chunk, cache, rows, CHUNK_PAST, last)
-    return np.concatenate([step[:rows], last])
-
-
 def step_rows(path, variant: str, args, tokens_all, lengths_all, chunk) -> list[str]:
     """One variant's rows of the step table: the fused pass checked against the two passes at each R, then both
     timed, rounds interleaved."""
     from common import span
 
+    from trtpipe.optimize.fused_twin import two_passes
     from trtpipe.runtime import Bundle, Generator
     from trtpipe.runtime.fused import fused_name, open_fused
 
@@ -42,10 +34,9 @@ def step_rows(path, variant: str, args, tokens_all, lengths_all, chunk) -> list[
     fused = open_fused(bundle, base, True, "ort-cpu", None, args.threads, None)
     runner = Generator(path, variant=variant, threads=args.threads).runner
     cache = runner.new_cache(len(tokens_all) + 1, 512)
-    last = np.empty((1, runner.vocab), np.float32)
     inputs = {r: (tokens_all[:r], lengths_all[:r]) for r in args.rows}
     calls = {
-        "two": lambda r: two_passes(runner, cache, *inputs[r], chunk, last),
+        "two": lambda r: two_passes(runner, cache, *inputs[r], chunk, CHUNK_PAST, r),
         "one": lambda r: fused.run(cache, *inputs[r], chunk, CHUNK_PAST, r).copy(),
     }
     # both write the same K/V at the same places, so one cache serves the check and the timing
@@ -76,9 +67,8 @@ def serving_rows(path, variants: list, args, requests) -> list[str]:
     """The serving table: BatchEngine with and without the fused step, every engine open at once, rounds
     interleaved; the RSS each engine added when it opened."""
     import psutil
-    from common import mix_round, span
+    from common import mix_rounds, span, warmed
 
-    from trtpipe.benchmark.vllm_peer import ours_closed_loop
     from trtpipe.runtime import BatchEngine
 
     process = psutil.Process()
@@ -87,19 +77,21 @@ def serving_rows(path, variants: list, args, requests) -> list[str]:
         for fused in (True, False):
             before = process.memory_info().rss
             engine = BatchEngine(path, variant=variant, threads=args.threads, slots=16, fused=fused)
-            ours_closed_loop(engine, requests[:8], args.clients)  # warm: every prefill shape met once
-            engines[(variant, fused)], added[(variant, fused)] = engine, process.memory_info().rss - before
-    got: dict = {key: [] for key in engines}
-    for _ in range(args.serve_rounds):
-        for key, engine in engines.items():
-            run = mix_round(engine, requests, args.clients)
-            delta, steps = run["stats"], max(1, run["stats"]["steps"])
-            got[key].append(
-                (run["tokens_per_s"], run["tpot_p50_ms"], run["tpot_p99_ms"], run["ttft_p50_ms"],
-                 delta["fused_steps"], steps, (delta["decode_s"] + delta["prefill_s"]) * 1e3 / steps)
-            )  # fmt: skip
-    for engine in engines.values():
-        engine.close()
+            engines[(variant, fused)] = warmed(engine, requests, args.clients)
+            added[(variant, fused)] = process.memory_info().rss - before
+
+    def row(run: dict) -> tuple:
+        stats, steps = run["stats"], max(1, run["stats"]["steps"])
+        graph_ms = (stats["decode_s"] + stats["prefill_s"]) * 1e3 / steps
+        return (
+            run["tokens_per_s"], run["tpot_p50_ms"], run["tpot_p99_ms"], run["ttft_p50_ms"], stats["fused_steps"],
+            steps, graph_ms,
+        )  # fmt: skip
+
+    got = {
+        key: [row(run) for run in rounds]
+        for key, rounds in mix_rounds(engines, requests, args.clients, args.serve_rounds).items()
+    }
     lines = [
         f"\n**Serving**: the serve_load mix ({len(requests)} requests) at {args.clients} in flight, BatchEngine 16 "
         f"slots, chunk {CHUNK}, {args.threads} threads, {args.serve_rounds} interleaved rounds in one process "

@@ -14,6 +14,7 @@ import onnx
 import pytest
 from test_batching import _alone, _mix
 
+from trtpipe.optimize.fused_twin import two_passes
 from trtpipe.optimize.kv_fused import rewrite_kv_fused
 from trtpipe.optimize.variants import optimize_bundle
 from trtpipe.runtime import BatchEngine, Bundle, Generator, UserError
@@ -56,14 +57,11 @@ def test_one_fused_pass_equals_a_decode_step_and_a_chunk(gpt2, tmp_path):
     tokens, lengths = rng.integers(0, vocab, 3), np.array([5, 11, 2])
     chunk, row, past = [int(t) for t in rng.integers(0, vocab, 7)], 4, 6
 
-    step, _ = runner.decode(tokens, lengths, caches[0], None)
-    last = np.empty((1, vocab), np.float32)
-    runner.prefill_row(chunk, caches[0], row, past, last)
+    want = two_passes(runner, caches[0], tokens, lengths, chunk, past, row)  # the 3 rows' logits, the chunk's
     got = fused.run(caches[1], tokens, lengths, chunk, past, row)
 
-    assert got.shape == (4, vocab)
-    np.testing.assert_allclose(got[:3], step[:3], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(got[3], last[0], rtol=0, atol=1e-5)
+    assert got.shape == want.shape == (4, vocab)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     for a, b in zip(caches[0].buffers[0], caches[1].buffers[0]):  # the same K/V written in the same places
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="chunk row"):  # the chunk's row must lie above the decoding rows

@@ -30,6 +30,15 @@ from .kv_fused import rewrite_kv_fused
 ATOL = 1e-3
 
 
+def two_passes(runner, cache, tokens, lengths, chunk: list[int], past: int, row: int) -> np.ndarray:
+    """BatchEngine's step without the fused graph: a decode step over rows [0, R) on the in-place `runner`, then
+    `chunk` after `past` cached tokens in `row`; the logits of both, [R + 1, V] (what one fused step must give)."""
+    step, _ = runner.decode(tokens, lengths, cache, None)
+    last = np.empty((1, runner.vocab), np.float32)
+    runner.prefill_row(chunk, cache, row, past, last)
+    return np.concatenate([step[: len(tokens)], last])
+
+
 def fused_agreement(bundle: Bundle, inplace_path: Path, fused_path: Path, seed: int = 0) -> dict:
     """One fused step against the two passes on random cached K/V: 3 decoding rows and a chunk of 7 tokens in row 4
     (max abs difference of logits and of the K/V written, and whether every row's top-1 token agrees)."""
@@ -44,10 +53,7 @@ def fused_agreement(bundle: Bundle, inplace_path: Path, fused_path: Path, seed: 
     tokens = rng.integers(0, runner.vocab, 3)
     lengths = np.array([5, capacity // 2, 2])
     chunk, past = [int(t) for t in rng.integers(0, runner.vocab, 7)], 6
-    step, _ = runner.decode(tokens, lengths, caches[0], None)
-    last = np.empty((1, runner.vocab), np.float32)
-    runner.prefill_row(chunk, caches[0], 4, past, last)
-    want = np.concatenate([step[:3], last])
+    want = two_passes(runner, caches[0], tokens, lengths, chunk, past, 4)
     got = fused.run(caches[1], tokens, lengths, chunk, past, 4)
     kv = max(float(np.abs(a - b).max()) for a, b in zip(caches[0].buffers[0], caches[1].buffers[0]))
     logits = float(np.abs(want - got).max())
@@ -63,8 +69,8 @@ def fused_agreement(bundle: Bundle, inplace_path: Path, fused_path: Path, seed: 
 
 def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelProto, stage, tools) -> dict:
     """Write (staged) and check the fused twin of in-place variant `inplace`: `source` is its manifest entry and
-    "path" (its file, staged or in place), `model` its graph. Returns the twin's manifest entry; CheckFailed when it
-    disagrees with the two passes (then the transaction keeps nothing)."""
+    "path" (its file, staged or in place), `model` its graph. Records the twin's manifest entry in `bundle` (the
+    transaction's) and returns it; CheckFailed when it disagrees with the two passes (then nothing is kept)."""
     dims = bundle.model
     fused = rewrite_kv_fused(model, dims["num_layers"], dims["num_heads"], dims["head_dim"])
     name = inplace.replace("kv-inplace", "kv-fused")
@@ -78,7 +84,7 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
             f"{agreement['max_abs_logits']:.2e}, K/V {agreement['max_abs_kv']:.2e}, atol {ATOL}, top-1 "
             f"{'equal' if agreement['top1'] else 'differs'}); nothing written — a bug: please report it"
         )
-    return {
+    entry = bundle.manifest["variants"][name] = {
         "file": target.name,
         "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
         "bytes": tmp.stat().st_size,
@@ -92,6 +98,7 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **({"cpu_needs": source["cpu_needs"]} if "cpu_needs" in source else {}),  # s8 int8 weights: VNNI
     }
+    return entry
 
 
 def refresh_fused(
@@ -101,8 +108,7 @@ def refresh_fused(
     bundle serves with the fused step (it has kv-fused), its twin is rebuilt too, so it never goes stale."""
     if "kv-fused" not in bundle.variants:
         return
-    fused = kv_fused_twin(bundle, inplace, {**entry, "path": path}, model, stage, entry["tools"])
-    bundle.manifest["variants"][inplace.replace("kv-inplace", "kv-fused")] = fused
+    kv_fused_twin(bundle, inplace, {**entry, "path": path}, model, stage, entry["tools"])
 
 
 def add_kv_fused(bundle_path: str | Path, overwrite: bool, tools: dict) -> dict:
@@ -122,7 +128,6 @@ def add_kv_fused(bundle_path: str | Path, overwrite: bool, tools: dict) -> dict:
             source = {**locked.variants[inplace], "path": path}
             with status(f"{inplace} → fused step graph, checked against two passes"):
                 entry = kv_fused_twin(locked, inplace, source, onnx.load(str(path)), stage, tools)
-            locked.manifest["variants"][entry["made_from"].replace("kv-inplace", "kv-fused")] = entry
             info(
                 f"[green]{entry['file']}[/] ({entry['bytes'] / 2**20:.1f} MiB) from {inplace}: one pass = two "
                 f"passes within {ATOL} (max abs logits {entry['parity']['ort-cpu']['max_abs_logits']:.1e})"

@@ -11,7 +11,7 @@ buffer, `chunk_past.*`, `chunk_seqlens_k`), and the two results are concatenated
 Added I/O, beside the in-place graph's: chunk_past.{i}.key|value / chunk_present.{i}.key|value [1, H, T, D] (bound
 to the chunk row's slice of the same buffers), chunk_seqlens_k [1], chunk_total_sequence_length [], and
 logit_positions [K] int64. R is the length of `seqlens_k`. On the CPU the two attention calls give the same
-numbers as the two passes (`twins.kv_fused_twin` checks each twin it writes); the runtime runs it in BatchEngine
+numbers as the two passes (`fused_twin.kv_fused_twin` checks each twin it writes); the runtime runs it in BatchEngine
 (`runtime/fused.py`, feeds from `kv.fused_step`), and `bench/fused_step.py` measures it.
 """
 
