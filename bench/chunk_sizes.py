@@ -11,9 +11,9 @@ import argparse
 
 
 def main() -> None:
-    from common import ensure_bundle, ensure_variant, environment_line, mix_round, span
+    from common import ensure_bundle, ensure_variant, environment_line, mix_rounds, span, warmed
 
-    from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop
+    from trtpipe.benchmark.vllm_peer import mix_requests
     from trtpipe.runtime import BatchEngine, Bundle
 
     parser = argparse.ArgumentParser(
@@ -31,27 +31,25 @@ def main() -> None:
         if variant != "fp32":
             ensure_variant(path, variant)
     requests = mix_requests(Bundle.load(path), 32)
-    engines = {}
-    for variant in args.variants:
-        for chunk in args.chunks:
-            engine = BatchEngine(
+    engines = {
+        (variant, chunk): warmed(
+            BatchEngine(
                 path,
                 variant=None if variant == "fp32" else variant,
                 threads=args.threads,
                 slots=16,
                 chunk=chunk,
-            )
-            ours_closed_loop(engine, requests[:8], args.clients)  # warm: every prefill shape met once
-            engines[(variant, chunk)] = engine
-    rows: dict = {key: [] for key in engines}
-    for _ in range(args.rounds):
-        for key, engine in engines.items():
-            got = mix_round(engine, requests, args.clients)
-            rows[key].append(
-                (got["tokens_per_s"], got["ttft_p50_ms"], got["tpot_p50_ms"], got["tpot_p99_ms"])
-            )
-    for engine in engines.values():
-        engine.close()
+            ),
+            requests,
+            args.clients,
+        )
+        for variant in args.variants
+        for chunk in args.chunks
+    }
+    rows = {
+        key: [(g["tokens_per_s"], g["ttft_p50_ms"], g["tpot_p50_ms"], g["tpot_p99_ms"]) for g in rounds]
+        for key, rounds in mix_rounds(engines, requests, args.clients, args.rounds).items()
+    }
 
     print(f"_{environment_line(args.threads)}_\n")
     print(

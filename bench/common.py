@@ -127,3 +127,25 @@ def mix_round(engine, requests: list[dict], clients: int) -> dict:
     before = dict(engine.stats)
     run = summarize(ours_closed_loop(engine, requests, clients))
     return {**run, "stats": stats_delta(engine.stats, before)}
+
+
+def warmed(engine, requests: list[dict], clients: int):
+    """`engine` after a first pass over 8 of `requests` at `clients` in flight (every prefill shape met once)."""
+    from trtpipe.benchmark.vllm_peer import ours_closed_loop
+
+    ours_closed_loop(engine, requests[:8], clients)
+    return engine
+
+
+def mix_rounds(engines: dict, requests: list[dict], clients: int, rounds: int) -> dict:
+    """`rounds` of `mix_round` for every engine, interleaved (engine by engine within each round), then every engine
+    closed: key → that engine's rounds."""
+    got: dict = {key: [] for key in engines}
+    try:
+        for _ in range(rounds):
+            for key, engine in engines.items():
+                got[key].append(mix_round(engine, requests, clients))
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return got

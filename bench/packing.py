@@ -1,7 +1,7 @@
 """BatchEngine with its running rows packed into slots [0, R) against the engine as it was before (issue 20, item 3):
 one decode step over slots [0, highest running slot], idle and prefilling slots riding along. The serve_load mix
-(the vLLM peer's 32 requests) at 16 in flight, fp32 and int4, rounds interleaved in one process. Rewrites the
-`packing` section of docs/benchmarks.md.
+(the vLLM peer's 32 requests) at 16 in flight, fp32 and int4, rounds interleaved in one process; both without the
+fused step (its passes pack the rows themselves). Rewrites the `packing` section of docs/benchmarks.md.
 
     python bench/packing.py [--variants fp32 int4] [--rounds 2] [--no-write]   # ≈ 2 min on 2 cores
 """
@@ -51,9 +51,9 @@ def unpacked_engine():
 
 
 def main() -> None:
-    from common import ensure_bundle, ensure_variant, load_line, mix_round, span, write_section
+    from common import ensure_bundle, ensure_variant, load_line, mix_rounds, span, warmed, write_section
 
-    from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop
+    from trtpipe.benchmark.vllm_peer import mix_requests
     from trtpipe.runtime import BatchEngine, Bundle
 
     parser = argparse.ArgumentParser(
@@ -73,16 +73,24 @@ def main() -> None:
             ensure_variant(path, variant)
     requests = mix_requests(Bundle.load(path), 32)
     kinds = {"packed (now)": BatchEngine, "unpacked (before)": unpacked_engine()}
-    engines = {}
-    for variant in args.variants:
-        for kind, cls in kinds.items():
-            engine = cls(path, variant=None if variant == "fp32" else variant, threads=args.threads, slots=16)
-            ours_closed_loop(engine, requests[:8], args.clients)  # warm: every prefill shape met once
-            engines[(variant, kind)] = engine
+    engines = {
+        (variant, kind): warmed(
+            cls(
+                path,
+                variant=None if variant == "fp32" else variant,
+                threads=args.threads,
+                slots=16,
+                fused=False,
+            ),
+            requests,
+            args.clients,
+        )
+        for variant in args.variants
+        for kind, cls in kinds.items()
+    }
     rows: dict = {key: [] for key in engines}
-    for _ in range(args.rounds):
-        for key, engine in engines.items():
-            got = mix_round(engine, requests, args.clients)
+    for key, rounds in mix_rounds(engines, requests, args.clients, args.rounds).items():
+        for got in rounds:
             delta = got["stats"]
             decodes = max(1, delta["steps"])
             computed = delta.get("computed_rows", delta["decode_rows"])
@@ -97,8 +105,6 @@ def main() -> None:
                     delta["moves"],
                 )
             )
-    for engine in engines.values():
-        engine.close()
 
     lines = [
         f"The serve_load mix ({len(requests)} requests) at {args.clients} in flight, BatchEngine 16 slots, chunk 64, "
