@@ -47,6 +47,19 @@ def ensure_variant(path: Path, precision: str, **kwargs) -> None:
         )  # the gate is recorded either way
 
 
+def ensure_kv8(path: Path, force: bool) -> None:
+    """The int8 KV cache twin of every in-place variant of GPT-2 bundle `path`, current (`optimize --precision kv8`;
+    `force`: random weights, whose gate is recorded but cannot be met)."""
+    from trtpipe.optimize.variants import optimize_bundle
+    from trtpipe.runtime import Bundle
+
+    bundle = Bundle.load(path)
+    twins = [n for n in bundle.variants if n.endswith("kv8-inplace")]
+    wanted = [n for n in bundle.variants if n.endswith("kv-inplace")]
+    if len(twins) < len(wanted) or any(bundle.stale(n) for n in twins):
+        optimize_bundle(path, "kv8", force=force, overwrite=bool(twins))
+
+
 def environment_line(threads: int = 2) -> str:
     from trtpipe.benchmark.env import environment
 

@@ -43,6 +43,12 @@ def generate_cmd(
         bool, typer.Option("--truncate", help="keep the tail of a prompt that is too long (with a warning)")
     ] = False,
     kv: Annotated[str, typer.Option("--kv", help="auto | inplace | pingpong (KV cache strategy)")] = "auto",
+    kv_cache: Annotated[
+        str,
+        typer.Option(
+            "--kv-cache", help="fp32 | int8 (in place on ort-cpu: `optimize --precision kv8` first)"
+        ),
+    ] = "fp32",
     backend: BackendOpt = "ort-cpu",
     prefill_backend: Annotated[
         str | None,
@@ -68,7 +74,13 @@ def generate_cmd(
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be ≥ 1 (got {max_new_tokens})")
     generator = Generator(
-        bundle, backend=backend, variant=variant, threads=threads, kv=kv, prefill_backend=prefill_backend
+        bundle,
+        backend=backend,
+        variant=variant,
+        threads=threads,
+        kv=kv,
+        prefill_backend=prefill_backend,
+        kv_cache=kv_cache,
     )
     prepared = generator.check(prompts, max_new_tokens, truncate)
     for message in prepared.messages:

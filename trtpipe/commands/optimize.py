@@ -18,7 +18,8 @@ def optimize_cmd(
         typer.Option(
             "--precision",
             help="fused | fp16 | bf16 (OpenVINO, encoders) | int8 | int8-qdq | int8-nncf (OpenVINO, encoders) | "
-            "int8-wo | int4 | kv-fused (GPT-2: BatchEngine's fused step, a twin of each in-place KV variant)",
+            "int8-wo | int4 | kv-fused (GPT-2: BatchEngine's fused step, a twin of each in-place KV variant) | kv8 "
+            "(GPT-2: an int8 KV cache twin of each, calibrated and gated)",
         ),
     ],
     calibration: Annotated[

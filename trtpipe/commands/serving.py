@@ -98,6 +98,13 @@ def triton_cmd(
             help="GPT-2 on --runtime ort-cpu: ov runs the prompts on OpenVINO (needs openvino in the server)",
         ),
     ] = None,
+    kv_cache: Annotated[
+        str,
+        typer.Option(
+            "--kv-cache",
+            help="GPT-2 on --runtime ort-cpu: fp32 | int8 (the bundle's kv8 twins, `optimize --precision kv8`)",
+        ),
+    ] = "fp32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing repository")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -121,6 +128,7 @@ def triton_cmd(
         max_queue=max_queue,
         prefill_chunk=prefill_chunk,
         prefill_backend=prefill_backend,
+        kv_cache=kv_cache,
     )
     planned = write_repository(bundles, out_dir, options, overwrite=overwrite)
     if as_json:

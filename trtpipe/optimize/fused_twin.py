@@ -48,14 +48,20 @@ def fused_agreement(bundle: Bundle, inplace_path: Path, fused_path: Path, seed: 
     capacity = min(64, bundle.limits["max_positions"])
     caches = [runner.new_cache(5, capacity) for _ in range(2)]
     for buffers in zip(*(c.buffers[0] for c in caches)):  # the same cached K/V in both
-        buffers[0][:] = rng.standard_normal(buffers[0].size).astype(np.float32)
+        if buffers[0].dtype == np.int8:  # a kv8 twin's cache
+            buffers[0][:] = rng.integers(-127, 128, buffers[0].size)
+        else:
+            buffers[0][:] = rng.standard_normal(buffers[0].size).astype(np.float32)
         buffers[1][:] = buffers[0]
     tokens = rng.integers(0, runner.vocab, 3)
     lengths = np.array([5, capacity // 2, 2])
     chunk, past = [int(t) for t in rng.integers(0, runner.vocab, 7)], 6
     want = two_passes(runner, caches[0], tokens, lengths, chunk, past, 4)
     got = fused.run(caches[1], tokens, lengths, chunk, past, 4)
-    kv = max(float(np.abs(a - b).max()) for a, b in zip(caches[0].buffers[0], caches[1].buffers[0]))
+    kv = max(
+        float(np.abs(a.astype(np.float32) - b).max())
+        for a, b in zip(caches[0].buffers[0], caches[1].buffers[0])
+    )
     logits = float(np.abs(want - got).max())
     top1 = bool((want.argmax(-1) == got.argmax(-1)).all())
     return {
@@ -73,7 +79,9 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
     transaction's) and returns it; CheckFailed when it disagrees with the two passes (then nothing is kept)."""
     dims = bundle.model
     fused = rewrite_kv_fused(model, dims["num_layers"], dims["num_heads"], dims["head_dim"])
-    name = inplace.replace("kv-inplace", "kv-fused")
+    name = (
+        inplace.removesuffix("-inplace") + "-fused"
+    )  # kv-inplace → kv-fused, int4.kv8-inplace → int4.kv8-fused
     target = bundle.path / f"model.{name}.onnx"
     tmp = stage(target)
     graph.save_onnx(fused, tmp)
@@ -93,6 +101,9 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
         "precision": source.get("precision", "fp32"),
         "ort_only": True,
         "kv": "fused",
+        **(
+            {"kv_cache": source["kv_cache"]} if "kv_cache" in source else {}
+        ),  # int8: a kv8 twin's (kv8_twin.py)
         "tools": tools,
         "parity": {"ort-cpu": {**agreement, "against": f"{inplace}: a decode step, then a prompt chunk"}},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -123,7 +134,7 @@ def add_kv_fused(bundle_path: str | Path, overwrite: bool, tools: dict) -> dict:
     if "kv-fused" in bundle.variants and not overwrite:
         raise UserError(f"{bundle.path} already has the kv-fused variant; pass --overwrite to rebuild it")
     with bundle_transaction(bundle.path) as (locked, stage):
-        for inplace in [n for n in locked.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]:
+        for inplace in [n for n in locked.variants if n.endswith(("kv-inplace", "kv8-inplace"))]:
             path = locked.model_path(inplace)
             source = {**locked.variants[inplace], "path": path}
             with status(f"{inplace} → fused step graph, checked against two passes"):

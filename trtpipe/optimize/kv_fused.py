@@ -9,7 +9,8 @@ buffer, `chunk_past.*`, `chunk_seqlens_k`), and the two results are concatenated
 `logit_positions` (the R rows and the chunk's last token): logits [1, K, V].
 
 Added I/O, beside the in-place graph's: chunk_past.{i}.key|value / chunk_present.{i}.key|value [1, H, T, D] (bound
-to the chunk row's slice of the same buffers), chunk_seqlens_k [1], chunk_total_sequence_length [], and
+to the chunk row's slice of the same buffers, of the cache's type: float32, or int8 for a kv8 twin, whose scales
+both attention calls share), chunk_seqlens_k [1], chunk_total_sequence_length [], and
 logit_positions [K] int64. R is the length of `seqlens_k`. On the CPU the two attention calls give the same
 numbers as the two passes (`fused_twin.kv_fused_twin` checks each twin it writes); the runtime runs it in BatchEngine
 (`runtime/fused.py`, feeds from `kv.fused_step`), and `bench/fused_step.py` measures it.
@@ -57,6 +58,7 @@ def _attend(node: onnx.NodeProto, layer: int, qkv: str, names: tuple[str, str], 
     past, present = names
     inputs = [qkv, "", "", f"{past}.{layer}.key", f"{past}.{layer}.value"]
     inputs += [f"{lengths}seqlens_k", f"{lengths}total_sequence_length"]
+    inputs += list(node.input[7:])  # an int8 cache's k_scale / v_scale (`kv_int8.py`), in their slots
     outputs = [out, f"{present}.{layer}.key", f"{present}.{layer}.value"]
     made = helper.make_node(GQA, inputs, outputs, name=f"{out}/{GQA}", domain="com.microsoft")
     made.attribute.extend(node.attribute)
@@ -117,13 +119,12 @@ def rewrite_kv_fused(
     del graph.node[:]
     graph.node.extend(nodes)
     shape = ["chunk_batch", num_heads, "max_sequence", head_dim]
+    cache_type = next(v.type.tensor_type.elem_type for v in graph.input if v.name == "past_key_values.0.key")
     for layer in range(num_layers):
         for kind in ("key", "value"):
-            graph.input.append(
-                helper.make_tensor_value_info(f"chunk_past.{layer}.{kind}", TensorProto.FLOAT, shape)
-            )
+            graph.input.append(helper.make_tensor_value_info(f"chunk_past.{layer}.{kind}", cache_type, shape))
             graph.output.append(
-                helper.make_tensor_value_info(f"chunk_present.{layer}.{kind}", TensorProto.FLOAT, shape)
+                helper.make_tensor_value_info(f"chunk_present.{layer}.{kind}", cache_type, shape)
             )
     graph.input.extend(
         [

@@ -5,7 +5,8 @@ int8-nncf, int8-wo and int4 are made from the unfused fp32 export, so TensorRT a
 runtimes can load them; fused, int8, int8-wo and int4 run on ONNX Runtime (and OpenVINO) only; int8-nncf is NNCF's
 static int8 for the `ov` backend (nncf_int8.py), gated on OpenVINO. GPT-2 weight variants also get an in-place-KV twin
 (`<precision>.kv-inplace`) that the runtime uses on the CPU; kv-fused adds the fused step twin of each of those
-(`<precision>.kv-fused`, fused_twin.py), which BatchEngine runs where a step decodes rows and prefills a chunk.
+(`<precision>.kv-fused`, fused_twin.py), which BatchEngine runs where a step decodes rows and prefills a chunk; kv8
+adds an int8 KV cache twin of each (`<precision>.kv8-inplace`, kv8_twin.py), calibrated and gated.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from ..runtime.store import bundle_transaction, file_hashes
 from . import gate
 from .fused_twin import add_kv_fused, refresh_fused
 from .int8 import INT8_WEIGHTS, WEIGHTS
+from .kv8_twin import add_kv8
 from .search import HeldOutGate, calibration_gate, weight_only_gated
 from .twins import kv_inplace_twin, twin_agreement
 
-PRECISIONS = ("fused", "fp16", "bf16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4", "kv-fused")
+PRECISIONS = ("fused", "fp16", "bf16", "int8", "int8-qdq", "int8-nncf", "int8-wo", "int4", "kv-fused", "kv8")
 FILES = {p: f"model.{p}.onnx" for p in PRECISIONS if p != "bf16"}  # bf16 is OpenVINO's compute of model.onnx
 ORT_ONLY = {"fused", "int8", "int8-nncf", "int8-wo", "int4"}  # not for TensorRT; OpenVINO runs them all
 # The backend a variant is made for runs its gate: int8-nncf's Q/DQ become OpenVINO's own int8 kernels.
@@ -122,6 +124,10 @@ def optimize_bundle(
             )
     if precision == "kv-fused":  # GPT-2's fused step twins: a graph rewrite, checked exactly (fused_twin.py)
         return add_kv_fused(bundle_path, overwrite, tool_versions())
+    if precision == "kv8":  # GPT-2's int8 KV cache twins: calibrated, gated (kv8_twin.py)
+        calibration_texts = read_texts(calibration, 64, "train")
+        held_out = read_texts(gate_texts, Bundle.load(bundle_path).kind.gate_texts, "heldout")
+        return add_kv8(bundle_path, overwrite, force, calibration_texts, held_out, tool_versions())
     if precision == "bf16":  # no new graph: OpenVINO's bf16 compute of the fp32 one, gated (bf16.py)
         from .bf16 import add_bf16
 

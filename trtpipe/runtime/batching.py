@@ -59,6 +59,7 @@ class BatchEngine:
         backend: str = "ort-cpu",
         prefill_backend: str | None = None,
         fused: bool | None = None,
+        kv_cache: str = "fp32",
     ):
         if backend not in BACKENDS:
             raise UserError(
@@ -66,8 +67,7 @@ class BatchEngine:
                 "generate one request at a time (`Generator`)"
             )
         kv = "inplace" if backend == "ort-cpu" else "pingpong"
-        # beside OpenVINO's prefill, ONNX Runtime's threads stop spinning at the end of each decode step: they would
-        # share the cores with the prefill chunk that follows it (measured, bench/prefill_split.py)
+        # beside OpenVINO's prefill, ORT's threads stop spinning after each step (measured, bench/prefill_split.py)
         spin = "stop" if prefill_backend and backend == "ort-cpu" else None
         self.generator = Generator(
             bundle,
@@ -77,6 +77,7 @@ class BatchEngine:
             kv=kv,
             prefill_backend=prefill_backend,
             spin=spin,
+            kv_cache=kv_cache,  # int8: the kv8 twins (`optimize/kv_int8.py`), fused step included
         )
         self.backend = backend
         self.bundle = self.generator.bundle
@@ -97,7 +98,7 @@ class BatchEngine:
         )
         self.runner = self.generator.runner
         base = variant or "fp32"  # the fused step (`fused.py`): where the bundle has it, unless fused=False
-        self.fused = open_fused(self.bundle, base, fused, backend, prefill_backend, threads, spin)
+        self.fused = open_fused(self.bundle, base, fused, backend, prefill_backend, threads, spin, kv_cache)
         if backend == "ov":  # OpenVINO runs the interop graph only: rows share its width (slots.py)
             self.runner = SlotDecoder(self.bundle, self.runner.session)
         scratch = self.fused is not None  # the fused step's scratch row, after the slots (`fused.py`)
@@ -110,16 +111,10 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.closed = False
         self.prefill_logits = np.empty((1, self.runner.vocab), dtype=np.float32)
-        self.stats = {
-            "steps": 0,
-            "tokens": 0,
-            "decode_rows": 0,
-            "prefill_tokens": 0,
-            "decode_s": 0.0,
-            "prefill_s": 0.0,
-            "moves": 0,  # rows moved to keep the running ones packed (`packing.py`)
-            "fused_steps": 0,  # steps that ran the rows and a chunk as one pass (`fused.py`)
-        }
+        # moves: rows moved to keep the running ones packed (`packing.py`); fused_steps: steps that ran the rows and
+        # a chunk as one pass (`fused.py`)
+        counts = ("steps", "tokens", "decode_rows", "prefill_tokens", "moves", "fused_steps")
+        self.stats = {**dict.fromkeys(counts, 0), "decode_s": 0.0, "prefill_s": 0.0}
 
     # -------------------------------------------------------------------------------------------- requests
 

@@ -128,6 +128,17 @@ class Bundle:
             )
         return self.variants[name]
 
+    def stale(self, name: str) -> str | None:
+        """Why twin `name` (a fused step or an int8 cache, made from another variant) no longer matches the variant
+        it was made from (None: it does)."""
+        entry = self.variants[name]
+        source = self.variants.get(entry.get("made_from") or "")
+        if source is None:
+            return f"its source variant {entry.get('made_from')} is gone"
+        if source.get("sha256") != entry.get("source_sha256"):
+            return f"{entry['made_from']} was rebuilt after it"
+        return None
+
     def only_on(self, name: str | None) -> list[str]:
         """The backends that compute variant `name` as recorded, where only some can (bf16: OpenVINO's compute of
         model.onnx); [] when any backend that reads its file runs it."""
@@ -195,7 +206,13 @@ class Bundle:
         path = self.file(entry["file"])
         if verify:
             name = variant or "fp32"
-            made_by = "kv-fused" if name.endswith("kv-fused") else name.removesuffix(".kv-inplace")
+            made_by = (
+                "kv-fused"
+                if name.endswith("-fused")
+                else "kv8"
+                if name.endswith("kv8-inplace")
+                else name.removesuffix(".kv-inplace")
+            )
             fix = (
                 "re-export with `trtpipe export ... --overwrite`"
                 if name in ("fp32", "kv-inplace", "all-logits")

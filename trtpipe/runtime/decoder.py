@@ -13,6 +13,16 @@ from .bundle import Bundle
 from .kv import KVCache
 
 
+def cache_dtype(session) -> np.dtype:
+    """The K/V buffers' element type an ONNX Runtime session takes: int8 for an int8 cache (`<precision>.kv8-inplace`,
+    `optimize/kv_int8.py`), else float32 (every other GPT-2 graph keeps its cache in float32)."""
+    inputs = session.session.get_inputs() if hasattr(getattr(session, "session", None), "get_inputs") else []
+    for value in inputs:
+        if value.name.startswith("past_key_values."):
+            return np.dtype(np.int8) if value.type == "tensor(int8)" else np.dtype(np.float32)
+    return np.dtype(np.float32)
+
+
 class DecoderRunner:
     """Runs one decoder graph on caller-owned buffers (ORT IOBinding) or, for sessions without it, plain `run`."""
 
@@ -25,9 +35,12 @@ class DecoderRunner:
         self.layers, self.heads, self.head_dim = model["num_layers"], model["num_heads"], model["head_dim"]
         self.vocab = bundle.limits["vocab_size"]
         self.binding = hasattr(session, "session") and hasattr(session.session, "io_binding")
+        self.cache_dtype = cache_dtype(session)
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
-        return KVCache(self.layers, batch, self.heads, self.head_dim, capacity, self.inplace)
+        return KVCache(
+            self.layers, batch, self.heads, self.head_dim, capacity, self.inplace, self.cache_dtype
+        )
 
     # -- one graph call
     def _run(

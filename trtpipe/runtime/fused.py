@@ -22,20 +22,10 @@ from .errors import UserError
 from .kv import KVCache
 
 
-def fused_name(base: str) -> str:
-    """The fused step variant of weight variant `base` (fp32, int4, ...)."""
-    return "kv-fused" if base == "fp32" else f"{base}.kv-fused"
-
-
-def stale(bundle: Bundle, name: str) -> str | None:
-    """Why the fused variant `name` no longer matches the in-place variant it was made from (None: it does)."""
-    entry = bundle.variants[name]
-    source = bundle.variants.get(entry.get("made_from") or "")
-    if source is None:
-        return f"its source variant {entry.get('made_from')} is gone"
-    if source.get("sha256") != entry.get("source_sha256"):
-        return f"{entry['made_from']} was rebuilt after it"
-    return None
+def fused_name(base: str, kv_cache: str = "fp32") -> str:
+    """The fused step variant of weight variant `base` (fp32, int4, ...) with a `kv_cache` (fp32 or int8) cache."""
+    kind = "kv8-fused" if kv_cache == "int8" else "kv-fused"
+    return kind if base == "fp32" else f"{base}.{kind}"
 
 
 def open_fused(
@@ -46,6 +36,7 @@ def open_fused(
     prefill_backend: str | None,
     threads: int | None,
     spin: str | None,
+    kv_cache: str = "fp32",
 ) -> FusedStep | None:
     """The fused step of `base` for BatchEngine, or None where it is not used. `want`: None uses it where the bundle
     has a current one (on ort-cpu, prefilling there); True requires it (a UserError that names the fix); False never."""
@@ -53,8 +44,9 @@ def open_fused(
         return None
     if want is not None and want is not True:
         raise UserError(f"fused must be True, False or None (got {want!r})")
-    name = fused_name(base)
-    fix = f"`trtpipe optimize {bundle.path} --precision kv-fused` (add --overwrite to rebuild it)"
+    name = fused_name(base, kv_cache)
+    fix = f"`trtpipe optimize {bundle.path} --precision {'kv8' if kv_cache == 'int8' else 'kv-fused'}`"
+    fix += " (add --overwrite to rebuild it)"
     if backend != "ort-cpu" or prefill_backend is not None:
         if want:
             raise UserError(
@@ -66,7 +58,7 @@ def open_fused(
         if want:
             raise UserError(f"{bundle.path} has no {name} variant; create it with {fix}")
         return None
-    reason = stale(bundle, name)
+    reason = bundle.stale(name)
     if reason is not None:
         if want:
             raise UserError(f"the {name} variant of {bundle.path} is stale ({reason}); rebuild it with {fix}")

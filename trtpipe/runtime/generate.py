@@ -76,6 +76,7 @@ class Generator:
         kv: str = "auto",
         prefill_backend: str | None = None,
         spin: str | None = None,
+        kv_cache: str = "fp32",
     ):
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
@@ -85,7 +86,9 @@ class Generator:
                 "(`trtpipe export gpt2 --task generate`)"
             )
         self.bundle = bundle
-        self.runner, self.variant = open_decoder(bundle, backend, variant, threads, kv, prefill_backend, spin)
+        self.runner, self.variant = open_decoder(
+            bundle, backend, variant, threads, kv, prefill_backend, spin, kv_cache
+        )
         self.prefill_backend = prefill_backend if getattr(self.runner, "prefiller", None) else None
         self.inplace = self.runner.inplace
         self.encoder = TextEncoder(bundle)

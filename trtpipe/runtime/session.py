@@ -64,6 +64,31 @@ def open_session(
     )
 
 
+def int8_cache(
+    bundle: Bundle, base: str, backend: str, kv: str, prefill_backend: str | None, kv_cache: str
+) -> str:
+    """The int8-cache twin of weight variant `base` that `kv_cache="int8"` asks for, or a UserError naming the fix."""
+    if kv_cache != "int8":
+        raise UserError(f"kv_cache must be fp32 or int8 (got {kv_cache!r})")
+    if backend != "ort-cpu" or kv == "pingpong" or prefill_backend is not None:
+        raise UserError(
+            "the int8 KV cache runs in place on ONNX Runtime's CPU provider: use --backend ort-cpu, kv auto or "
+            "inplace, no prefill backend; or leave the cache at fp32"
+        )
+    name = "kv8-inplace" if base == "fp32" else f"{base}.kv8-inplace"
+    command = f"trtpipe optimize {bundle.path} --precision kv8"
+    if name not in bundle.variants:
+        raise UserError(
+            f"{bundle.path} has no {name} variant (an int8 KV cache for {base}); create it with `{command}`"
+        )
+    reason = bundle.stale(name)
+    if reason is not None:
+        raise UserError(
+            f"the {name} variant of {bundle.path} is stale ({reason}); rebuild it with `{command} --overwrite`"
+        )
+    return name
+
+
 def open_decoder(
     bundle: Bundle,
     backend: str = "ort-cpu",
@@ -72,9 +97,12 @@ def open_decoder(
     kv: str = "auto",
     prefill_backend: str | None = None,
     spin: str | None = None,
+    kv_cache: str = "fp32",
 ):
     """The decoder runner for a GPT-2 bundle on `backend`, and the variant it runs: the in-place KV twin of the
     variant where ONNX Runtime on the CPU has one (kv="auto" or "inplace"), else the interop graph (ping-pong).
+    `kv_cache="int8"`: the twin with an int8 cache (`<precision>.kv8-inplace`, `optimize --precision kv8`), in place
+    on ort-cpu only.
     `prefill_backend="ov"` runs the prompts on OpenVINO instead (`prefill.py`; ort-cpu in place only); `spin`:
     ONNX Runtime's threads (ort-cpu; `ort.spinning`)."""
     if kv not in ("auto", "inplace", "pingpong"):
@@ -86,6 +114,8 @@ def open_decoder(
         )
     base = variant or "fp32"
     inplace_name = "kv-inplace" if base == "fp32" else f"{base}.kv-inplace"
+    if kv_cache != "fp32":
+        inplace_name = int8_cache(bundle, base, backend, kv, prefill_backend, kv_cache)
     inplace = backend == "ort-cpu" and kv != "pingpong" and inplace_name in bundle.variants
     if kv == "inplace" and not inplace:
         raise UserError(

@@ -238,6 +238,7 @@ class GenerationModel:
                 max_queue=int(params.get("max_queue") or 64),
                 backend=runtime,
                 prefill_backend=params.get("prefill_backend") or None,
+                kv_cache=params.get("kv_cache") or "fp32",
             ).start()
             # Triton's metrics endpoint, when the server has one (--allow-metrics=false refuses the families)
             try:

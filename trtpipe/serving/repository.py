@@ -90,6 +90,7 @@ class RepoOptions:
     prefill_chunk: int = 64  # generation: prompt tokens prefilled per engine step
     # generation on ort-cpu: "ov" runs the prompts on OpenVINO (prefill.py)
     prefill_backend: str | None = None
+    kv_cache: str = "fp32"  # generation on ort-cpu: int8 = the bundle's kv8 twins (optimize --precision kv8)
 
 
 @dataclass
@@ -148,8 +149,10 @@ def _check_options(options: RepoOptions) -> None:
             )
         if options.backend != "python" or options.runtime != "ort-cpu":
             raise UserError("--prefill-backend applies to --backend python --runtime ort-cpu only")
-    if options.threads is not None and options.backend != "python":
-        raise UserError("--threads applies to --backend python only")
+    if (options.threads is not None or options.kv_cache != "fp32") and options.backend != "python":
+        raise UserError("--threads and --kv-cache apply to --backend python only")
+    if options.kv_cache not in ("fp32", "int8"):
+        raise UserError(f"--kv-cache must be fp32 or int8 (got {options.kv_cache!r})")
     if options.device not in ("auto", "cpu", "gpu"):
         raise UserError(f"--device must be auto, cpu or gpu (got {options.device!r})")
     if options.runtime not in BACKENDS:
@@ -255,6 +258,10 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
     if variant is not None and not bundle.runs_on(variant, options.runtime):
         only = bundle.only_on(variant)
         raise UserError(f"variant {variant} runs on {' / '.join(only)} only; use --runtime {only[0]}")
+    if options.kv_cache != "fp32" and bundle.is_decoder:  # the engine's check, before anything is written
+        from ..runtime.session import int8_cache
+
+        int8_cache(bundle, variant or "fp32", options.runtime, "auto", options.prefill_backend, "int8")
     decoupled = options.stream and bundle.is_decoder
     scheduling = Scheduling(
         max_batch=options.max_batch,
@@ -285,6 +292,8 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
         )
         if options.prefill_backend:
             parameters["prefill_backend"] = options.prefill_backend
+        if options.kv_cache != "fp32":
+            parameters["kv_cache"] = options.kv_cache
     config = build_config(
         name, "python", inputs, outputs, scheduling, parameters=parameters, decoupled=decoupled
     )

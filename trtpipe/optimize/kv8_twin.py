@@ -1,0 +1,151 @@
+"""int8 KV cache twins (`<precision>.kv8-inplace`) of GPT-2's in-place KV variants: `trtpipe optimize --precision kv8`.
+
+Each twin is `kv_int8.rewrite_kv_int8` of an in-place variant: the same weights, the cache kept in int8 with scales
+calibrated per layer, head and channel on training text run through that variant (`calibrate`). It is lossy, so it
+passes the LM gate before it is written: next-token agreement with the fp32 graph on held-out text, teacher-forced
+through the runtime's in-place loop (`gate.evaluate`, ≥ 0.97), as every lossy variant does. Its agreement with its
+weights with a float cache is recorded beside it (what the cache alone costs). A twin records its source's sha256; a
+rebuilt source leaves it stale, and the runtime then refuses it in one line that names this command. Where the
+bundle has the fused step (`kv-fused`), each twin gets its fused twin too (`<precision>.kv8-fused`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..console import info, status
+from ..export import graph
+from ..runtime.bundle import Bundle
+from ..runtime.decoder import DecoderRunner
+from ..runtime.errors import CheckFailed, UserError
+from ..runtime.ort import OrtSession
+from ..runtime.store import bundle_transaction, file_hashes
+from ..runtime.text import TextEncoder
+from . import gate
+from .fused_twin import kv_fused_twin
+from .kv_int8 import rewrite_kv_int8, scales_from_absmax
+
+CALIBRATION_TEXTS, CALIBRATION_TOKENS = 64, 128
+
+
+def kv8_name(inplace: str) -> str:
+    """`kv-inplace` → `kv8-inplace`, `int4.kv-inplace` → `int4.kv8-inplace`."""
+    return inplace.removesuffix("kv-inplace") + "kv8-inplace"
+
+
+def calibrate(bundle: Bundle, inplace_path: Path, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-layer (k, v) scales [1, H, 1, D]: the largest |K| and |V| each channel reached over `texts`, prefilled
+    through the in-place graph at `inplace_path`."""
+    runner = DecoderRunner(bundle, OrtSession(inplace_path, specs=None), inplace=True)
+    encoder = TextEncoder(bundle)
+    longest = min(CALIBRATION_TOKENS, bundle.limits["max_positions"])
+    absmax = np.zeros((2 * runner.layers, runner.heads, runner.head_dim), np.float32)
+    for text in texts:
+        ids = encoder.encode_prompt(text)[:longest]
+        if not ids:
+            continue
+        cache = runner.new_cache(1, len(ids))
+        runner.prefill([ids], cache, 0)
+        for index in range(2 * runner.layers):
+            written = cache.view(0, index, 0, 1, 0)[0, :, : len(ids)]  # [H, tokens, D]
+            np.maximum(absmax[index], np.abs(written).max(axis=1), out=absmax[index])
+    if not absmax.any():
+        raise UserError("no calibration text gave a token; pass --calibration-texts with some text")
+    return [
+        (scales_from_absmax(absmax[2 * i]), scales_from_absmax(absmax[2 * i + 1]))
+        for i in range(runner.layers)
+    ]
+
+
+def _int8_specs(specs: list[dict]) -> list[dict]:
+    kv = ("past_key_values.", "present.")
+    return [{**s, "dtype": "int8"} if s["name"].startswith(kv) else s for s in specs]
+
+
+def kv8_twin(
+    bundle: Bundle, inplace: str, stage, calibration: list[str], held_out: list[str], force: bool, tools
+):
+    """Write (staged) and gate the int8-cache twin of in-place variant `inplace`; records its manifest entry in
+    `bundle` (the transaction's) and returns (name, entry, graph, staged path). CheckFailed when the gate fails
+    (nothing is kept), unless `force` (then the failure is recorded)."""
+    source = bundle.variants[inplace]
+    source_path = bundle.model_path(inplace)
+    model = rewrite_kv_int8(onnx.load(str(source_path)), calibrate(bundle, source_path, calibration))
+    name = kv8_name(inplace)
+    target = bundle.path / f"model.{name}.onnx"
+    tmp = stage(target)
+    graph.save_onnx(model, tmp)
+    specs = _int8_specs(source["inputs"])
+    result = gate.evaluate(bundle, tmp, "kv8", held_out, specs)
+    weights = source.get("precision", "fp32")  # the same weights with a float cache (the standard graph)
+    alone = gate._decoder_metrics(bundle, bundle.model_path(weights), tmp, held_out, specs)["next_token_top1"]
+    if not result.passed and not force:
+        raise CheckFailed(
+            f"{name}: the int8 KV cache fails the LM gate ({'; '.join(result.failures())}; "
+            f"{alone:.4f} against {weights} alone); nothing written — keep the float cache, or pass --force"
+        )
+    entry = bundle.manifest["variants"][name] = {
+        "file": target.name,
+        "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
+        "bytes": tmp.stat().st_size,
+        "made_from": inplace,
+        "source_sha256": source["sha256"],
+        "precision": source.get("precision", "fp32"),
+        "ort_only": True,
+        "kv": "inplace",
+        "kv_cache": "int8",
+        "inputs": specs,
+        "outputs": _int8_specs(source["outputs"]),
+        "gate": {**result.to_dict(forced=force), "next_token_top1_vs_source": alone, "against": "fp32"},
+        "calibration": {
+            "texts": len(calibration),
+            "tokens": CALIBRATION_TOKENS,
+            "scales": "max |x| per channel",
+        },
+        "tools": tools,
+        "parity": {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"cpu_needs": source["cpu_needs"]} if "cpu_needs" in source else {}),
+    }
+    return name, entry, model, tmp
+
+
+def add_kv8(
+    bundle_path: str | Path,
+    overwrite: bool,
+    force: bool,
+    calibration: list[str],
+    held_out: list[str],
+    tools: dict,
+) -> dict:
+    """`optimize --precision kv8`: the int8-cache twin of every in-place variant the bundle has (and its fused twin
+    where the bundle has `kv-fused`). Returns kv8-inplace's manifest entry."""
+    bundle = Bundle.load(bundle_path)
+    if not bundle.is_decoder or "kv-inplace" not in bundle.variants:
+        raise UserError(
+            f"kv8 is an int8 KV cache for a GPT-2 bundle's in-place KV variants; {bundle.path} has none "
+            "(export a GPT-2 bundle with `trtpipe export`)"
+        )
+    if "kv8-inplace" in bundle.variants and not overwrite:
+        raise UserError(f"{bundle.path} already has the kv8-inplace variant; pass --overwrite to rebuild it")
+    fused = "kv-fused" in bundle.variants
+    with bundle_transaction(bundle.path) as (locked, stage):
+        for inplace in [n for n in locked.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]:
+            with status(f"{inplace} → int8 KV cache: calibrating on {len(calibration)} texts, gating"):
+                name, entry, model, path = kv8_twin(
+                    locked, inplace, stage, calibration, held_out, force, tools
+                )
+            metrics = entry["gate"]["metrics"]
+            info(
+                f"[green]{entry['file']}[/] from {inplace}: next-token agreement {metrics['next_token_top1']:.4f} "
+                f"with fp32 ({entry['gate']['next_token_top1_vs_source']:.4f} with {entry['precision']})"
+            )
+            if fused:
+                with status(f"{name} → fused step graph, checked against two passes"):
+                    twin = kv_fused_twin(locked, name, {**entry, "path": path}, model, stage, tools)
+                info(f"[green]{twin['file']}[/] from {name}: one pass = two passes")
+    return Bundle.load(bundle_path).variants["kv8-inplace"]
