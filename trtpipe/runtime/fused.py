@@ -4,12 +4,11 @@ BatchEngine's step is a prompt chunk, then a decode step over the running rows: 
 twice. A bundle that has the fused step graph (`<precision>.kv-fused`, written by `trtpipe optimize --precision
 kv-fused` from the in-place variant, `optimize/kv_fused.py`) runs the steps that have both as one pass, as vLLM-CPU
 does: the R rows' tokens and the chunk's are packed into one sequence, and attention is split per row
-(GroupQueryAttention on the rows' in-place buffers, and on the chunk row's slice of the same buffers). The other
-steps of a busy engine run on the same session (`FusedStep.prefill_row`, `FusedStep.decode`): two sessions taking
-turns each pay for the other's spinning threads (measured: 8 int4 streams lost 15 % that way). A lone row's decode
-and a prompt with no row decoding keep the in-place graph: a fused pass has two rows at least, whose MatMuls cost
-more than one row's, and a request served alone then never switches sessions. `BatchEngine(fused=False)` leaves
-the fused session out.
+(GroupQueryAttention on the rows' in-place buffers, and on the chunk row's slice of the same buffers). The decode
+steps of a busy engine run on the same session (`FusedStep.decode`): two sessions taking turns each pay for the
+other's spinning threads (measured: 8 int4 streams lost 15 % that way). A lone row's decode and a prompt with no row
+decoding keep the in-place graph: a fused pass has two rows at least, whose MatMuls cost more than one row's, and a
+request served alone then never switches sessions. `BatchEngine(fused=False)` leaves the fused session out.
 """
 
 from __future__ import annotations
@@ -71,9 +70,9 @@ def open_fused(
 class FusedStep:
     """One ONNX Runtime session of a fused step graph, run over BatchEngine's in-place `KVCache` (IOBinding: the rows
     and the chunk's row bound in place, bindings made once per layout and kept on the cache). Beside `run` it has
-    the runner's `prefill_row` and `decode`, so that a busy engine runs every step on this one session (switching
-    between two sessions costs each the other's spinning threads): a prompt chunk alone takes a one-token dummy row
-    on the cache's last row (its scratch slot), and a decode step of R ≥ 2 rows runs its last row as the chunk."""
+    the runner's `decode`, so that a busy engine runs every decode step on this one session (switching between two
+    sessions costs each the other's spinning threads): a decode step of R ≥ 2 rows runs its last row as the chunk.
+    GroupQueryAttention cannot take zero rows (ONNX Runtime stops the process with SIGFPE at batch 0): R ≥ 1."""
 
     def __init__(self, bundle: Bundle, session):
         self.session = session
@@ -112,12 +111,6 @@ class FusedStep:
             io.bind_cpu_input(name, value)
         self.session.session.run_with_iobinding(io)
         return cache.fused_logits[0, : rows + 1]
-
-    def prefill_row(self, ids: list[int], cache: KVCache, row: int, past: int, logits: np.ndarray) -> None:
-        """The runner's `prefill_row`: `ids` after `past` cached tokens in `row`, beside a dummy row on the scratch
-        slot (the cache's last row); the chunk's last logits go to `logits` [1, V]."""
-        dummy = np.zeros(1, dtype=np.int64)
-        logits[0] = self.run(cache, dummy, dummy, ids, past, row, base=cache.batch - 1)[1]
 
     def decode(
         self, tokens: np.ndarray, lengths: np.ndarray, cache: KVCache, mask=None
