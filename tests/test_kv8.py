@@ -101,6 +101,17 @@ def test_optimize_writes_a_gated_int8_twin_of_every_in_place_variant_and_its_fus
         optimize_bundle(kv8_gpt2, "kv8")
 
 
+def test_a_rebuilt_in_place_variant_rebuilds_its_int8_twin(kv8_gpt2, copy_bundle):
+    path = copy_bundle(kv8_gpt2)
+    before = Bundle.load(path).variants["int4.kv-inplace"]["sha256"]
+    optimize_bundle(path, "int4", force=True, overwrite=True, block_size=16)  # other weights, another file
+    variants = Bundle.load(path).variants
+    assert variants["int4.kv-inplace"]["sha256"] != before
+    assert variants["int4.kv8-inplace"]["source_sha256"] == variants["int4.kv-inplace"]["sha256"]
+    assert variants["int4.kv8-fused"]["source_sha256"] == variants["int4.kv8-inplace"]["sha256"]
+    assert BatchEngine(path, variant="int4", slots=2, kv_cache="int8").fused is not None  # current, used
+
+
 def test_a_twin_that_fails_the_gate_is_not_written(gpt2, copy_bundle, monkeypatch):
     path = copy_bundle(gpt2)
     before = sorted(p.name for p in path.iterdir())

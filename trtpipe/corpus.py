@@ -114,3 +114,26 @@ def fingerprint(texts) -> str:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()[:16]
+
+
+def read_texts(path: str | Path | None, n: int, split: str) -> list[str]:
+    """Calibration text: one text per line from a UTF-8 file, or the offline corpus."""
+    if path is None:
+        return sample(n, split=split)
+    from .runtime.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"calibration file {path} does not exist or is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"calibration file {path} is not UTF-8 text; convert it with iconv") from None
+    except OSError as exc:
+        raise UserError(f"cannot read calibration file {path}: {exc.strerror}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UserError(
+            f"calibration file {path} is empty; give one text per line (32 or more is a good start)"
+        )
+    return lines[:n]

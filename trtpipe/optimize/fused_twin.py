@@ -79,9 +79,8 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
     transaction's) and returns it; CheckFailed when it disagrees with the two passes (then nothing is kept)."""
     dims = bundle.model
     fused = rewrite_kv_fused(model, dims["num_layers"], dims["num_heads"], dims["head_dim"])
-    name = (
-        inplace.removesuffix("-inplace") + "-fused"
-    )  # kv-inplace → kv-fused, int4.kv8-inplace → int4.kv8-fused
+    # kv-inplace → kv-fused, int4.kv8-inplace → int4.kv8-fused
+    name = inplace.removesuffix("-inplace") + "-fused"
     target = bundle.path / f"model.{name}.onnx"
     tmp = stage(target)
     graph.save_onnx(fused, tmp)
@@ -101,9 +100,7 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
         "precision": source.get("precision", "fp32"),
         "ort_only": True,
         "kv": "fused",
-        **(
-            {"kv_cache": source["kv_cache"]} if "kv_cache" in source else {}
-        ),  # int8: a kv8 twin's (kv8_twin.py)
+        **({"kv_cache": source["kv_cache"]} if "kv_cache" in source else {}),  # a kv8 twin's int8
         "tools": tools,
         "parity": {"ort-cpu": {**agreement, "against": f"{inplace}: a decode step, then a prompt chunk"}},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -262,7 +262,7 @@ def _encoder_metrics(
 # ------------------------------------------------------------------------------------------------- decoders
 
 
-def _decoder_metrics(
+def decoder_metrics(
     bundle: Bundle,
     reference_path: Path,
     candidate_path: Path,
@@ -271,6 +271,8 @@ def _decoder_metrics(
     max_tokens: int = 24,
     greedy_prompts: int = 4,
 ) -> dict:
+    """A GPT-2 candidate against a reference graph on `texts`, teacher-forced through the runtime's decoding loop
+    (in place where the candidate's specs have seqlens_k): next-token top-1 agreement, logit error, greedy match."""
     from ..runtime.decoder import DecoderRunner
 
     encoder = TextEncoder(bundle)
@@ -351,7 +353,7 @@ def evaluate(
     texts = texts or gate_texts(bundle.kind.gate_texts)
     reference_path = bundle.model_path("fp32")
     if bundle.is_decoder:
-        metrics = _decoder_metrics(bundle, reference_path, candidate_path, texts, candidate_specs)
+        metrics = decoder_metrics(bundle, reference_path, candidate_path, texts, candidate_specs)
     else:
         reference = _open(reference_path, bundle)
         candidate = _open(candidate_path, bundle, candidate_specs, backend=backend, precision=compute)

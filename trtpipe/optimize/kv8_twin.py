@@ -3,8 +3,8 @@
 Each twin is `kv_int8.rewrite_kv_int8` of an in-place variant: the same weights, the cache kept in int8 with scales
 calibrated per layer, head and channel on training text run through that variant (`calibrate`). It is lossy, so it
 passes the LM gate before it is written: next-token agreement with the fp32 graph on held-out text, teacher-forced
-through the runtime's in-place loop (`gate.evaluate`, ≥ 0.97), as every lossy variant does. Its agreement with its
-weights with a float cache is recorded beside it (what the cache alone costs). A twin records its source's sha256; a
+through the runtime's in-place loop (`gate.evaluate`, ≥ 0.97), as every lossy variant does. Its agreement with the
+same weights on a float cache is recorded beside it (what the cache alone costs). A twin records its source's sha256; a
 rebuilt source leaves it stale, and the runtime then refuses it in one line that names this command. Where the
 bundle has the fused step (`kv-fused`), each twin gets its fused twin too (`<precision>.kv8-fused`).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..console import info, status
+from ..console import info, status, warn
 from ..export import graph
 from ..runtime.bundle import Bundle
 from ..runtime.decoder import DecoderRunner
@@ -54,7 +54,7 @@ def calibrate(bundle: Bundle, inplace_path: Path, texts: list[str]) -> list[tupl
             written = cache.view(0, index, 0, 1, 0)[0, :, : len(ids)]  # [H, tokens, D]
             np.maximum(absmax[index], np.abs(written).max(axis=1), out=absmax[index])
     if not absmax.any():
-        raise UserError("no calibration text gave a token; pass --calibration-texts with some text")
+        raise UserError("no calibration text gave a token; pass --calibration FILE with some text")
     return [
         (scales_from_absmax(absmax[2 * i]), scales_from_absmax(absmax[2 * i + 1]))
         for i in range(runner.layers)
@@ -82,7 +82,7 @@ def kv8_twin(
     specs = _int8_specs(source["inputs"])
     result = gate.evaluate(bundle, tmp, "kv8", held_out, specs)
     weights = source.get("precision", "fp32")  # the same weights with a float cache (the standard graph)
-    alone = gate._decoder_metrics(bundle, bundle.model_path(weights), tmp, held_out, specs)["next_token_top1"]
+    alone = gate.decoder_metrics(bundle, bundle.model_path(weights), tmp, held_out, specs)["next_token_top1"]
     if not result.passed and not force:
         raise CheckFailed(
             f"{name}: the int8 KV cache fails the LM gate ({'; '.join(result.failures())}; "
@@ -121,20 +121,22 @@ def add_kv8(
     calibration: list[str],
     held_out: list[str],
     tools: dict,
+    only: str | None = None,
 ) -> dict:
-    """`optimize --precision kv8`: the int8-cache twin of every in-place variant the bundle has (and its fused twin
-    where the bundle has `kv-fused`). Returns kv8-inplace's manifest entry."""
+    """`optimize --precision kv8`: the int8-cache twin of every in-place variant the bundle has, or of `only` (and
+    its fused twin where the bundle has `kv-fused`). Returns the manifest entry of kv8-inplace (or of `only`'s)."""
     bundle = Bundle.load(bundle_path)
     if not bundle.is_decoder or "kv-inplace" not in bundle.variants:
         raise UserError(
             f"kv8 is an int8 KV cache for a GPT-2 bundle's in-place KV variants; {bundle.path} has none "
             "(export a GPT-2 bundle with `trtpipe export`)"
         )
-    if "kv8-inplace" in bundle.variants and not overwrite:
+    if "kv8-inplace" in bundle.variants and not overwrite and only is None:
         raise UserError(f"{bundle.path} already has the kv8-inplace variant; pass --overwrite to rebuild it")
     fused = "kv-fused" in bundle.variants
+    every = [n for n in bundle.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]
     with bundle_transaction(bundle.path) as (locked, stage):
-        for inplace in [n for n in locked.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]:
+        for inplace in [only] if only else every:
             with status(f"{inplace} → int8 KV cache: calibrating on {len(calibration)} texts, gating"):
                 name, entry, model, path = kv8_twin(
                     locked, inplace, stage, calibration, held_out, force, tools
@@ -148,4 +150,21 @@ def add_kv8(
                 with status(f"{name} → fused step graph, checked against two passes"):
                     twin = kv_fused_twin(locked, name, {**entry, "path": path}, model, stage, tools)
                 info(f"[green]{twin['file']}[/] from {name}: one pass = two passes")
-    return Bundle.load(bundle_path).variants["kv8-inplace"]
+    return Bundle.load(bundle_path).variants[kv8_name(only or "kv-inplace")]
+
+
+def refresh_kv8(
+    bundle_path: Path, inplace: str, calibration: list[str], held_out: list[str], tools: dict
+) -> None:
+    """After `optimize` rebuilt in-place variant `inplace`: its int8-cache twin, where the bundle has one, is
+    recalibrated and gated again (forced only if the old one was). One that fails its gate now stays stale, which the
+    runtime refuses in one line, and a warning says so."""
+    entry = Bundle.load(bundle_path).variants.get(kv8_name(inplace))
+    if entry is None:
+        return
+    try:
+        add_kv8(
+            bundle_path, True, bool(entry["gate"].get("forced")), calibration, held_out, tools, only=inplace
+        )
+    except CheckFailed as exc:
+        warn(f"{exc}; the old {kv8_name(inplace)} is left stale (the runtime refuses it)")

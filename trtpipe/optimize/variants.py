@@ -5,8 +5,7 @@ int8-nncf, int8-wo and int4 are made from the unfused fp32 export, so TensorRT a
 runtimes can load them; fused, int8, int8-wo and int4 run on ONNX Runtime (and OpenVINO) only; int8-nncf is NNCF's
 static int8 for the `ov` backend (nncf_int8.py), gated on OpenVINO. GPT-2 weight variants also get an in-place-KV twin
 (`<precision>.kv-inplace`) that the runtime uses on the CPU; kv-fused adds the fused step twin of each of those
-(`<precision>.kv-fused`, fused_twin.py), which BatchEngine runs where a step decodes rows and prefills a chunk; kv8
-adds an int8 KV cache twin of each (`<precision>.kv8-inplace`, kv8_twin.py), calibrated and gated.
+(fused_twin.py), which BatchEngine runs where a step decodes rows and a chunk; kv8 an int8 KV cache twin (kv8_twin.py).
 """
 
 from __future__ import annotations
@@ -16,8 +15,9 @@ from pathlib import Path
 
 import onnx
 
-from .. import __version__, corpus
+from .. import __version__
 from ..console import info, status, warn
+from ..corpus import read_texts
 from ..export import graph
 from ..runtime import cpu
 from ..runtime.bundle import Bundle
@@ -26,7 +26,7 @@ from ..runtime.store import bundle_transaction, file_hashes
 from . import gate
 from .fused_twin import add_kv_fused, refresh_fused
 from .int8 import INT8_WEIGHTS, WEIGHTS
-from .kv8_twin import add_kv8
+from .kv8_twin import CALIBRATION_TEXTS, add_kv8, refresh_kv8
 from .search import HeldOutGate, calibration_gate, weight_only_gated
 from .twins import kv_inplace_twin, twin_agreement
 
@@ -48,27 +48,6 @@ def tool_versions() -> dict:
     import onnxruntime
 
     return {"trtpipe": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def read_texts(path: str | Path | None, n: int, split: str) -> list[str]:
-    """Calibration text: one text per line from a UTF-8 file, or the offline corpus."""
-    if path is None:
-        return corpus.sample(n, split=split)
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"calibration file {path} does not exist or is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"calibration file {path} is not UTF-8 text; convert it with iconv") from None
-    except OSError as exc:
-        raise UserError(f"cannot read calibration file {path}: {exc.strerror}") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise UserError(
-            f"calibration file {path} is empty; give one text per line (32 or more is a good start)"
-        )
-    return lines[:n]
 
 
 def calibration_feeds(bundle: Bundle, texts: list[str], batch: int = 4, max_tokens: int = 64) -> list[dict]:
@@ -125,9 +104,15 @@ def optimize_bundle(
     if precision == "kv-fused":  # GPT-2's fused step twins: a graph rewrite, checked exactly (fused_twin.py)
         return add_kv_fused(bundle_path, overwrite, tool_versions())
     if precision == "kv8":  # GPT-2's int8 KV cache twins: calibrated, gated (kv8_twin.py)
-        calibration_texts = read_texts(calibration, 64, "train")
         held_out = read_texts(gate_texts, Bundle.load(bundle_path).kind.gate_texts, "heldout")
-        return add_kv8(bundle_path, overwrite, force, calibration_texts, held_out, tool_versions())
+        return add_kv8(
+            bundle_path,
+            overwrite,
+            force,
+            read_texts(calibration, CALIBRATION_TEXTS, "train"),
+            held_out,
+            tool_versions(),
+        )
     if precision == "bf16":  # no new graph: OpenVINO's bf16 compute of the fp32 one, gated (bf16.py)
         from .bf16 import add_bf16
 
@@ -147,7 +132,7 @@ def optimize_bundle(
     started = time.perf_counter()
     weights = WEIGHTS.set(int8_weights)  # read by every int8 quantisation of this search (int8.apply_dynamic)
     try:
-        return _optimize_locked(
+        entry = _optimize_locked(
             bundle,
             precision,
             calib_texts,
@@ -160,6 +145,10 @@ def optimize_bundle(
             started,
             carried,
         )
+        if f"{precision}.kv-inplace" in Bundle.load(bundle.path).variants:  # its int8-cache twin follows, too
+            texts = read_texts(calibration, CALIBRATION_TEXTS, "train")
+            refresh_kv8(bundle.path, f"{precision}.kv-inplace", texts, held_out, tool_versions())
+        return entry
     except _Refused as refused:
         record_refusal(bundle.path, precision, refused.result, refused.report)
         raise CheckFailed(
