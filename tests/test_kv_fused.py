@@ -171,7 +171,9 @@ def test_a_fused_step_prefills_one_prompt_and_the_next_ones_wait(fused_gpt2):
     for step in range(3):
         engine.step()
         assert engine.stats["fused_steps"] == step + 1
-        assert [bool(r.tokens) for r in later] == [True] * (step + 1) + [False] * (2 - step)  # one more started
+        assert [bool(r.tokens) for r in later] == [True] * (step + 1) + [False] * (
+            2 - step
+        )  # one more started
     engine.run()
     for prompt, request in zip(prompts, [first, *later]):
         assert request.result().ids == generator.generate([prompt], 6)[0].ids
