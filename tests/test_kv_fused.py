@@ -225,3 +225,30 @@ def test_a_busy_fused_engine_runs_on_one_session(fused_gpt2):
     alone = BatchEngine(fused_gpt2, slots=4, chunk=16)
     alone.fused.run = None  # a request alone never reaches the fused session
     assert alone.generate([prompts[3]], 8)[0].ids == Generator(fused_gpt2).generate([prompts[3]], 8)[0].ids
+
+
+def test_a_twin_that_fails_its_check_is_left_out_and_its_precision_runs_in_two_passes(
+    fused_gpt2, copy_bundle, monkeypatch
+):
+    """A kernel that rounds a row differently beside other rows (MatMulNBits at block 128, measured) fails the twin's
+    check: rebuilding that precision still succeeds, the old twin is left stale (file and entry untouched) and is not
+    used, and the other precisions keep their fused step."""
+    from trtpipe.optimize import fused_twin
+    from trtpipe.runtime.store import sha256_file
+
+    path = copy_bundle(fused_gpt2)
+    real = fused_twin.fused_agreement
+
+    def disagree(bundle, inplace_path, fused_path, seed=0):
+        got = real(bundle, inplace_path, fused_path, seed)
+        return {**got, "verdict": "fail"} if "int4" in Path(inplace_path).name else got
+
+    monkeypatch.setattr(fused_twin, "fused_agreement", disagree)
+    old = Bundle.load(path).variants["int4.kv-fused"]
+    optimize_bundle(path, "int4", force=True, overwrite=True, block_size=16)  # other weights: the twin fails
+    bundle = Bundle.load(path)
+    assert bundle.variants["int4.kv-fused"] == old and "rebuilt after it" in bundle.stale("int4.kv-fused")
+    assert sha256_file(path / old["file"]) == old["sha256"][old["file"]]
+    assert not [p for p in path.iterdir() if ".tmp" in p.name]  # nothing half-written left behind
+    assert BatchEngine(path, variant="int4", slots=2).fused is None
+    assert BatchEngine(path, slots=2).fused is not None

@@ -26,7 +26,7 @@ from ..runtime.ort import OrtSession
 from ..runtime.store import bundle_transaction, file_hashes
 from ..runtime.text import TextEncoder
 from . import gate
-from .fused_twin import kv_fused_twin
+from .fused_twin import checked_twin
 from .kv_int8 import rewrite_kv_int8, scales_from_absmax
 
 CALIBRATION_TEXTS, CALIBRATION_TOKENS = 64, 128
@@ -148,8 +148,9 @@ def add_kv8(
             )
             if fused:
                 with status(f"{name} → fused step graph, checked against two passes"):
-                    twin = kv_fused_twin(locked, name, {**entry, "path": path}, model, stage, tools)
-                info(f"[green]{twin['file']}[/] from {name}: one pass = two passes")
+                    twin = checked_twin(locked, name, {**entry, "path": path}, model, stage, tools)
+                if twin is not None:
+                    info(f"[green]{twin['file']}[/] from {name}: one pass = two passes")
     return Bundle.load(bundle_path).variants[kv8_name(only or "kv-inplace")]
 
 
