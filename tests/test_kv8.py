@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from test_batching import _alone, _mix
+from test_cli import cli
 
 from trtpipe.optimize import kv_int8
 from trtpipe.optimize.kv8_twin import calibrate
@@ -156,19 +154,7 @@ def test_int8_cache_errors_name_the_fix(gpt2, kv8_gpt2, copy_bundle):
     (stale / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="stale.*--precision kv8 --overwrite"):
         BatchEngine(stale, slots=2, kv_cache="int8")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).parents[1] / "cli.py"),
-            "generate",
-            str(gpt2),
-            "hi",
-            "--kv-cache",
-            "int8",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = cli("generate", gpt2, "hi", "--kv-cache", "int8")
     assert result.returncode == 2 and "--precision kv8" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
