@@ -169,3 +169,32 @@ def test_triton_repository_takes_the_int8_cache_only_where_the_bundle_has_it(gpt
     write_repository([str(kv8_gpt2)], tmp_path / "repo", options)
     config = next((tmp_path / "repo").glob("*/config.pbtxt")).read_text()
     assert '"kv_cache"' in config and '"int8"' in config
+
+
+def test_benchmark_adds_rows_on_the_int8_cache_beside_ort_cpus(gpt2, kv8_gpt2, make_bundle, tmp_path):
+    from trtpipe.benchmark.run import benchmark
+
+    report = benchmark(
+        kv8_gpt2, ["ort-cpu"], ["fp32", "int4"], None, None, [8], 4, 1, 0, None, None, [], tmp_path / "r",
+        rounds=1, memory=False, kv_cache="int8",
+    )  # fmt: skip
+    rows = {r["label"]: r for r in report["decoder"]}
+    assert set(rows) == {
+        "trtpipe fp32 (in-place KV)",
+        "trtpipe int4 (in-place KV)",
+        "trtpipe fp32 (in-place int8 KV)",
+        "trtpipe int4 (in-place int8 KV)",
+    }, rows
+    for name in ("fp32", "int4"):
+        row = rows[f"trtpipe {name} (in-place int8 KV)"]
+        assert row["kv_cache"] == "int8" and row["error"] is None and len(row["ids"]) == 4
+    assert report["config"]["kv_cache"] == "int8"
+    for args, message in (
+        ([make_bundle("tiny-bert", "embed"), "--kv-cache", "int8"], "applies to GPT-2 bundles"),
+        ([gpt2, "--kv-cache", "int8"], "--precision kv8"),
+        ([kv8_gpt2, "--backend", "ov", "--kv-cache", "int8"], "include --backend ort-cpu"),
+        ([kv8_gpt2, "--kv-cache", "int4"], "must be int8"),
+    ):
+        result = cli("benchmark", "--engine", *args, "--no-memory", "--out", tmp_path / "x")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

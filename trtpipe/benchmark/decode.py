@@ -24,14 +24,24 @@ class OursDecoder:
         kv: str = "auto",
         backend: str = "ort-cpu",
         prefill_backend: str | None = None,
+        kv_cache: str = "fp32",
     ):
         from ..runtime.generate import Generator
 
         self.generator = Generator(
-            bundle, backend=backend, variant=variant, threads=threads, kv=kv, prefill_backend=prefill_backend
+            bundle,
+            backend=backend,
+            variant=variant,
+            threads=threads,
+            kv=kv,
+            prefill_backend=prefill_backend,
+            kv_cache=kv_cache,
         )
         self.prefill_backend = self.generator.prefill_backend  # None where the decoding backend prefills
+        self.kv_cache = kv_cache
         kind = "in-place KV" if self.generator.inplace else "ping-pong KV"
+        if kv_cache != "fp32":
+            kind = f"in-place {kv_cache} KV"
         if self.prefill_backend:
             kind += f", {self.prefill_backend} prefill"
         self.label = f"trtpipe {variant or 'fp32'} ({kind})" + (
@@ -77,6 +87,7 @@ class DecodeResult:
     variant: str | None = None
     backend: str | None = None  # our rows: the session backend (memory is measured on the same one)
     prefill_backend: str | None = None  # our rows: the engine that ran the prompts, when not the backend
+    kv_cache: str | None = None  # our rows: the KV cache's type (int8: the kv8 twins)
 
 
 def make_rows(
@@ -87,6 +98,7 @@ def make_rows(
     backend: str = "ort-cpu",
     genai_variants: list[str] | None = None,
     prefill_backend: str | None = None,
+    kv_cache: str = "fp32",
 ) -> list:
     rows = []
     for variant in variants:
@@ -99,6 +111,7 @@ def make_rows(
                     threads,
                     backend=backend,
                     prefill_backend=prefill_backend,
+                    kv_cache=kv_cache,
                 ),
             )
         )
@@ -184,6 +197,7 @@ def run_decode(
                     variant=getattr(runner, "variant", None),
                     backend=getattr(runner, "backend", None),
                     prefill_backend=getattr(runner, "prefill_backend", None),
+                    kv_cache=getattr(runner, "kv_cache", None),
                 )
                 if runner is not None:
                     steps = [s for run in samples[index]["steps"] for s in run]

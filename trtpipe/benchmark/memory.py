@@ -54,6 +54,7 @@ def _run(spec: dict) -> None:
                 threads,
                 backend=spec.get("backend", "ort-cpu"),
                 prefill_backend=spec.get("prefill_backend"),
+                kv_cache=spec.get("kv_cache") or "fp32",
             )
         elif row == "torch":
             runner = TorchDecoder(bundle, threads)

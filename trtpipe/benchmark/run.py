@@ -46,6 +46,19 @@ def backend_available(backend: str, bundle: Bundle) -> str | None:
     return None
 
 
+def kv8_rows(bundle: Bundle, names: list[str]) -> list[str]:
+    """The variants among `names` that have a current int8-cache twin (`optimize --precision kv8`); none: a UserError
+    naming the command."""
+    twins = {"fp32": "kv8-inplace"} | {n: f"{n}.kv8-inplace" for n in names if n != "fp32"}
+    found = [n for n in names if twins[n] in bundle.variants and not bundle.stale(twins[n])]
+    if not found:
+        raise UserError(
+            f"--kv-cache int8: none of {', '.join(names)} has a current int8-cache twin in {bundle.path}; create them "
+            f"with `trtpipe optimize {bundle.path} --precision kv8`"
+        )
+    return found
+
+
 def _variants_for(bundle: Bundle, backend: str, variants: list[str]) -> list[str]:
     if variants == ["all"]:
         if backend == "trt":
@@ -98,12 +111,18 @@ def benchmark(
     rounds: int = 5,
     memory: bool = True,
     prefill_backend: str | None = None,
+    kv_cache: str | None = None,
 ) -> dict:
     bundle = Bundle.load(bundle_path)
     if prefill_backend is not None and not bundle.is_decoder:
         raise UserError(
             "--prefill-backend applies to GPT-2 bundles (the prompt's prefill); leave it out here"
         )
+    if kv_cache not in (None, "fp32", "int8"):
+        raise UserError(f"--kv-cache must be int8 (rows beside the fp32 cache's) (got {kv_cache!r})")
+    kv_cache = None if kv_cache == "fp32" else kv_cache
+    if kv_cache is not None and not bundle.is_decoder:
+        raise UserError("--kv-cache applies to GPT-2 bundles (the decoder's KV cache); leave it out here")
     if bundle.is_decoder and (iters is not None or seconds is not None):
         warn(
             "--iters / --seconds time encoder rows; a GPT-2 round is one generation (use --rounds, --new-tokens)"
@@ -124,6 +143,14 @@ def benchmark(
 
     check_out_dir(out_dir)
     usable, skipped = plan_backends(bundle, backends)
+    if kv_cache is not None and "ort-cpu" not in usable:
+        raise UserError(
+            "--kv-cache int8 adds rows beside ort-cpu's (the in-place cache): include --backend ort-cpu"
+        )
+    if kv_cache is not None:
+        kv8_rows(
+            bundle, _variants_for(bundle, "ort-cpu", variants)
+        )  # refused here, before any shape is planned
     if prefill_backend is not None and "ort-cpu" not in usable:
         raise UserError(
             "--prefill-backend adds rows beside ort-cpu's (it feeds ONNX Runtime's in-place cache): "
@@ -153,6 +180,7 @@ def benchmark(
             "rounds": rounds,
             "baselines": baselines,
             "prefill_backend": prefill_backend,
+            "kv_cache": kv_cache,
         },
         "skipped": skipped,
         "notes": shapes.notes,
@@ -175,6 +203,7 @@ def benchmark(
                 report,
                 memory,
                 prefill_backend,
+                kv_cache,
             )
         else:
             _encoder(
@@ -267,6 +296,7 @@ def _decoder(
     report,
     memory,
     prefill_backend=None,
+    kv_cache=None,
 ):
     from .decode import floors, make_rows, measure_floors, run_decode
     from .memory import NOT_ASKED, measure_or_reason
@@ -279,6 +309,10 @@ def _decoder(
         rows += make_rows(bundle, names, [], threads, backend=backend)
         if backend == "ort-cpu" and prefill_backend:  # the same variants, prompts on the other engine
             rows += make_rows(bundle, names, [], threads, backend=backend, prefill_backend=prefill_backend)
+        if backend == "ort-cpu" and kv_cache:  # the same variants on their int8-cache twins
+            rows += make_rows(
+                bundle, kv8_rows(bundle, names), [], threads, backend=backend, kv_cache=kv_cache
+            )
     extra = [b for b in baselines]
     if "torch" in usable and "torch" not in extra and "torch" in report["config"]["backends"]:
         extra.append("torch")
@@ -309,5 +343,6 @@ def _decoder(
                 spec["variant"] = result.variant
                 spec["backend"] = result.backend or "ort-cpu"
                 spec["prefill_backend"] = result.prefill_backend
+                spec["kv_cache"] = result.kv_cache
             result.peak_rss, result.peak_rss_note = measure_or_reason(spec)
         report["decoder"].append(asdict(result))

@@ -81,6 +81,13 @@ def benchmark_cmd(
             help="GPT-2: add ort-cpu rows whose prompts run on this engine (ov), beside ort-cpu's own",
         ),
     ] = None,
+    kv_cache: Annotated[
+        str | None,
+        typer.Option(
+            "--kv-cache",
+            help="GPT-2: int8 adds ort-cpu rows on the variants' int8 KV cache twins (`optimize --precision kv8`)",
+        ),
+    ] = None,
     out_dir: Annotated[
         Path, typer.Option("--out", help="report directory (JSON, CSV, Markdown, PNG)")
     ] = Path("reports"),
@@ -91,8 +98,10 @@ def benchmark_cmd(
     if workload is not None:
         from ..benchmark.workload import run_workload
 
-        if prefill_backend is not None:
-            raise UserError("--prefill-backend times GPT-2 generation; --workload runs encoder tasks")
+        if prefill_backend is not None or kv_cache is not None:
+            raise UserError(
+                "--prefill-backend and --kv-cache time GPT-2 generation; --workload runs encoder tasks"
+            )
 
         report = run_workload(
             engine,
@@ -123,6 +132,7 @@ def benchmark_cmd(
             rounds=rounds,
             memory=memory,
             prefill_backend=prefill_backend,
+            kv_cache=kv_cache,
         )
     if as_json:
         print_json(report)
