@@ -154,6 +154,8 @@ def test_int8_cache_errors_name_the_fix(gpt2, kv8_gpt2, copy_bundle):
     (stale / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="stale.*--precision kv8 --overwrite"):
         BatchEngine(stale, slots=2, kv_cache="int8")
+    shown = cli("inspect", stale).stdout
+    assert shown.count("(stale)") == 1 and "kv8-inplace" in shown  # the one stale twin is marked, no other
     result = cli("generate", gpt2, "hi", "--kv-cache", "int8")
     assert result.returncode == 2 and "--precision kv8" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

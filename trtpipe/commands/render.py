@@ -47,6 +47,9 @@ def print_inspect(bundle, problems: dict[tuple[str, str], str], sha256: bool = F
                 escape("[" + ", ".join(map(str, entry["shape"])) + "]"),
             )
     out.print(io)
+    def stale(name: str) -> bool:  # a twin whose source was rebuilt after it (never used unasked)
+        return "source_sha256" in m["variants"][name] and bundle.stale(name) is not None
+
     variants = Table(title="variants", show_edge=False)
     for col in ("variant", "file", "size", "made from", "parity", "gate", "on disk"):
         variants.add_column(col)
@@ -58,7 +61,7 @@ def print_inspect(bundle, problems: dict[tuple[str, str], str], sha256: bool = F
             name,
             v["file"],
             mib(v.get("bytes", 0)),
-            str(v.get("made_from") or "-"),
+            str(v.get("made_from") or "-") + (" [yellow](stale)[/]" if stale(name) else ""),
             parity,
             gate_text,
             on_disk(("variant", name)),
