@@ -47,6 +47,7 @@ def print_inspect(bundle, problems: dict[tuple[str, str], str], sha256: bool = F
                 escape("[" + ", ".join(map(str, entry["shape"])) + "]"),
             )
     out.print(io)
+
     def stale(name: str) -> bool:  # a twin whose source was rebuilt after it (never used unasked)
         return "source_sha256" in m["variants"][name] and bundle.stale(name) is not None
 
