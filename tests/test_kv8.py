@@ -120,6 +120,26 @@ def test_a_twin_that_fails_the_gate_is_not_written(gpt2, copy_bundle, monkeypatc
     assert "kv8-inplace" not in Bundle.load(path).variants
 
 
+def test_one_twin_that_fails_its_gate_leaves_the_others_written(gpt2, copy_bundle, monkeypatch):
+    from trtpipe.optimize import kv8_twin
+
+    path = copy_bundle(gpt2)
+    optimize_bundle(path, "int4", force=True)
+    real = kv8_twin.calibrate
+
+    def wrecked_for_int4(bundle, inplace_path, texts):  # int4's scales a thousandth of its range: it fails
+        scales = real(bundle, inplace_path, texts)
+        return [(k * 1e-3, v * 1e-3) for k, v in scales] if "int4" in str(inplace_path) else scales
+
+    monkeypatch.setattr(kv8_twin, "calibrate", wrecked_for_int4)
+    with pytest.raises(CheckFailed, match="int4.kv8-inplace: the int8 KV cache fails the LM gate"):
+        optimize_bundle(path, "kv8", force=False)
+    variants = Bundle.load(path).variants
+    assert "int4.kv8-inplace" not in variants and not (path / "model.int4.kv8-inplace.onnx").exists()
+    assert variants["kv8-inplace"]["gate"]["verdict"] == "pass"  # fp32's twin passed its own gate: written
+    assert not [p for p in path.iterdir() if ".tmp" in p.name]
+
+
 @pytest.mark.parametrize("variant", [None, "int4"])
 def test_batch_engine_on_the_int8_cache_gives_each_request_what_it_gets_alone(kv8_gpt2, variant):
     generator = Generator(kv8_gpt2, variant=variant, kv_cache="int8")

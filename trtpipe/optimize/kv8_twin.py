@@ -84,6 +84,7 @@ def kv8_twin(
     weights = source.get("precision", "fp32")  # the same weights with a float cache (the standard graph)
     alone = gate.decoder_metrics(bundle, bundle.model_path(weights), tmp, held_out, specs)["next_token_top1"]
     if not result.passed and not force:
+        tmp.unlink()  # nothing of it is kept
         raise CheckFailed(
             f"{name}: the int8 KV cache fails the LM gate ({'; '.join(result.failures())}; "
             f"{alone:.4f} against {weights} alone); nothing written — keep the float cache, or pass --force"
@@ -135,12 +136,17 @@ def add_kv8(
         raise UserError(f"{bundle.path} already has the kv8-inplace variant; pass --overwrite to rebuild it")
     fused = "kv-fused" in bundle.variants
     every = [n for n in bundle.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]
+    refused = []  # each twin is gated on its own: one that fails leaves the others written
     with bundle_transaction(bundle.path) as (locked, stage):
         for inplace in [only] if only else every:
-            with status(f"{inplace} → int8 KV cache: calibrating on {len(calibration)} texts, gating"):
-                name, entry, model, path = kv8_twin(
-                    locked, inplace, stage, calibration, held_out, force, tools
-                )
+            try:
+                with status(f"{inplace} → int8 KV cache: calibrating on {len(calibration)} texts, gating"):
+                    name, entry, model, path = kv8_twin(
+                        locked, inplace, stage, calibration, held_out, force, tools
+                    )
+            except CheckFailed as exc:
+                refused.append(str(exc))
+                continue
             metrics = entry["gate"]["metrics"]
             info(
                 f"[green]{entry['file']}[/] from {inplace}: next-token agreement {metrics['next_token_top1']:.4f} "
@@ -151,6 +157,8 @@ def add_kv8(
                     twin = checked_twin(locked, name, {**entry, "path": path}, model, stage, tools)
                 if twin is not None:
                     info(f"[green]{twin['file']}[/] from {name}: one pass = two passes")
+    if refused:
+        raise CheckFailed("; ".join(refused))
     return Bundle.load(bundle_path).variants[kv8_name(only or "kv-inplace")]
 
 
