@@ -14,7 +14,7 @@ from test_batching import _alone, _mix
 from test_cli import cli
 
 from trtpipe.optimize import kv_int8
-from trtpipe.optimize.kv8_twin import calibrate
+from trtpipe.optimize.kv8_twin import calibrate, windows
 from trtpipe.optimize.variants import optimize_bundle
 from trtpipe.runtime import BatchEngine, Bundle, CheckFailed, Generator, UserError
 from trtpipe.runtime.decoder import DecoderRunner
@@ -65,7 +65,9 @@ def test_the_rewrite_keeps_the_cache_in_int8_and_what_it_writes_dequantises_to_t
     plain = DecoderRunner(bundle, OrtSession(source), inplace=True)
     quantised = DecoderRunner(bundle, OrtSession(path), inplace=True)
     assert plain.cache_dtype == np.float32 and quantised.cache_dtype == np.int8  # read from the session
-    ids = Generator(gpt2).encoder.encode_prompt(TEXTS[1])
+    ids = windows(bundle, TEXTS, bundle.limits["max_positions"], 1)[0]  # the window calibration saw
+    positions = bundle.limits["max_positions"]  # calibration reaches every position a long prompt does
+    assert [len(w) for w in windows(bundle, TEXTS * 200, positions, 3)] == [positions] * 3
     caches = [plain.new_cache(1, len(ids)), quantised.new_cache(1, len(ids))]
     logits = [r.prefill([ids], c, 0)[0] for r, c in zip((plain, quantised), caches)]
     assert caches[1].buffers[0][0].dtype == np.int8 and caches[1].buffers[0][0].any()
@@ -88,7 +90,8 @@ def test_optimize_writes_a_gated_int8_twin_of_every_in_place_variant_and_its_fus
         assert entry["kv_cache"] == "int8" and entry["kv"] == "inplace"
         assert {s["dtype"] for s in entry["inputs"] if s["name"].startswith("past_key_values.")} == {"int8"}
         gate = entry["gate"]
-        assert gate["thresholds"] == {"next_token_top1": [">=", 0.97]} and gate["against"] == "fp32"
+        assert gate["thresholds"] == {"next_token_top1": [">=", 0.97], "next_token_top1_long": [">=", 0.97]}
+        assert gate["against"] == "fp32" and 0 <= gate["metrics"]["next_token_top1_long"] <= 1
         assert 0 <= gate["metrics"]["next_token_top1"] <= 1 and 0 <= gate["next_token_top1_vs_source"] <= 1
         assert gate["forced"] == (gate["verdict"] == "fail")  # random weights: whatever it got, recorded
         fused = variants[f"{prefix}kv8-fused"]
