@@ -190,21 +190,7 @@ def benchmark(
     }
     try:
         if bundle.is_decoder:
-            _decoder(
-                bundle,
-                usable,
-                variants,
-                prompt_lens,
-                new_tokens,
-                threads,
-                baselines,
-                rounds,
-                warmup,
-                report,
-                memory,
-                prefill_backend,
-                kv_cache,
-            )
+            _decoder(bundle, usable, report, memory)
         else:
             _encoder(
                 bundle,
@@ -283,23 +269,16 @@ def _encoder(
         report["encoder"].append(asdict(result))
 
 
-def _decoder(
-    bundle,
-    usable,
-    variants,
-    prompt_lens,
-    new_tokens,
-    threads,
-    baselines,
-    rounds,
-    warmup,
-    report,
-    memory,
-    prefill_backend=None,
-    kv_cache=None,
-):
+def _decoder(bundle, usable, report, memory):
+    """GPT-2 rows: ours per backend and variant (and beside ort-cpu's, an OpenVINO prefill's and an int8 cache's where
+    asked), the baselines, the floors; the plan is the report's config (its shapes resolved)."""
     from .decode import floors, make_rows, measure_floors, run_decode
     from .memory import NOT_ASKED, measure_or_reason
+
+    config = report["config"]
+    variants, threads, baselines = config["variants"], config["threads"], config["baselines"]
+    prompt_lens, new_tokens = config["prompt_lens"], config["new_tokens"]
+    prefill_backend, kv_cache = config["prefill_backend"], config["kv_cache"]
 
     rows = []
     for backend in usable:
@@ -314,10 +293,12 @@ def _decoder(
                 bundle, kv8_rows(bundle, names), [], threads, backend=backend, kv_cache=kv_cache
             )
     extra = [b for b in baselines]
-    if "torch" in usable and "torch" not in extra and "torch" in report["config"]["backends"]:
+    if "torch" in usable and "torch" not in extra and "torch" in config["backends"]:
         extra.append("torch")
     rows += make_rows(bundle, [], extra, threads)
-    results = run_decode(bundle, prompt_lens, new_tokens, rows, rounds=rounds, warmup=warmup)
+    results = run_decode(
+        bundle, prompt_lens, new_tokens, rows, rounds=config["rounds"], warmup=config["warmup"]
+    )
     bandwidth, gemm = measure_floors(threads or 2)
     for p in prompt_lens:
         report["floors"].append(
