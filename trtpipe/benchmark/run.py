@@ -192,21 +192,7 @@ def benchmark(
         if bundle.is_decoder:
             _decoder(bundle, usable, report, memory)
         else:
-            _encoder(
-                bundle,
-                usable,
-                variants,
-                batches,
-                seq,
-                threads,
-                baselines,
-                rounds,
-                iters,
-                warmup,
-                seconds,
-                report,
-                memory,
-            )
+            _encoder(bundle, usable, report, memory)
     except KeyboardInterrupt:
         warn("interrupted: writing what was measured")
         report["interrupted"] = True
@@ -228,11 +214,15 @@ def _shapes(bundle, usable, batches, seq, prompt_lens, new_tokens):
     return encoder_shapes(bundle, batches, seq, max_batch=max_batch, max_seq=max_seq)
 
 
-def _encoder(
-    bundle, usable, variants, batches, seq, threads, baselines, rounds, iters, warmup, seconds, report, memory
-):
+def _encoder(bundle, usable, report, memory):
+    """Encoder rows: ours per backend and variant, the baselines, at every batch × seq; the plan is the report's config
+    (its shapes resolved)."""
     from .encode import run_encode
     from .memory import NOT_ASKED, measure_or_reason
+
+    config = report["config"]
+    variants, batches, seq, threads = config["variants"], config["batches"], config["seq"], config["threads"]
+    baselines = config["baselines"]
 
     specs = []
     for backend in usable:
@@ -248,9 +238,8 @@ def _encoder(
         if name not in ("torch", "optimum"):
             raise UserError(f"unknown baseline {name!r}; encoders compare against torch and optimum")
     shapes = [(b, seq) for b in batches]
-    results = run_encode(
-        bundle, specs, shapes, threads, rounds=rounds, iters=iters, warmup=warmup, seconds=seconds
-    )
+    timing = {k: config[k] for k in ("rounds", "iters", "warmup", "seconds")}
+    results = run_encode(bundle, specs, shapes, threads, **timing)
     for result in results:
         if not memory:
             result.peak_rss_note = NOT_ASKED
