@@ -56,11 +56,3 @@ def rewrite_kv_int8(model: onnx.ModelProto, scales: list[tuple[np.ndarray, np.nd
         if value.name.startswith(("past_key_values.", "present.")):
             value.type.tensor_type.elem_type = TensorProto.INT8
     return model
-
-
-def cache_dtype(model_inputs: list[dict]) -> np.dtype:
-    """The KV cache's element type from a variant's recorded inputs (int8 for kv8 twins, else float32)."""
-    for spec in model_inputs:
-        if spec["name"].startswith("past_key_values."):
-            return np.dtype(np.int8) if spec.get("dtype") == "int8" else np.dtype(np.float32)
-    return np.dtype(np.float32)
