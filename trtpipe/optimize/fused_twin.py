@@ -93,22 +93,36 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
             f"{'equal' if agreement['top1'] else 'differs'}): its kernels round a row differently beside other rows "
             "(MatMulNBits at --block-size 128 does, measured); not written, BatchEngine runs it in two passes"
         )
-    entry = bundle.manifest["variants"][name] = {
+    entry = bundle.manifest["variants"][name] = twin_entry(
+        target,
+        tmp,
+        inplace,
+        source,
+        tools,
+        kv="fused",
+        **({"kv_cache": source["kv_cache"]} if "kv_cache" in source else {}),  # a kv8 twin's int8
+        parity={"ort-cpu": {**agreement, "against": f"{inplace}: a decode step, then a prompt chunk"}},
+    )
+    return entry
+
+
+def twin_entry(target: Path, tmp: Path, made_from: str, source: dict, tools: dict, **fields) -> dict:
+    """The manifest entry of a twin staged at `tmp` for `target`, made from variant `made_from` (`source`, its
+    entry): its file, size and sha256, its source's sha256 (a rebuilt source leaves it stale), the source's precision
+    and CPU needs (s8 int8 weights: VNNI), and `fields`."""
+    return {
         "file": target.name,
         "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
         "bytes": tmp.stat().st_size,
-        "made_from": inplace,
+        "made_from": made_from,
         "source_sha256": source["sha256"],
         "precision": source.get("precision", "fp32"),
         "ort_only": True,
-        "kv": "fused",
-        **({"kv_cache": source["kv_cache"]} if "kv_cache" in source else {}),  # a kv8 twin's int8
+        **fields,
         "tools": tools,
-        "parity": {"ort-cpu": {**agreement, "against": f"{inplace}: a decode step, then a prompt chunk"}},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **({"cpu_needs": source["cpu_needs"]} if "cpu_needs" in source else {}),  # s8 int8 weights: VNNI
+        **({"cpu_needs": source["cpu_needs"]} if "cpu_needs" in source else {}),
     }
-    return entry
 
 
 def refresh_fused(

@@ -13,7 +13,6 @@ bundle has the fused step (`kv-fused`), each twin gets its fused twin too (`<pre
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,10 @@ from ..runtime.bundle import Bundle
 from ..runtime.decoder import DecoderRunner
 from ..runtime.errors import CheckFailed, UserError
 from ..runtime.ort import OrtSession
-from ..runtime.store import bundle_transaction, file_hashes
+from ..runtime.store import bundle_transaction
 from ..runtime.text import TextEncoder
 from . import gate
-from .fused_twin import checked_twin
+from .fused_twin import checked_twin, twin_entry
 from .kv_int8 import rewrite_kv_int8, scales_from_absmax
 
 CALIBRATION_TEXTS, CALIBRATION_WINDOWS = 256, 8
@@ -130,29 +129,24 @@ def kv8_twin(
             f"{name}: the int8 KV cache fails the LM gate ({'; '.join(result.failures())}; "
             f"{alone:.4f} against {weights} alone); nothing written — keep the float cache, or pass --force"
         )
-    entry = bundle.manifest["variants"][name] = {
-        "file": target.name,
-        "sha256": {target.name: file_hashes(tmp.parent, [tmp.name])[tmp.name]},
-        "bytes": tmp.stat().st_size,
-        "made_from": inplace,
-        "source_sha256": source["sha256"],
-        "precision": source.get("precision", "fp32"),
-        "ort_only": True,
-        "kv": "inplace",
-        "kv_cache": "int8",
-        "inputs": specs,
-        "outputs": _int8_specs(source["outputs"]),
-        "gate": {**result.to_dict(forced=force), "next_token_top1_vs_source": alone, "against": "fp32"},
-        "calibration": {
+    entry = bundle.manifest["variants"][name] = twin_entry(
+        target,
+        tmp,
+        inplace,
+        source,
+        tools,
+        kv="inplace",
+        kv_cache="int8",
+        inputs=specs,
+        outputs=_int8_specs(source["outputs"]),
+        gate={**result.to_dict(forced=force), "next_token_top1_vs_source": alone, "against": "fp32"},
+        calibration={
             "texts": len(calibration),
             "windows": f"up to {CALIBRATION_WINDOWS} of {bundle.limits['max_positions']} tokens",
             "scales": "max |x| per channel",
         },
-        "tools": tools,
-        "parity": {},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **({"cpu_needs": source["cpu_needs"]} if "cpu_needs" in source else {}),
-    }
+        parity={},
+    )
     return name, entry, model, tmp
 
 
