@@ -47,6 +47,29 @@ def ensure_variant(path: Path, precision: str, **kwargs) -> None:
         )  # the gate is recorded either way
 
 
+def gpt2_with(variants: list[str]) -> tuple[Path, list[str | None]]:
+    """The default GPT-2 bundle with each of `variants` ("fp32" or a precision) made where missing, and the variants as
+    BatchEngine takes them (None for fp32)."""
+    path = ensure_bundle("gpt2", "generate")
+    chosen = [None if v == "fp32" else v for v in variants]
+    for variant in chosen:
+        if variant is not None:
+            ensure_variant(path, variant)
+    return path, chosen
+
+
+def ensure_kv_fused(path: Path) -> None:
+    """The fused step twin of every in-place variant of GPT-2 bundle `path`, current (`optimize --precision
+    kv-fused`)."""
+    from trtpipe.optimize.variants import optimize_bundle
+    from trtpipe.runtime import Bundle
+
+    bundle = Bundle.load(path)
+    twins = [n.removesuffix("-inplace") + "-fused" for n in bundle.variants if n.endswith("kv-inplace")]
+    if any(n not in bundle.variants or bundle.stale(n) for n in twins):
+        optimize_bundle(path, "kv-fused", overwrite="kv-fused" in bundle.variants)
+
+
 def ensure_kv8(path: Path, force: bool) -> None:
     """The int8 KV cache twin of every in-place variant of GPT-2 bundle `path`, current (`optimize --precision kv8`;
     `force`: random weights, whose gate is recorded but cannot be met)."""

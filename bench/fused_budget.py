@@ -13,7 +13,7 @@ import argparse
 import os
 
 import numpy as np
-from common import ensure_bundle, ensure_variant, load_line, mix_rounds, span, warmed, write_section
+from common import ensure_kv_fused, gpt2_with, load_line, mix_rounds, span, warmed, write_section
 
 from trtpipe.runtime import BatchEngine
 from trtpipe.runtime.request import PREFILL
@@ -49,7 +49,6 @@ class RestInOwnPasses(BatchEngine):
 
 def main() -> None:
     from trtpipe.benchmark.vllm_peer import mix_requests
-    from trtpipe.optimize.variants import optimize_bundle
     from trtpipe.runtime import Bundle
 
     parser = argparse.ArgumentParser(
@@ -63,17 +62,8 @@ def main() -> None:
     args = parser.parse_args()
 
     load = os.getloadavg()[0]
-    path = ensure_bundle("gpt2", "generate")
-    variants = [None if v == "fp32" else v for v in args.variants]
-    for variant in variants:
-        if variant is not None:
-            ensure_variant(path, variant)
-    bundle = Bundle.load(path)
-    if (
-        any(bundle.stale(n) for n in bundle.variants if n.endswith("kv-fused"))
-        or "kv-fused" not in bundle.variants
-    ):
-        optimize_bundle(path, "kv-fused", overwrite="kv-fused" in bundle.variants)
+    path, variants = gpt2_with(args.variants)
+    ensure_kv_fused(path)
     requests = mix_requests(Bundle.load(path), 32)
     engines = {}
     for variant in variants:

@@ -117,7 +117,7 @@ def serving_rows(path, variants: list, args, requests) -> list[str]:
 
 
 def main() -> None:
-    from common import ensure_bundle, ensure_variant, load_line, write_section
+    from common import ensure_kv_fused, gpt2_with, load_line, write_section
 
     from trtpipe.benchmark.vllm_peer import mix_requests
     from trtpipe.runtime import Bundle
@@ -135,21 +135,9 @@ def main() -> None:
     args = parser.parse_args()
 
     load = os.getloadavg()[0]
-    path = ensure_bundle("gpt2", "generate")
-    variants = [None if v == "fp32" else v for v in args.variants]
-    for variant in variants:
-        if variant is not None:
-            ensure_variant(path, variant)
+    path, variants = gpt2_with(args.variants)
+    ensure_kv_fused(path)
     bundle = Bundle.load(path)
-    if (
-        any(f"{v}.kv-fused" not in bundle.variants for v in variants if v)
-        or "kv-fused" not in bundle.variants
-    ):
-        from trtpipe.optimize.variants import optimize_bundle
-
-        # every in-place variant's twin, current
-        optimize_bundle(path, "kv-fused", overwrite="kv-fused" in bundle.variants)
-        bundle = Bundle.load(path)
     vocab = bundle.model["vocab_size"]
     rng = np.random.default_rng(0)
     lengths_all = rng.integers(100, 300, max(args.rows))

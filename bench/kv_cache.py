@@ -218,7 +218,7 @@ def accuracy_rows(demo) -> list[str]:
 
 
 def main() -> None:
-    from common import BUNDLES, ensure_bundle, ensure_kv8, ensure_variant, load_line, write_section
+    from common import BUNDLES, ensure_kv8, gpt2_with, load_line, write_section
 
     from trtpipe.benchmark.vllm_peer import mix_requests
     from trtpipe.runtime import Bundle
@@ -236,11 +236,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load = os.getloadavg()[0]
-    path = ensure_bundle("gpt2", "generate")
-    variants = [None if v == "fp32" else v for v in args.variants]
-    for variant in variants:
-        if variant is not None:
-            ensure_variant(path, variant)
+    path, variants = gpt2_with(args.variants)
     ensure_kv8(path, force=True)  # random weights: the gate is recorded, not met
     bundle = Bundle.load(path)
     from openvino_peers import batch_prompts
