@@ -230,9 +230,9 @@ def test_a_busy_fused_engine_runs_on_one_session(fused_gpt2):
 def test_a_twin_that_fails_its_check_is_left_out_and_its_precision_runs_in_two_passes(
     fused_gpt2, copy_bundle, monkeypatch
 ):
-    """A kernel that rounds a row differently beside other rows (MatMulNBits at block 128, measured) fails the twin's
-    check: rebuilding that precision still succeeds, the old twin is left stale (file and entry untouched) and is not
-    used, and the other precisions keep their fused step."""
+    """A kernel that rounds a row differently beside other rows (MatMulNBits at block 128 did, before pair_rows.py)
+    fails the twin's check: rebuilding that precision still succeeds, the old twin is left stale (file and entry
+    untouched) and is not used, and the other precisions keep their fused step."""
     from trtpipe.optimize import fused_twin
     from trtpipe.runtime.store import sha256_file
 
@@ -252,11 +252,3 @@ def test_a_twin_that_fails_its_check_is_left_out_and_its_precision_runs_in_two_p
     assert not [p for p in path.iterdir() if ".tmp" in p.name]  # nothing half-written left behind
     assert BatchEngine(path, variant="int4", slots=2).fused is None
     assert BatchEngine(path, slots=2).fused is not None
-
-
-def test_optimize_warns_that_large_blocks_round_rows_by_their_neighbours(gpt2, copy_bundle, capfd):
-    path = copy_bundle(gpt2)
-    optimize_bundle(path, "int4", force=True, block_size=64)
-    assert "--block-size 64" in capfd.readouterr().err
-    optimize_bundle(path, "int4", force=True, overwrite=True, block_size=32)
-    assert "--block-size" not in capfd.readouterr().err

@@ -91,7 +91,7 @@ def kv_fused_twin(bundle: Bundle, inplace: str, source: dict, model: onnx.ModelP
             f"{name}: one fused step disagrees with a decode step and a chunk (max abs logits "
             f"{agreement['max_abs_logits']:.2e}, K/V {agreement['max_abs_kv']:.2e}, atol {ATOL}, top-1 "
             f"{'equal' if agreement['top1'] else 'differs'}): its kernels round a row differently beside other rows "
-            "(MatMulNBits at --block-size 128 does, measured); not written, BatchEngine runs it in two passes"
+            "(as MatMulNBits at --block-size 128 did before pair_rows.py); not written, BatchEngine runs it in two passes"
         )
     entry = bundle.manifest["variants"][name] = twin_entry(
         target,

@@ -15,6 +15,7 @@ from ..parity.decoder import step_logits
 from ..runtime.bundle import Bundle
 from ..runtime.generate import Generator
 from ..runtime.store import file_hashes
+from .pair_rows import needs_pairs, pair_rows
 
 
 def kv_inplace_twin(
@@ -42,6 +43,8 @@ def kv_inplace_twin(
             lm_head=lm_head,
             accuracy_level=accuracy_level,
         )
+        if needs_pairs(model):  # block ≥ 64: its kernel takes rows in pairs (pair_rows.py)
+            model = pair_rows(model)
     name = f"{precision}.kv-inplace"
     target = bundle.path / f"model.{name}.onnx"
     tmp = stage(target)

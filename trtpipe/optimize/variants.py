@@ -91,11 +91,6 @@ def optimize_bundle(
         )
     if block_size not in (16, 32, 64, 128, 256):
         raise UserError(f"--block-size must be 16, 32, 64, 128 or 256 (got {block_size})")
-    if block_size >= 64 and precision in ("int4", "int8-wo"):  # measured: docs/benchmarks.md#openvino-peers
-        warn(
-            f"--block-size {block_size}: ONNX Runtime's MatMulNBits then rounds a row differently beside other rows, "
-            "so in-flight batching may not give a request exactly what it gets alone (16 and 32 do)"
-        )
     if int8_weights not in INT8_WEIGHTS:
         raise UserError(f"--int8-weights must be {' or '.join(INT8_WEIGHTS)} (got {int8_weights!r})")
     if int8_weights == "s8":
