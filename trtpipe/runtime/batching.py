@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .bundle import Bundle
+from .chunks import next_piece
 from .errors import UserError
 from .fused import open_fused
 from .generate import Completion, Generator, History, PromptTruncated, Token
@@ -82,7 +83,7 @@ class BatchEngine:
         self.backend = backend
         self.bundle = self.generator.bundle
         positions = self.generator.max_positions
-        for name, value, low in (("slots", slots, 1), ("chunk", chunk, 1), ("max_queue", max_queue, 0)):
+        for name, value, low in (("slots", slots, 1), ("chunk", chunk, 2), ("max_queue", max_queue, 0)):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise UserError(f"{name} must be an integer ≥ {low} (got {value!r})")
         capacity = positions if capacity is None else capacity
@@ -254,7 +255,7 @@ class BatchEngine:
         started = time.perf_counter()
         self.stats["moves"] += pack(self.table, self.cache, running)  # every prompt's row is now ≥ R
         (rows, tokens, lengths), request = step_rows(self.table, len(running)), waiting[0]
-        piece = request.ids[request.prefilled : request.prefilled + self.chunk]
+        piece = next_piece(request.ids, request.prefilled, self.chunk)  # never a lone token (chunks.py)
         logits = self.fused.run(self.cache, tokens, lengths, piece, request.prefilled, request.slot)
         request.prefilled += len(piece)
         for key, value in (("prefill_tokens", len(piece)), ("decode_rows", len(rows)), ("fused_steps", 1)):
@@ -275,7 +276,9 @@ class BatchEngine:
         for request in sorted((r for r in self.table if r and r.state == PREFILL), key=lambda r: r.id):
             if budget <= 0:
                 break
-            piece = request.ids[request.prefilled : request.prefilled + budget]
+            piece = next_piece(request.ids, request.prefilled, budget)
+            if not piece:  # its next piece would be a lone token: the next step's budget takes it
+                continue
             logits = self.prefill_logits
             runner.prefill_row(piece, self.cache, request.slot, request.prefilled, logits)
             request.prefilled += len(piece)

@@ -140,8 +140,8 @@ def _check_options(options: RepoOptions) -> None:
         raise UserError(f"--threads must be between 1 and 1024 (got {options.threads})")
     if not 0 <= options.max_queue <= 100_000:
         raise UserError(f"--max-queue must be between 0 and 100000 (got {options.max_queue})")
-    if not 1 <= options.prefill_chunk <= 65_536:
-        raise UserError(f"--prefill-chunk must be between 1 and 65536 (got {options.prefill_chunk})")
+    if not 2 <= options.prefill_chunk <= 65_536:  # a piece of one token rounds otherwise (runtime/chunks.py)
+        raise UserError(f"--prefill-chunk must be between 2 and 65536 (got {options.prefill_chunk})")
     if options.prefill_backend is not None:
         if options.prefill_backend not in PREFILL_BACKENDS:
             raise UserError(
