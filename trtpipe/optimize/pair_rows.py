@@ -98,7 +98,7 @@ def _real(x: str, out: str) -> onnx.NodeProto:
     return helper.make_node("Slice", [x, f"{P}/zeros2", f"{P}/BS", f"{P}/axes01"], [out], name=out)
 
 
-def _lm_head(graph: onnx.GraphProto, node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
+def _lm_head(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
     """Pad a 2-D MatMulNBits' rows to an even count and slice its output back (the LM head, after the gather)."""
     x, y = node.input[0], node.output[0]
     p = f"{P}/head{index}"
@@ -152,7 +152,7 @@ def pair_rows(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(_real(node.input[0], f"{P}/last/real"))
             node.input[0] = f"{P}/last/real"
         if node.output[0] in head:
-            nodes += _lm_head(graph, node, len(nodes))
+            nodes += _lm_head(node, len(nodes))
             continue
         nodes.append(node)
         if embeddings in node.output:
