@@ -179,6 +179,7 @@ def test_int8_cache_errors_name_the_fix(gpt2, kv8_gpt2, copy_bundle):
         BatchEngine(stale, slots=2, kv_cache="int8")
     shown = cli("inspect", stale).stdout
     assert shown.count("(stale)") == 1 and "kv8-inplace" in shown  # the one stale twin is marked, no other
+    assert all(Bundle.load(stale).stale(n) is None for n in ("fp32", "kv-inplace"))  # not twins: never stale
     result = cli("generate", gpt2, "hi", "--kv-cache", "int8")
     assert result.returncode == 2 and "--precision kv8" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

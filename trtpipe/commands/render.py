@@ -49,7 +49,7 @@ def print_inspect(bundle, problems: dict[tuple[str, str], str], sha256: bool = F
     out.print(io)
 
     def stale(name: str) -> bool:  # a twin whose source was rebuilt after it (never used unasked)
-        return "source_sha256" in m["variants"][name] and bundle.stale(name) is not None
+        return bundle.stale(name) is not None
 
     variants = Table(title="variants", show_edge=False)
     for col in ("variant", "file", "size", "made from", "parity", "gate", "on disk"):

@@ -130,8 +130,10 @@ class Bundle:
 
     def stale(self, name: str) -> str | None:
         """Why twin `name` (a fused step or an int8 cache, made from another variant) no longer matches the variant
-        it was made from (None: it does)."""
+        it was made from (None: it does, or `name` is not such a twin: nothing recorded its source's hash)."""
         entry = self.variants[name]
+        if "source_sha256" not in entry:
+            return None
         source = self.variants.get(entry.get("made_from") or "")
         if source is None:
             return f"its source variant {entry.get('made_from')} is gone"
