@@ -63,11 +63,8 @@ def make_bundle(bundles_dir) -> BundleFactory:
     return BundleFactory(bundles_dir)
 
 
-@pytest.fixture(scope="session")
-def long_gpt2(tmp_path_factory):
-    """tiny-gpt2 with 2,048 positions (a checkpoint made here, seeded): a stream of 2,000 tokens lasts seconds on
-    Triton, far longer than a scheduling hiccup of the test process, so cancel, kill and drain tests are not racing
-    its end."""
+def tiny_gpt2_variant(root: Path, **config) -> Path:
+    """A bundle of tiny-gpt2 with `config` changed (a seeded checkpoint made here, exported into `root`)."""
     import torch
     import transformers
 
@@ -75,13 +72,19 @@ def long_gpt2(tmp_path_factory):
     from trtpipe.export.vocab import gpt2_tokenizer_dir
     from trtpipe.presets import PRESETS
 
-    config = {**PRESETS["tiny-gpt2"].config, "n_positions": 2048}
+    config = {**PRESETS["tiny-gpt2"].config, **config}
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("long-gpt2")
     transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).save_pretrained(root / "checkpoint")
     tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_tokenizer_dir(config["vocab_size"]))
     tokenizer.save_pretrained(root / "checkpoint")
     return export_bundle(str(root / "checkpoint"), "generate", root / "bundle")
+
+
+@pytest.fixture(scope="session")
+def long_gpt2(tmp_path_factory):
+    """tiny-gpt2 with 2,048 positions: a stream of 2,000 tokens lasts seconds on Triton, far longer than a scheduling
+    hiccup of the test process, so cancel, kill and drain tests are not racing its end."""
+    return tiny_gpt2_variant(tmp_path_factory.mktemp("long-gpt2"), n_positions=2048)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import tiny_gpt2_variant
 from test_batching import _alone, _mix
 
 from trtpipe.optimize.pair_rows import needs_pairs, pair_rows
@@ -20,20 +21,7 @@ from trtpipe.runtime import BatchEngine, Bundle, Generator
 def wide_gpt2(tmp_path_factory):
     """A seeded GPT-2 128 wide (MatMulNBits blocks of 64 and 128 need rows that long), int4 at block 128 and its
     fused twins."""
-    import torch
-    import transformers
-
-    from trtpipe.export import export_bundle
-    from trtpipe.export.vocab import gpt2_tokenizer_dir
-    from trtpipe.presets import PRESETS
-
-    config = {**PRESETS["tiny-gpt2"].config, "n_embd": 128}
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("wide-gpt2")
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).save_pretrained(root / "checkpoint")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_tokenizer_dir(config["vocab_size"]))
-    tokenizer.save_pretrained(root / "checkpoint")
-    path = export_bundle(str(root / "checkpoint"), "generate", root / "bundle")
+    path = tiny_gpt2_variant(tmp_path_factory.mktemp("wide-gpt2"), n_embd=128)
     optimize_bundle(path, "int4", force=True, block_size=128)
     optimize_bundle(path, "kv-fused")
     return path
