@@ -357,6 +357,66 @@ def test_weight_only_walks_its_rungs_until_the_calibration_gate_passes(make_bund
     assert search.weight_only_rungs(16, False) == [(16, False)]
 
 
+def test_the_ladder_from_a_wide_block_halves_it_before_it_gives_up_the_quantised_head():
+    from trtpipe.optimize import search
+
+    assert search.weight_only_rungs(128, True) == [
+        (128, True),
+        (64, True),
+        (32, True),
+        (128, False),
+        (64, False),
+        (32, False),
+        (16, False),
+    ]
+    assert search.weight_only_rungs(256, False)[0] == (256, False)
+    assert search.weight_only_rungs(256, False)[-1] == (16, False)
+    assert len(set(search.weight_only_rungs(256, True))) == len(search.weight_only_rungs(256, True))
+
+
+def _matmuls(*widths: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, x = [], [], "x"
+    for index, (k, n) in enumerate(zip(widths, widths[1:])):
+        inits.append(numpy_helper.from_array(np.zeros((k, n), np.float32), f"w{index}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{index}"], [f"y{index}"]))
+        x = f"y{index}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", widths[0]])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["M", widths[-1]])],
+        inits,
+    )
+    return helper.make_model(graph)
+
+
+def test_the_default_block_is_wide_but_never_wider_than_the_narrowest_weight():
+    from trtpipe.optimize.weight_only import DEFAULT_BLOCK, default_block
+
+    gpt2 = _matmuls(768, 3072, 768)  # 124M's widths
+    assert default_block(gpt2, "int4") == DEFAULT_BLOCK["int4"] == 128
+    assert default_block(gpt2, "int8-wo") == DEFAULT_BLOCK["int8-wo"] == 256
+    assert default_block(_matmuls(256, 1024, 256), "int8-wo") == 256
+    assert default_block(_matmuls(768, 96, 768), "int8-wo") == 64  # K = 96: the power of two below it
+    assert default_block(_matmuls(32, 128, 32), "int4") == 32  # tiny-gpt2 keeps the old block
+    assert default_block(_matmuls(8, 8), "int4") == 16  # never below the kernel's smallest
+
+
+def test_optimize_without_a_block_size_starts_from_the_default_block(make_bundle, tmp_path):
+    from trtpipe.optimize.weight_only import default_block
+
+    path = shutil.copytree(
+        make_bundle("tiny-gpt2", "generate"), tmp_path / "bundle"
+    )  # the shared one stays as is
+    entry = optimize_bundle(path, "int8-wo", force=True)
+    fp32 = onnx.load(str(Bundle.load(path).model_path("fp32")))
+    assert entry["report"]["block_size"] == default_block(fp32, "int8-wo") == 32
+    with pytest.raises(UserError, match="--block-size"):
+        optimize_bundle(path, "int4", force=True, block_size=48)
+
+
 def test_headroom_asks_for_part_of_the_allowed_error_to_spare():
     from trtpipe.optimize.gate import GateResult
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_gpt2_variant
 from test_batching import _alone, _mix
 
-from trtpipe.optimize.pair_rows import needs_pairs, pair_rows
+from trtpipe.optimize.pair_rows import P, needs_pairs, pair_rows
 from trtpipe.optimize.variants import optimize_bundle
 from trtpipe.optimize.weight_only import quantize_weight_only
 from trtpipe.runtime import BatchEngine, Bundle, Generator
@@ -118,3 +118,21 @@ def test_batching_at_block_128_gets_what_each_request_gets_alone(wide_gpt2):
     for item, want, request in zip(mix, expected, requests):
         assert request.result().ids == want.ids, item
     assert engine.stats["fused_steps"] > 0
+
+
+def test_int8_wo_at_its_default_block_batches_exactly(wide_gpt2):
+    """int8-wo's default block (256, at most the narrowest weight: 128 here) is one the kernel pairs rows at: its
+    in-place twin is paired, and BatchEngine still gives each request what it gets alone."""
+    entry = optimize_bundle(wide_gpt2, "int8-wo", force=True)
+    assert entry["report"]["block_size"] == 128
+    bundle = Bundle.load(wide_gpt2)
+    twin = onnx.load(str(bundle.model_path("int8-wo.kv-inplace")))
+    assert any(n.name.startswith(P) for n in twin.graph.node) and not needs_pairs(twin)
+    generator = Generator(wide_gpt2, variant="int8-wo")
+    mix = _mix(generator)
+    expected = [_alone(generator, item) for item in mix]
+    engine = BatchEngine(wide_gpt2, variant="int8-wo", slots=4, chunk=16)
+    requests = [engine.submit(i["prompt"], i["max_new_tokens"], i["sampling"], i["stop"]) for i in mix]
+    engine.run()
+    for item, want, request in zip(mix, expected, requests):
+        assert request.result().ids == want.ids, item

@@ -28,7 +28,14 @@ def optimize_cmd(
     method: Annotated[
         str, typer.Option("--method", help="int8-qdq calibration: minmax | entropy | percentile")
     ] = "minmax",
-    block_size: Annotated[int, typer.Option("--block-size", help="int4 / int8-wo block size")] = 32,
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            "--block-size",
+            help="int4 / int8-wo block size: 16 | 32 | 64 | 128 | 256 (default: int4 128, int8-wo 256, at most the "
+            "narrowest weight's input width; the gate's ladder halves it where accuracy needs)",
+        ),
+    ] = None,
     int8_weights: Annotated[
         str,
         typer.Option(

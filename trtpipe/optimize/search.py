@@ -12,6 +12,7 @@ from ..export import graph
 from ..runtime.bundle import Bundle
 from ..runtime.store import temp_name
 from . import gate
+from .weight_only import SMALLEST_BLOCK, default_block, quantize_weight_only
 
 
 def _evaluate(bundle: Bundle, precision: str, candidate: onnx.ModelProto, texts, search: bool, backend: str):
@@ -74,10 +75,17 @@ def calibration_gate(
 
 
 def weight_only_rungs(block_size: int, lm_head: bool) -> list[tuple[int, bool]]:
-    """Weight-only settings from the requested (smallest file, fastest) to the safest: the LM head back in fp32
-    (GPT-2's tied head is the one matrix whose error reaches every logit directly), then half the block size."""
-    rungs = [(block_size, lm_head), (block_size, False), (max(16, block_size // 2), False)]
+    """Weight-only settings from the requested (smallest file, fastest) to the safest: half the block, down to 32,
+    with the LM head as asked; then the LM head back in fp32 (GPT-2's tied head is the one matrix whose error
+    reaches every logit directly; in fp32 it is more bytes a token than all int4 layers), from the requested block
+    halving down to 16. From 32 that is 32, 32 with the head in fp32, 16 (the ladder before the default grew)."""
+    quantised = [(block, lm_head) for block in _halves(block_size, min(block_size, 32))]
+    rungs = quantised + [(block, False) for block in _halves(block_size, SMALLEST_BLOCK)]
     return list(dict.fromkeys(rungs))
+
+
+def _halves(block: int, last: int) -> list[int]:
+    return [block >> i for i in range(8) if block >> i >= last]
 
 
 def weight_only_gated(
@@ -85,19 +93,19 @@ def weight_only_gated(
     source: Path,
     precision: str,
     calib_texts: list[str],
-    block_size: int,
+    block_size: int | None,
     lm_head: bool,
     accuracy_level: int,
     force: bool,
 ):
-    """MatMulNBits at the requested settings; when the calibration gate refuses them (and not `force`, which keeps
-    exactly what was asked for), the next rung of `weight_only_rungs`. The held-out gate has the last word."""
-    from .weight_only import quantize_weight_only
-
+    """MatMulNBits at the requested settings (block None: `default_block`); when the calibration gate refuses them
+    (and not `force`, which keeps exactly what was asked for), the next rung of `weight_only_rungs`. The held-out
+    gate has the last word: where no rung passes calibration, the last (safest) is what it judges."""
     bits = 4 if precision == "int4" else 8
+    source_model = onnx.load(str(source))
+    block_size = default_block(source_model, precision) if block_size is None else block_size
     rungs = weight_only_rungs(block_size, lm_head)[: 1 if force else None]
     passes = None if len(rungs) == 1 else calibration_gate(bundle, precision, calib_texts, headroom=1 / 2)
-    source_model = onnx.load(str(source))
     tried = []
     for block, head in rungs:
         with status(f"{precision}: MatMulNBits (block {block}, LM head {'quantised' if head else 'fp32'})"):

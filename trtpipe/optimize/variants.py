@@ -73,7 +73,7 @@ def optimize_bundle(
     force: bool = False,
     overwrite: bool = False,
     method: str = "minmax",
-    block_size: int = 32,
+    block_size: int | None = None,
     lm_head: bool = True,
     accuracy_level: int = 4,
     gate_texts: str | Path | None = None,
@@ -89,7 +89,7 @@ def optimize_bundle(
         raise UserError(
             f"unknown calibration method {method!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
         )
-    if block_size not in (16, 32, 64, 128, 256):
+    if block_size is not None and block_size not in (16, 32, 64, 128, 256):
         raise UserError(f"--block-size must be 16, 32, 64, 128 or 256 (got {block_size})")
     if int8_weights not in INT8_WEIGHTS:
         raise UserError(f"--int8-weights must be {' or '.join(INT8_WEIGHTS)} (got {int8_weights!r})")
@@ -210,7 +210,7 @@ def _optimize_locked(
     held_out: list[str],
     force: bool,
     method: str,
-    block_size: int,
+    block_size: int | None,
     lm_head: bool,
     accuracy_level: int,
     started: float,
@@ -319,7 +319,7 @@ def _build(
     precision: str,
     calib_texts: list[str],
     method: str,
-    block_size: int,
+    block_size: int | None,
     lm_head: bool,
     accuracy_level: int,
     force: bool = False,

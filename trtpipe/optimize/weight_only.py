@@ -13,6 +13,33 @@ from onnx import helper, numpy_helper
 
 from ..export import graph
 
+# the block each precision starts from when --block-size is not given (`default_block`). ONNX Runtime's int8-compute
+# kernel converts and scales one int32 sum per block, so wider blocks cost less: on GPT-2 124M a decode step took
+# 0.84-0.89x (int4, 128 vs 32) and 0.77-0.85x (int8-wo, 256 vs 32) the time at 1-16 rows, the pair of rows blocks of
+# 64 and more need included, and a prefill 0.75-0.80x (bench/block_sizes.py). The gate's ladder halves it where needed.
+DEFAULT_BLOCK = {"int4": 128, "int8-wo": 256}
+SMALLEST_BLOCK = 16
+
+
+def default_block(model: onnx.ModelProto, precision: str) -> int:
+    """The block `precision` starts from on `model`: DEFAULT_BLOCK, at most the smallest input width (K) of a weight
+    MatMul (a block wider than K pads every column with zeros: a tiny model would grow, not shrink), as a power of
+    two, at least SMALLEST_BLOCK."""
+    inits = {i.name: i.dims for i in model.graph.initializer}
+    widths = [
+        inits[n.input[1]][1 if _transposed(n) else 0]
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and len(inits.get(n.input[1], ())) == 2
+    ]
+    block = DEFAULT_BLOCK[precision]
+    while widths and block > min(widths) and block > SMALLEST_BLOCK:
+        block //= 2
+    return block
+
+
+def _transposed(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+
 
 def untie_lm_head(model: onnx.ModelProto) -> str | None:
     """Gemm(X, W, transB=1) with a large constant W → MatMul(X, Wᵀ). Returns the node name, or None."""
