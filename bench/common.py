@@ -148,6 +148,23 @@ class Timer:
         self.seconds = time.perf_counter() - self.started
 
 
+def step_ms(runner, tokens, lengths, cache, repeat: int) -> float:
+    """Median ms of `repeat` in-place decode steps of `runner` over rows [0, len(tokens)) of `cache`, after the last
+    runner's spinning threads went to sleep (`settle`) and one warm step."""
+    import numpy as np
+
+    from trtpipe.benchmark.decode import settle
+
+    settle()
+    runner.decode(tokens, lengths, cache, None)
+    spent = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        runner.decode(tokens, lengths, cache, None)
+        spent.append(time.perf_counter() - started)
+    return float(np.median(spent)) * 1e3
+
+
 def span(values, places: int = 0) -> str:
     """low–high of repeated measurements at `places` decimals (one number when they round the same)."""
     low, high = f"{min(values):.{places}f}", f"{max(values):.{places}f}"

@@ -77,9 +77,8 @@ def attention_ms(path, dtype, rows: int, lengths, tokens, threads: int) -> tuple
 
 
 def step_rows(path, variants, args) -> list[str]:
-    from common import span
+    from common import span, step_ms
 
-    from trtpipe.benchmark.decode import settle
     from trtpipe.runtime import Bundle, Generator
 
     bundle = Bundle.load(path)
@@ -98,14 +97,7 @@ def step_rows(path, variants, args) -> list[str]:
         for rows in args.rows:
             for key, runner in runners.items():
                 tokens, lengths = tokens_all[:rows], lengths_all[:rows]
-                settle()  # the last runner's spinning threads asleep first
-                runner.decode(tokens, lengths, caches[key], None)
-                spent = []
-                for _ in range(REPEAT):
-                    started = time.perf_counter()
-                    runner.decode(tokens, lengths, caches[key], None)
-                    spent.append(time.perf_counter() - started)
-                timings[(key, rows)].append(float(np.median(spent)) * 1e3)
+                timings[(key, rows)].append(step_ms(runner, tokens, lengths, caches[key], REPEAT))
     lines = [
         f"GPT-2 124M, random weights, {args.threads} threads. **One decode step** (in place) of R rows at "
         f"{CONTEXT[0]}–{CONTEXT[1]} cached tokens, the cache filled with random values; median ms of {REPEAT} steps, "

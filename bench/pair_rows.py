@@ -1,6 +1,6 @@
 """Pair rows (`optimize/pair_rows.py`) on GPT-2 124M int4 at block 128, openvino-genai's group size (issue 20, item
 3), side by side in one process with the same int4 built without them (the graph as it was before) and with our
-default block 32:
+block 32 (the default until block_sizes.py):
 - one decode step of R rows (in place, the cache filled with random values), median ms, rounds interleaved: what a
   row paired with a zero row costs;
 - 8 streams of 32-token prompts at once, 64 new tokens each (the openvino-genai batch shape), BatchEngine with its
@@ -30,8 +30,6 @@ PAIRED = "block 128, paired rows"
 
 def copies(path, scratch: str) -> dict:
     """{label: bundle}: block 128 with pairs, block 128 without (`needs_pairs` patched off, as before), block 32."""
-    from pathlib import Path
-
     from openvino_peers import block128_copy
 
     paired = block128_copy(path, os.path.join(scratch, "paired"))
@@ -40,15 +38,14 @@ def copies(path, scratch: str) -> dict:
     return {
         PAIRED: paired,
         "block 128, unpaired (before)": unpaired,
-        "block 32": Path(path),
+        "block 32": block128_copy(path, os.path.join(scratch, "block32"), block=32),
     }
 
 
 def step_rows(bundles: dict, args) -> list[str]:
-    from common import span
+    from common import span, step_ms
     from kv_cache import filled
 
-    from trtpipe.benchmark.decode import settle
     from trtpipe.runtime import Generator
 
     rng = np.random.default_rng(0)
@@ -62,14 +59,8 @@ def step_rows(bundles: dict, args) -> list[str]:
     for _ in range(args.rounds):
         for rows in args.rows:
             for label, runner in runners.items():
-                settle()
-                runner.decode(tokens[:rows], lengths[:rows], caches[label], None)
-                spent = []
-                for _ in range(REPEAT):
-                    started = time.perf_counter()
-                    runner.decode(tokens[:rows], lengths[:rows], caches[label], None)
-                    spent.append(time.perf_counter() - started)
-                timings[(label, rows)].append(float(np.median(spent)) * 1e3)
+                step = step_ms(runner, tokens[:rows], lengths[:rows], caches[label], REPEAT)
+                timings[(label, rows)].append(step)
     lines = [
         f"GPT-2 124M int4 (random weights: speed only), {args.threads} threads. **One decode step** (in place) of R "
         f"rows at {CONTEXT[0]}–{CONTEXT[1]} cached tokens, median ms of {REPEAT} steps, {args.rounds} interleaved "
