@@ -18,6 +18,7 @@ SCRIPTS = [
     "fused_step.py",  # decoding rows and a prompt chunk in one pass (kv_fused.py) against BatchEngine's two
     "kv_cache.py",  # the int8 KV cache (optimize --precision kv8) against the fp32 one: steps, the mix, 8 streams
     "pair_rows.py",  # int4 at block 128 with paired rows, without (before), at block 32: steps, 8 streams, exactness
+    "block_sizes.py",  # the weight-only block optimize starts from: int4 32 vs 128, int8-wo 32 vs 256, the demo gate
     "fused_budget.py",  # a fused step's prompt tokens: one chunk, against the rest of the budget in passes of their own
     "packing.py",  # BatchEngine's packed running rows against the old ride-along scheduling, the same mix
     "batch_scaling.py",  # in-flight batching by precision: kernels per M, steps per rows and per op, the mix
