@@ -4,6 +4,8 @@ BatchEngine (fused step included) gives every request what it gets alone."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -136,3 +138,26 @@ def test_int8_wo_at_its_default_block_batches_exactly(wide_gpt2):
     engine.run()
     for item, want, request in zip(mix, expected, requests):
         assert request.result().ids == want.ids, item
+
+
+def test_an_in_place_twin_built_before_pairs_is_named_with_its_fix(wide_gpt2, tmp_path, recwarn):
+    import json
+    import shutil
+
+    from trtpipe.runtime import UnpairedRows
+
+    assert Bundle.load(wide_gpt2).unpaired("int4") is None  # paired when optimize made it
+    assert Bundle.load(wide_gpt2).unpaired("fp32") is None  # no MatMulNBits, nothing to pair
+    BatchEngine(wide_gpt2, variant="int4", slots=2)
+    assert not [w for w in recwarn if issubclass(w.category, UnpairedRows)]
+    old = shutil.copytree(wide_gpt2, tmp_path / "old", copy_function=os.link)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["variants"]["int4.kv-inplace"][
+        "paired_rows"
+    ]  # what a bundle from before pair_rows.py records
+    (old / "manifest.json").unlink()  # a hard link: write a file of its own
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    reason = Bundle.load(old).unpaired("int4")
+    assert "block 128" in reason and "--precision int4 --block-size 128 --overwrite" in reason
+    with pytest.warns(UnpairedRows, match="before rows were paired"):
+        BatchEngine(old, variant="int4", slots=2)

@@ -25,6 +25,7 @@ def kv_inplace_twin(
     graph of this precision through the runtime's own decoding loop. Returns its manifest entry, its graph and its
     staged file."""
     source = onnx.load(str(bundle.model_path("kv-inplace")))
+    paired = False
     if precision == "int8":
         from .int8 import apply_dynamic, weight_matmuls
         from .weight_only import untie_lm_head
@@ -43,7 +44,8 @@ def kv_inplace_twin(
             lm_head=lm_head,
             accuracy_level=accuracy_level,
         )
-        if needs_pairs(model):  # block ≥ 64: its kernel takes rows in pairs (pair_rows.py)
+        paired = needs_pairs(model)  # block ≥ 64: its kernel takes rows in pairs (pair_rows.py)
+        if paired:
             model = pair_rows(model)
     name = f"{precision}.kv-inplace"
     target = bundle.path / f"model.{name}.onnx"
@@ -61,6 +63,9 @@ def kv_inplace_twin(
         "inputs": base["inputs"],
         "outputs": base["outputs"],
         "gate": {**result.to_dict(), "note": f"same weights and settings as the {precision} variant"},
+        **(
+            {"paired_rows": True} if paired else {}
+        ),  # Bundle.unpaired: a twin made before pairs were lacks it
         "parity": {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

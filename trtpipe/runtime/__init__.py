@@ -7,7 +7,7 @@ vectors = pipe.embed(["a sentence", "another one"])
 
 from .batching import BatchEngine
 from .bundle import Bundle
-from .errors import CheckFailed, UserError
+from .errors import CheckFailed, UnpairedRows, UserError
 from .feeds import check_feeds
 from .generate import Completion, Generator, PromptTruncated, Token
 from .sampling import Sampling
@@ -30,6 +30,7 @@ __all__ = [
     "Session",
     "TextEncoder",
     "TextTruncated",
+    "UnpairedRows",
     "UserError",
     "check_feeds",
     "load_pipeline",

@@ -26,7 +26,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .chunks import next_piece
-from .errors import UserError
+from .errors import UnpairedRows, UserError
 from .fused import open_fused
 from .generate import Completion, Generator, History, PromptTruncated, Token
 from .packing import pack, step_rows
@@ -91,14 +91,11 @@ class BatchEngine:
             raise UserError(
                 f"capacity must be between 2 and the bundle's {positions} positions (got {capacity!r})"
             )
-        self.slots, self.capacity, self.chunk, self.max_queue = (
-            int(slots),
-            int(capacity),
-            int(chunk),
-            max_queue,
-        )
-        self.runner = self.generator.runner
+        self.slots, self.capacity, self.chunk = int(slots), int(capacity), int(chunk)
+        self.max_queue, self.runner = max_queue, self.generator.runner
         base = variant or "fp32"  # the fused step (`fused.py`): where the bundle has it, unless fused=False
+        if (caveat := self.bundle.unpaired(base)) is not None:  # an old bundle (pair_rows.py)
+            warnings.warn(caveat, UnpairedRows, stacklevel=2)
         self.fused = open_fused(self.bundle, base, fused, backend, prefill_backend, threads, spin, kv_cache)
         if backend == "ov":  # OpenVINO runs the interop graph only: rows share its width (slots.py)
             self.runner = SlotDecoder(self.bundle, self.runner.session)

@@ -141,6 +141,20 @@ class Bundle:
             return f"{entry['made_from']} was rebuilt after it"
         return None
 
+    def unpaired(self, precision: str) -> str | None:
+        """Why BatchEngine on weight variant `precision` may hand a request other tokens than it gets alone: its
+        in-place twin was built at MatMulNBits block 64 or more before `optimize` paired rows there (`pair_rows.py`:
+        the kernel rounds an odd last row differently). None where the twin is paired or needs no pairs."""
+        entry = self.variants.get(f"{precision}.kv-inplace")
+        block = self.variants.get(precision, {}).get("report", {}).get("block_size") or 0
+        if entry is None or block < 64 or entry.get("paired_rows"):
+            return None
+        return (
+            f"{precision}.kv-inplace of {self.path} was built at block {block} before rows were paired, so batched "
+            "requests can differ from what each gets alone in their last digits (and then in their tokens); rebuild "
+            f"it with `trtpipe optimize {self.path} --precision {precision} --block-size {block} --overwrite`"
+        )
+
     def only_on(self, name: str | None) -> list[str]:
         """The backends that compute variant `name` as recorded, where only some can (bf16: OpenVINO's compute of
         model.onnx); [] when any backend that reads its file runs it."""

@@ -76,3 +76,8 @@ def with_article(word: object) -> str:
         first = letters[:1]
         an = first in _VOWEL_LETTERS if spelled else first in ("a", "e", "i", "o", "u")
     return f"{'an' if an else 'a'} {text}"
+
+
+class UnpairedRows(UserWarning):
+    """A bundle built before `optimize` paired rows at MatMulNBits block ≥ 64 (`Bundle.unpaired`): BatchEngine may
+    hand a request other tokens than it gets alone; `trtpipe optimize … --overwrite` rebuilds it."""
