@@ -32,6 +32,7 @@ from common import (
     ROOT,
     ensure_bundle,
     ensure_kv8,
+    ensure_kv_fused,
     ensure_variant,
     load_line,
     targets_table,
@@ -866,6 +867,7 @@ def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tup
     path = ensure_bundle("gpt2", "generate")
     ensure_variant(path, "int4")
     ensure_kv8(path, force=True)  # random weights: the gate is recorded, not met
+    ensure_kv_fused(path)  # BatchEngine's default where a bundle has it: the fused step
     bundle = Bundle.load(path)
     prompts = batch_prompts(bundle, streams, prompt)
     lazy = LazyWorker()

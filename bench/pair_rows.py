@@ -97,7 +97,7 @@ def mix_identical(path, cache: str, fused, alone, requests: list[dict], threads:
 def stream_rows(bundles: dict, args, prompts, requests) -> list[str]:
     from common import span
 
-    from trtpipe.runtime import BatchEngine, Generator
+    from trtpipe.runtime import BatchEngine, Bundle, Generator
 
     engines, same, mixed = {}, {}, {}
     for (label, path), cache in itertools.product(bundles.items(), ("fp32", "int8")):
@@ -129,7 +129,13 @@ def stream_rows(bundles: dict, args, prompts, requests) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for (label, cache, asked), engine in engines.items():
-        fused = "yes" if engine.fused is not None else "no (its twin failed the check: two passes)"
+        has = "int4.kv8-fused" if cache == "int8" else "int4.kv-fused"
+        why = (
+            "its twin failed the check"
+            if has not in Bundle.load(bundles[label]).variants
+            else "its twin is stale"
+        )
+        fused = "yes" if engine.fused is not None else f"no ({why}: two passes)"
         fused = "no (`fused=False`: two passes)" if asked is False else fused
         key = (label, cache, asked)
         lines.append(
@@ -140,7 +146,7 @@ def stream_rows(bundles: dict, args, prompts, requests) -> list[str]:
 
 
 def main() -> None:
-    from common import ensure_bundle, ensure_kv8, ensure_variant, load_line, write_section
+    from common import ensure_bundle, ensure_kv8, ensure_kv_fused, ensure_variant, load_line, write_section
     from openvino_peers import batch_prompts
 
     from trtpipe.benchmark.vllm_peer import mix_requests
@@ -159,6 +165,7 @@ def main() -> None:
     path = ensure_bundle("gpt2", "generate")
     ensure_variant(path, "int4")
     ensure_kv8(path, force=True)  # random weights: the gate is recorded, not met
+    ensure_kv_fused(path)  # BatchEngine's default where a bundle has it: the fused step
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # hard links need the same file system
         bundles = copies(path, scratch)
         lines = step_rows(bundles, args)
