@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +29,18 @@ OLD = 32  # optimize's block before this change, for both precisions
 
 
 def copy_at(path: Path, scratch: str, precision: str, block: int | None, force: bool) -> tuple[Path, dict]:
-    """A hard-linked copy of bundle `path` with `precision` made at `block` (None: optimize's default); its
-    manifest entry (`optimize` replaces files, never writes into them)."""
-    from trtpipe.optimize.variants import optimize_bundle
+    """`common.variant_copy` of bundle `path` with `precision` made at `block` (None: optimize's default)."""
+    from common import variant_copy
 
     copy = Path(scratch) / f"{path.name}-{precision}-{block or 'default'}"
-    shutil.copytree(path, copy, copy_function=os.link)
-    return copy, optimize_bundle(copy, precision, overwrite=True, force=force, block_size=block)
+    return variant_copy(path, copy, precision, force=force, block_size=block)
 
 
 def prefill_ms(runner, cache, ids: list[int]) -> float:
+    from common import median_ms
+
     logits = np.empty((1, runner.vocab), np.float32)
-    runner.prefill_row(ids, cache, 0, 0, logits)  # warm
-    spent = []
-    for _ in range(3):
-        started = time.perf_counter()
-        runner.prefill_row(ids, cache, 0, 0, logits)
-        spent.append(time.perf_counter() - started)
-    return float(np.median(spent)) * 1e3
+    return median_ms(lambda: runner.prefill_row(ids, cache, 0, 0, logits), 3)
 
 
 def speed_rows(path: Path, scratch: str, args) -> list[str]:

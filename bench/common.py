@@ -148,21 +148,37 @@ class Timer:
         self.seconds = time.perf_counter() - self.started
 
 
-def step_ms(runner, tokens, lengths, cache, repeat: int) -> float:
-    """Median ms of `repeat` in-place decode steps of `runner` over rows [0, len(tokens)) of `cache`, after the last
-    runner's spinning threads went to sleep (`settle`) and one warm step."""
+def variant_copy(path: Path, copy: Path, precision: str, **settings) -> tuple[Path, dict]:
+    """A hard-linked copy of bundle `path` at `copy` with `precision` rebuilt by `optimize_bundle(..., **settings)`
+    (it replaces files, never writes into them, so the original is untouched); the copy and its new entry."""
+    import shutil
+
+    from trtpipe.optimize.variants import optimize_bundle
+
+    shutil.copytree(path, copy, copy_function=os.link)
+    return copy, optimize_bundle(copy, precision, overwrite=True, **settings)
+
+
+def median_ms(call, repeat: int) -> float:
+    """Median ms of `repeat` calls of `call()`, after one warm call."""
     import numpy as np
 
-    from trtpipe.benchmark.decode import settle
-
-    settle()
-    runner.decode(tokens, lengths, cache, None)
+    call()
     spent = []
     for _ in range(repeat):
         started = time.perf_counter()
-        runner.decode(tokens, lengths, cache, None)
+        call()
         spent.append(time.perf_counter() - started)
     return float(np.median(spent)) * 1e3
+
+
+def step_ms(runner, tokens, lengths, cache, repeat: int) -> float:
+    """Median ms of `repeat` in-place decode steps of `runner` over rows [0, len(tokens)) of `cache`, after the last
+    runner's spinning threads went to sleep (`settle`) and one warm step."""
+    from trtpipe.benchmark.decode import settle
+
+    settle()
+    return median_ms(lambda: runner.decode(tokens, lengths, cache, None), repeat)
 
 
 def span(values, places: int = 0) -> str:

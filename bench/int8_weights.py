@@ -45,10 +45,9 @@ def main() -> None:
 
 
 def gpt2(args, out: list[str]) -> None:
-    from common import ensure_bundle, ensure_variant
+    from common import ensure_bundle, ensure_variant, variant_copy
 
     from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop
-    from trtpipe.optimize.variants import optimize_bundle
     from trtpipe.runtime import BatchEngine, Bundle, CheckFailed, UserError
 
     path = ensure_bundle("gpt2", "generate")
@@ -56,13 +55,16 @@ def gpt2(args, out: list[str]) -> None:
     ensure_variant(path, "int4")
     requests = mix_requests(Bundle.load(path), 32)
     with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch) / path.name
-        shutil.copytree(path, copy, copy_function=os.link)  # the files are replaced, never written in place
         rows = {"int8, u8 weights": (path, "int8"), "int4": (path, "int4")}
         why = None
         try:
-            optimize_bundle(
-                copy, "int8", overwrite=True, force=True, plan_from="per-channel", int8_weights="s8"
+            copy, _ = variant_copy(
+                path,
+                Path(scratch) / path.name,
+                "int8",
+                force=True,
+                plan_from="per-channel",
+                int8_weights="s8",
             )
             rows["int8, s8 weights"] = (copy, "int8")
         except (UserError, CheckFailed) as exc:

@@ -847,16 +847,12 @@ class OursBatch:
 
 def block128_copy(path, scratch: str, block: int = 128):
     """A hard-linked copy of GPT-2 bundle `path` whose int4 is made at `block` (128: openvino-genai's int4 group
-    size; optimize replaces files, never writes into them; its in-place, fused and int8-cache twins follow)."""
-    import shutil
+    size; its in-place, fused and int8-cache twins follow), `common.variant_copy`. Random weights: speed only."""
     from pathlib import Path
 
-    from trtpipe.optimize.variants import optimize_bundle
+    from common import variant_copy
 
-    copy = Path(scratch) / path.name
-    shutil.copytree(path, copy, copy_function=os.link)
-    optimize_bundle(copy, "int4", overwrite=True, force=True, block_size=block)  # random weights: speed only
-    return copy
+    return variant_copy(path, Path(scratch) / path.name, "int4", force=True, block_size=block)[0]
 
 
 def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tuple[list[str], list, dict]:

@@ -63,9 +63,8 @@ def kv_inplace_twin(
         "inputs": base["inputs"],
         "outputs": base["outputs"],
         "gate": {**result.to_dict(), "note": f"same weights and settings as the {precision} variant"},
-        **(
-            {"paired_rows": True} if paired else {}
-        ),  # Bundle.unpaired: a twin made before pairs were lacks it
+        # Bundle.unpaired: a twin made at block ≥ 64 before rows were paired lacks it
+        **({"paired_rows": True} if paired else {}),
         "parity": {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
