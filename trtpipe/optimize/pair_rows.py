@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..runtime.bundle import PAIRED_BLOCK
+
 P = "/pair_rows"
 GQA = "GroupQueryAttention"
 
@@ -35,7 +37,7 @@ def needs_pairs(model: onnx.ModelProto) -> bool:
     nodes = model.graph.node
     if any(n.name.startswith(P) for n in nodes):
         return False
-    return any(n.op_type == "MatMulNBits" and _attr(n, "block_size") >= 64 for n in nodes)
+    return any(n.op_type == "MatMulNBits" and _attr(n, "block_size") >= PAIRED_BLOCK for n in nodes)
 
 
 def _consumers(graph: onnx.GraphProto, name: str) -> list[tuple[onnx.NodeProto, int]]:

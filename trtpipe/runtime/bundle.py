@@ -12,6 +12,10 @@ from .errors import UserError
 from .manifest import MANIFEST, validate_manifest
 from .paths import inside, read_json, sha256_file
 
+# the smallest MatMulNBits block whose CPU kernel takes rows two at a time and rounds an odd last row otherwise
+# (measured; `optimize/pair_rows.py` pads to even row counts from this block up)
+PAIRED_BLOCK = 64
+
 
 @dataclass
 class Bundle:
@@ -147,7 +151,7 @@ class Bundle:
         the kernel rounds an odd last row differently). None where the twin is paired or needs no pairs."""
         entry = self.variants.get(f"{precision}.kv-inplace")
         block = self.variants.get(precision, {}).get("report", {}).get("block_size") or 0
-        if entry is None or block < 64 or entry.get("paired_rows"):
+        if entry is None or block < PAIRED_BLOCK or entry.get("paired_rows"):
             return None
         return (
             f"{precision}.kv-inplace of {self.path} was built at block {block} before rows were paired, so batched "
