@@ -137,3 +137,28 @@ def test_benchmark_adds_rows_with_the_openvino_prefill_beside_ort_cpus(gpt2, mak
             app, ["benchmark", "--engine", *args, "--prefill-backend", "ov", "--out", str(tmp_path / "x")]
         )
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_openvino_quantizes_activations_per_weight_block(gpt2, copy_bundle):
+    """A weight-only variant compiles with OpenVINO's activation group set to its MatMulNBits block (ov.weight_group),
+    so its int8 path adds in the groups ONNX Runtime's int8 compute adds in: nearer ONNX Runtime's logits than at
+    OpenVINO's default group of 32. fp32 keeps the default."""
+    from trtpipe.runtime import kv
+    from trtpipe.runtime.ov import OvSession
+    from trtpipe.runtime.session import open_session
+
+    path = copy_bundle(gpt2)
+    optimize_bundle(path, "int4", force=True, block_size=16)
+    bundle = Generator(path, variant="int4").bundle
+    fp32, int4 = OvSession.from_bundle(bundle), OvSession.from_bundle(bundle, variant="int4")
+    assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in fp32.config
+    assert int(int4.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 16
+    default = OvSession(bundle.model_path("int4"), specs=bundle.manifest["inputs"], variant="int4")
+    assert int(default.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 32
+    model = bundle.model
+    feeds = kv.chunk(list(range(3, 40)), 0)
+    for _, name, _ in kv.kv_names(model["num_layers"]):
+        feeds[name] = np.zeros((1, model["num_heads"], 0, model["head_dim"]), np.float32)
+    want = open_session(bundle, variant="int4").run(feeds)["logits"]
+    off = {s: float(np.abs(s.run(feeds)["logits"] - want).max()) for s in (int4, default)}
+    assert off[int4] < off[default] / 2, off

@@ -29,15 +29,35 @@ def import_openvino():
     return openvino
 
 
-def compile_config(threads: int | None = None, performance: str = "LATENCY", precision: str = "f32") -> dict:
+def compile_config(
+    threads: int | None = None, performance: str = "LATENCY", precision: str = "f32", group: int | None = None
+) -> dict:
     """The CPU plugin's settings. f32 unless the variant says bf16 (`optimize --precision bf16`, gated): on a
     bf16-capable CPU OpenVINO's default is bf16 (about 3e-2 off on fp32 hidden states), and an f16 hint becomes bf16
     on CPUs without fp16 arithmetic, so an fp16 variant computes in f32 too. Quantized ops (QDQ,
-    DynamicQuantizeLinear, MatMulNBits) still run in int8 / int4 as the graph says."""
+    DynamicQuantizeLinear, MatMulNBits) still run in int8 / int4 as the graph says; `group` (`weight_group`) is
+    the width it quantizes a weight-only variant's activations in."""
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": performance}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if group:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = int(group)
     return config
+
+
+def weight_group(entry: dict) -> int | None:
+    """The activation group for a weight-only variant (MatMulNBits, `optimize --precision int4 | int8-wo`): its
+    weight block. OpenVINO's CPU plugin quantizes the activations of compressed-weight MatMuls to int8 in groups of
+    DYNAMIC_QUANTIZATION_GROUP_SIZE, 32 by default whatever the weights' block; ONNX Runtime's int8 compute
+    (accuracy level 4) quantizes them per weight block. At the block OpenVINO adds in ONNX Runtime's groups, so it
+    rounds nearer it (the trained demo GPT-2, int4 at block 16: logits 1.6e-4 off ONNX Runtime's against 1.0e-2 at
+    32; int8-wo at 256: 7.3e-4 against 3.3e-2), and with fewer scales it prefills faster (GPT-2 124M, 2 threads,
+    Zen 4: int4 at block 128 and int8-wo at 256, 1.18-1.27x at prompts 32 and 512; bench/ov_group.py). A group wider
+    than the weights' block turns that int8 path off (f32 compute, measured twice the time), so it is the block
+    itself. None (OpenVINO's default) for every other variant."""
+    report = entry.get("report") or {}
+    block = report.get("block_size")
+    return int(block) if report.get("bits") and block else None
 
 
 def runnable_variants(bundle: Bundle) -> list[str]:
@@ -73,6 +93,7 @@ class OvSession(CheckedFeeds):
         outputs: list[str] | None = None,
         performance: str = "LATENCY",
         precision: str = "f32",
+        group: int | None = None,
     ):
         ov = import_openvino()
         self.backend = "ov"
@@ -81,7 +102,7 @@ class OvSession(CheckedFeeds):
         self.limits = limits
         self.threads = threads
         self.device = "cpu"
-        self.config = compile_config(threads, performance, precision)
+        self.config = compile_config(threads, performance, precision, group)
         core = ov.Core()
         try:  # the ONNX frontend by name: read_model would also try TensorFlow's and others on a damaged file
             onnx_frontend = ov.frontend.FrontEndManager().load_by_framework("onnx")
@@ -133,6 +154,7 @@ class OvSession(CheckedFeeds):
             variant=variant,
             outputs=outputs,
             precision=entry.get("compute", "f32"),
+            group=weight_group(entry),
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
