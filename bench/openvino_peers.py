@@ -491,9 +491,13 @@ class LazyWorker:
 
 
 GENAI_FORMATS = (("fp32", "fp32"), ("int8", "int8-wo"), ("int4", "int4"))
-# trtpipe rows with prefill_backend="ov" (prompts on OpenVINO, decoding on ONNX Runtime in place): the weight-only
-# variants, whose prefill OpenVINO runs faster than ONNX Runtime's MatMulNBits (fp32's it does not, at f32)
-SPLIT, SPLIT_VARIANTS = "ours+ov-prefill", ("int8-wo", "int4")
+# trtpipe rows with prefill_backend="ov" (prompts on OpenVINO, decoding on ONNX Runtime in place), every variant:
+# OpenVINO prefills the weight-only ones faster than ONNX Runtime's MatMulNBits, and fp32 by 1.1-1.2x on the Zen 4
+# (bench/prefill_split.py)
+SPLIT, SPLIT_VARIANTS = "ours+ov-prefill", ("fp32", "int8-wo", "int4")
+# openvino-genai's int4 with its activations quantized per weight group (128), as our ov backend compiles a
+# weight-only variant (runtime/ov.py weight_group): the same CPU plugin setting, so the peer gets it too
+GENAI_GROUP = 128
 # Every round sends the same prompt again: with LLMPipeline's default prefix caching the second round would time a
 # cache hit, not a prefill (measured: TTFT at prompt 512 fell from ~550 ms to ~15 ms). Ours caches no prefixes.
 SCHEDULER = {"cache_size": 1, "enable_prefix_caching": False}
@@ -532,7 +536,26 @@ def genai_rows(bundle, lazy: LazyWorker, threads: int, kv_default: str, default:
         )
 
     rows.append(("ov-genai", make_default))
+
+    def make_grouped():
+        folders["int4"] = genai_export(bundle, "int4")
+        return GenaiOvDecoder(
+            lazy.get(),
+            "llm-int4-group",
+            folders["int4"],
+            f"openvino-genai LLMPipeline int4 weights, activations in groups of {GENAI_GROUP} (f32 compute, f32 KV)",
+            f"int4 (group {GENAI_GROUP})",
+            {**genai_properties(threads, "f32", "f32"), "DYNAMIC_QUANTIZATION_GROUP_SIZE": GENAI_GROUP},
+            scheduler=SCHEDULER,
+        )
+
+    rows.append(("ov-genai", make_grouped))
     return rows
+
+
+def peer_variant(variant: str | None) -> str:
+    """A genai row's weight variant without its settings: "int4 (defaults)" and "int4 (group 128)" are int4."""
+    return (variant or "fp32").split(" (")[0]
 
 
 def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
@@ -557,8 +580,9 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     default, kv_default = _ov_defaults(default_precision)
     lazy, folders = LazyWorker(), {}
     rows = make_rows(bundle, [v for _, v in GENAI_FORMATS], [], threads)
-    rows += [  # the weight-only variants' prompts on OpenVINO, decoding on ONNX Runtime in place (prefill.py)
-        (SPLIT, lambda v=v: OursDecoder(bundle, v, threads, prefill_backend="ov")) for v in SPLIT_VARIANTS
+    rows += [  # every variant's prompts on OpenVINO, decoding on ONNX Runtime in place (prefill.py)
+        (SPLIT, lambda v=v: OursDecoder(bundle, None if v == "fp32" else v, threads, prefill_backend="ov"))
+        for v in SPLIT_VARIANTS
     ]
     rows += genai_rows(bundle, lazy, threads, kv_default, default, folders)
     try:
@@ -652,7 +676,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
                 agree = f"{first_divergence(r.ids, ref.ids)} of {len(ref.ids)} before the first difference"
             else:
                 agree = "not measured (its fp32 row did not run)"
-            w = weights.get((r.kind, variant.removesuffix(" (defaults)")))
+            w = weights.get((r.kind, peer_variant(variant)))
             lines.append(
                 f"| {r.label} | {p} | {r.ttft['p50_ms']:.1f} | {r.tpot['p50_ms']:.2f} | {r.tokens_per_s:.1f} | "
                 f"{'not measured' if w is None else f'{w / 2**20:.0f}'} | {agree} |"
@@ -702,6 +726,12 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     lines.append(
         f"| openvino-genai int4 at OpenVINO's defaults vs trtpipe int4, OpenVINO prefill | {' | '.join(cells)} |"
     )
+    for kind, how in (("ours", ""), (SPLIT, ", OpenVINO prefill")):
+        cells = ratio_cells("int4", f"int4 (group {GENAI_GROUP})", kind)
+        lines.append(
+            f"| openvino-genai int4, activations in groups of {GENAI_GROUP}, vs trtpipe int4{how} | "
+            f"{' | '.join(cells)} |"
+        )
     configs = [("ours", fmt, variant, "") for fmt, variant in GENAI_FORMATS] + [
         (SPLIT, fmt, variant, ", OpenVINO prefill")
         for fmt, variant in GENAI_FORMATS
@@ -740,7 +770,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
             ours = by.get((kind, variant, p))
             peers = [
                 r for r in results if r.kind == "ov-genai" and not r.error and r.prompt_len == p
-                and (r.variant or "").removesuffix(" (defaults)") == variant
+                and peer_variant(r.variant) == variant
             ]  # fmt: skip
             name = f"GPT-2 {variant}{how} prompt {p}: TTFT ≤ the fastest openvino-genai {fmt} row"
             if ours is None or ours.error or not peers:
