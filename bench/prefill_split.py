@@ -149,7 +149,9 @@ def main() -> int:
         "prefill shape (chunk length, past) for the first time, which costs OpenVINO a kernel preparation each; the "
         "second pass repeats the same requests. Beside OpenVINO, BatchEngine's ONNX Runtime session stops spinning "
         "at the end of each step (`session.force_spinning_stop`), so its threads leave the cores to the prefill "
-        "chunk that follows.",
+        "chunk that follows. ONNX Runtime alone runs BatchEngine's defaults, the fused step where the bundle has its "
+        "twins (a prompt chunk inside a step's one pass, timed as decode, so its prefill s counts only prompts with no "
+        "row decoding); the OpenVINO prefill has no fused step (two passes).",
         "",
         "| variant | in flight | pass | tokens/s ONNX Runtime | tokens/s OpenVINO prefill | × | prefill s "
         "(ONNX Runtime / OpenVINO) | decode s (ONNX Runtime / OpenVINO prefill) |",
