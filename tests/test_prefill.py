@@ -144,8 +144,11 @@ def test_openvino_quantizes_activations_per_weight_block(gpt2, copy_bundle):
     so its int8 path adds in the groups ONNX Runtime's int8 compute adds in: nearer ONNX Runtime's logits than at
     OpenVINO's default group of 32. fp32 keeps the default."""
     from trtpipe.runtime import kv
-    from trtpipe.runtime.ov import OvSession
+    from trtpipe.runtime.ov import OvSession, weight_group
     from trtpipe.runtime.session import open_session
+
+    assert weight_group({"report": {"bits": 8, "block_size": 256}}) == 256
+    assert weight_group({"precision": "int8", "report": {"weights": "u8"}}) is None  # MatMulInteger: no block
 
     path = copy_bundle(gpt2)
     optimize_bundle(path, "int4", force=True, block_size=16)
