@@ -117,6 +117,20 @@ def write_section(name: str, body: str, command: str | None = None) -> None:
     os.replace(tmp, DOC)
 
 
+def without_openvino(section: str, write: bool) -> bool:
+    """True (after printing, and writing section `section` unless not `write`, "not measured") where openvino is not
+    installed: the scripts that measure OpenVINO then have nothing to run."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        body = "Not measured (openvino is not installed here: `pip install trtpipe[ov]`)."
+        print(body)
+        if write:
+            write_section(section, body)
+        return True
+    return False
+
+
 def mark(ok: bool | None) -> str:
     return "–" if ok is None else ("✅" if ok else "❌ missed")
 

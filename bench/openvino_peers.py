@@ -504,53 +504,45 @@ SCHEDULER = {"cache_size": 1, "enable_prefix_caching": False}
 
 
 def genai_rows(bundle, lazy: LazyWorker, threads: int, kv_default: str, default: str, folders: dict) -> list:
+    """openvino-genai's LLMPipeline rows, each made when the benchmark first needs it: every format at f32, then
+    its int4 at OpenVINO's defaults and at our activation group."""
     from trtpipe.benchmark.ov_peers import GenaiOvDecoder, genai_export, genai_properties
 
-    rows = []
-    for fmt, variant in GENAI_FORMATS:
-
-        def make(fmt=fmt, variant=variant):
-            folders[fmt] = genai_export(bundle, fmt)
-            return GenaiOvDecoder(
-                lazy.get(),
-                f"llm-{fmt}",
-                folders[fmt],
-                f"openvino-genai LLMPipeline {fmt} weights (f32 compute, f32 KV)",
-                variant,
-                genai_properties(threads, "f32", "f32"),
-                scheduler=SCHEDULER,
-            )
-
-        rows.append(("ov-genai", make))
-
-    def make_default():
-        folders["int4"] = genai_export(bundle, "int4")
-        return GenaiOvDecoder(
-            lazy.get(),
+    f32 = genai_properties(threads, "f32", "f32")
+    specs = [
+        (fmt, f"llm-{fmt}", f"{fmt} weights (f32 compute, f32 KV)", variant, f32)
+        for fmt, variant in GENAI_FORMATS
+    ]
+    specs += [
+        (
+            "int4",
             "llm-int4-default",
-            folders["int4"],
-            f"openvino-genai LLMPipeline int4 weights, OpenVINO's defaults ({default} compute, {kv_default} KV)",
+            f"int4 weights, OpenVINO's defaults ({default} compute, {kv_default} KV)",
             "int4 (defaults)",
             genai_properties(threads, None, None),
-            scheduler=SCHEDULER,
-        )
+        ),
+        (
+            "int4",
+            "llm-int4-group",
+            f"int4 weights, activations in groups of {GENAI_GROUP} (f32 compute, f32 KV)",
+            f"int4 (group {GENAI_GROUP})",
+            {**f32, "DYNAMIC_QUANTIZATION_GROUP_SIZE": GENAI_GROUP},
+        ),
+    ]
 
-    rows.append(("ov-genai", make_default))
-
-    def make_grouped():
-        folders["int4"] = genai_export(bundle, "int4")
+    def make(fmt, name, what, variant, properties):
+        folders[fmt] = genai_export(bundle, fmt)
         return GenaiOvDecoder(
             lazy.get(),
-            "llm-int4-group",
-            folders["int4"],
-            f"openvino-genai LLMPipeline int4 weights, activations in groups of {GENAI_GROUP} (f32 compute, f32 KV)",
-            f"int4 (group {GENAI_GROUP})",
-            {**genai_properties(threads, "f32", "f32"), "DYNAMIC_QUANTIZATION_GROUP_SIZE": GENAI_GROUP},
+            name,
+            folders[fmt],
+            f"openvino-genai LLMPipeline {what}",
+            variant,
+            properties,
             scheduler=SCHEDULER,
         )
 
-    rows.append(("ov-genai", make_grouped))
-    return rows
+    return [("ov-genai", lambda spec=spec: make(*spec)) for spec in specs]
 
 
 def peer_variant(variant: str | None) -> str:

@@ -69,7 +69,15 @@ def off(logits, want) -> str:
 
 def main() -> int:
     import numpy as np
-    from common import ensure_bundle, ensure_variant, load_line, targets_table, variant_copy, write_section
+    from common import (
+        ensure_bundle,
+        ensure_variant,
+        load_line,
+        targets_table,
+        variant_copy,
+        without_openvino,
+        write_section,
+    )
 
     from trtpipe.benchmark.decode import SETTLE_S, prompt_ids
     from trtpipe.runtime import Bundle
@@ -82,13 +90,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        body = "Not measured (openvino is not installed here: `pip install trtpipe[ov]`)."
-        print(body)
-        if not args.no_write:
-            write_section("ov-group", body)
+    if without_openvino("ov-group", not args.no_write):
         return 0
     load = os.getloadavg()[0]
     path = ensure_bundle("gpt2", "generate")

@@ -54,7 +54,14 @@ def rss(path, variant: str, prefill: str | None) -> dict:
 
 
 def main() -> int:
-    from common import ensure_bundle, ensure_variant, load_line, targets_table, write_section
+    from common import (
+        ensure_bundle,
+        ensure_variant,
+        load_line,
+        targets_table,
+        without_openvino,
+        write_section,
+    )
 
     from trtpipe.benchmark.decode import SETTLE_S, OursDecoder, run_decode
     from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop, summarize
@@ -67,13 +74,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        body = "Not measured (openvino is not installed here: `pip install trtpipe[ov]`)."
-        print(body)
-        if not args.no_write:
-            write_section("prefill-split", body)
+    if without_openvino("prefill-split", not args.no_write):
         return 0
 
     load = os.getloadavg()[0]
