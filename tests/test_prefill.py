@@ -1,6 +1,7 @@
 """`prefill_backend="ov"`: prompts on OpenVINO, decoding on ONNX Runtime's in-place cache. The K/V it writes is the
 cache ONNX Runtime writes itself, greedy generation is token-exact at fp32, in-flight batching gives each request
-what it gets alone, ONNX Runtime's threads stop spinning beside it in BatchEngine, and misuse is one line."""
+what it gets alone, ONNX Runtime's threads stop spinning beside it in BatchEngine, OpenVINO quantizes a weight-only
+variant's activations per weight block (as ONNX Runtime does), and misuse is one line."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from trtpipe.cli import app
 from trtpipe.optimize.variants import optimize_bundle
-from trtpipe.runtime import BatchEngine, Generator, Sampling, UserError
+from trtpipe.runtime import BatchEngine, Bundle, Generator, Sampling, UserError
 
 pytest.importorskip("openvino")
 
@@ -152,7 +153,7 @@ def test_openvino_quantizes_activations_per_weight_block(gpt2, copy_bundle):
 
     path = copy_bundle(gpt2)
     optimize_bundle(path, "int4", force=True, block_size=16)
-    bundle = Generator(path, variant="int4").bundle
+    bundle = Bundle.load(path)
     fp32, int4 = OvSession.from_bundle(bundle), OvSession.from_bundle(bundle, variant="int4")
     assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in fp32.config
     assert int(int4.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 16
