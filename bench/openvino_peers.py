@@ -4,11 +4,13 @@
    fp32 / int8 and its ov backend (fp32, int8-qdq) against OpenVINO's runtime called directly on trtpipe's own
    model.onnx (f32, and its bf16 default) and OpenVINO + NNCF int8 (nncf.quantize, default transformer recipe),
    with the accuracy each lossy row keeps;
-2. GPT-2 124M decoding, batch 1, prompts 32 and 512: TTFT and TPOT of trtpipe fp32 / int8-wo / int4 (in-place KV)
-   against openvino-genai's LLMPipeline at fp32 / int8 / int4 weights (optimum-intel's export of the same
-   weights), with greedy agreement against fp32;
-3. 8 different prompts at once, 64 new tokens: trtpipe's BatchEngine (fp32, int4) against openvino-genai's batch
-   of 8 (LLMPipeline on one batch, ContinuousBatchingPipeline).
+2. GPT-2 124M decoding, batch 1, prompts 32 and 512: TTFT and TPOT of trtpipe fp32 / int8-wo / int4 (in-place KV),
+   each also with its prompts on OpenVINO (prefill_backend="ov"), against openvino-genai's LLMPipeline at fp32 /
+   int8 / int4 weights (optimum-intel's export of the same weights; its int4 also at OpenVINO's defaults and at our
+   activation group), with greedy agreement against fp32;
+3. 8 different prompts at once, 64 new tokens: trtpipe's BatchEngine (fp32, int4; the fused step, two passes, the
+   int8 cache, the OpenVINO prefill) against openvino-genai's batch of 8 (LLMPipeline on one batch,
+   ContinuousBatchingPipeline).
 
 openvino-genai and optimum-intel run in their own venv (.venv-ov-genai, `make bench-peers`), in a worker process
 this script drives one command at a time. Writes the `openvino` section of docs/benchmarks.md.
