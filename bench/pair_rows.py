@@ -98,6 +98,7 @@ def stream_rows(bundles: dict, args, prompts, requests) -> list[str]:
     from common import span
 
     from trtpipe.runtime import BatchEngine, Bundle, Generator
+    from trtpipe.runtime.fused import fused_name
 
     engines, same, mixed = {}, {}, {}
     for (label, path), cache in itertools.product(bundles.items(), ("fp32", "int8")):
@@ -129,7 +130,7 @@ def stream_rows(bundles: dict, args, prompts, requests) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for (label, cache, asked), engine in engines.items():
-        has = "int4.kv8-fused" if cache == "int8" else "int4.kv-fused"
+        has = fused_name("int4", cache)
         why = (
             "its twin failed the check"
             if has not in Bundle.load(bundles[label]).variants

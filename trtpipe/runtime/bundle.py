@@ -17,6 +17,14 @@ from .paths import inside, read_json, sha256_file
 PAIRED_BLOCK = 64
 
 
+def weight_block(entry: dict) -> int | None:
+    """The MatMulNBits block a weight-only variant's manifest entry records (`optimize --precision int4 | int8-wo`
+    writes it in `report`); None for every other variant."""
+    report = entry.get("report") or {}
+    block = report.get("block_size")
+    return int(block) if report.get("bits") and block else None
+
+
 @dataclass
 class Bundle:
     """An exported model directory and its manifest."""
@@ -150,7 +158,7 @@ class Bundle:
         in-place twin was built at MatMulNBits block 64 or more before `optimize` paired rows there (`pair_rows.py`:
         the kernel rounds an odd last row differently). None where the twin is paired or needs no pairs."""
         entry = self.variants.get(f"{precision}.kv-inplace")
-        block = self.variants.get(precision, {}).get("report", {}).get("block_size") or 0
+        block = weight_block(self.variants.get(precision, {})) or 0
         if entry is None or block < PAIRED_BLOCK or entry.get("paired_rows"):
             return None
         return (

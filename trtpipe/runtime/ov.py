@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle
+from .bundle import Bundle, weight_block
 from .errors import UserError
 from .feeds import CheckedFeeds
 
@@ -55,9 +55,7 @@ def weight_group(entry: dict) -> int | None:
     Zen 4: int4 at block 128 and int8-wo at 256, 1.18-1.27x at prompts 32 and 512; bench/ov_group.py). A group wider
     than the weights' block turns that int8 path off (f32 compute, measured twice the time), so it is the block
     itself. None (OpenVINO's default) for every other variant."""
-    report = entry.get("report") or {}
-    block = report.get("block_size")
-    return int(block) if report.get("bits") and block else None
+    return weight_block(entry)
 
 
 def runnable_variants(bundle: Bundle) -> list[str]:
