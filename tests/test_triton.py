@@ -497,6 +497,30 @@ def _finished(*senders, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+def test_the_outbox_sends_in_posted_order_from_its_own_thread_and_survives_a_failed_send(python_model):
+    """Responses leave in the order they were posted, built on the outbox's thread; a send that raises (a client
+    gone) is logged and the ones after it still go; close() sends what is posted first."""
+    import threading
+
+    generation = importlib.import_module("trtpipe.serving.generation")
+    threads, sent = set(), []
+
+    class Sender:
+        def send(self, response=None, flags=0):
+            threads.add(threading.current_thread().name)
+            if response == "boom":
+                raise RuntimeError("client gone")
+            sent.append((response, flags))
+
+    outbox, sender = generation.Outbox(), Sender()
+    for i in range(50):
+        outbox.post(sender, (lambda i=i: "boom" if i == 7 else i))
+    outbox.post(sender, None, 1)
+    outbox.close()
+    assert sent == [(i, 0) for i in range(50) if i != 7] + [(None, 1)]
+    assert threads == {"trtpipe-outbox"} and not outbox.thread.is_alive()
+
+
 def test_python_model_generation_matches_the_runtime(python_model, tmp_path, gpt2):
     """execute() only submits (returns None); each request's one final response comes from the engine thread,
     with exactly what the runtime generates alone — greedy or seeded, whatever the other requests ask."""
