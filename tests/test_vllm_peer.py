@@ -108,3 +108,116 @@ def test_gemm_shapes_are_the_kernel_stack_batch_scaling_times():
     stack = layer_stack(2, head=50257)
     weights = sorted(tuple(i.dims) for i in stack.graph.initializer)
     assert sorted(map(tuple, shapes)) == weights and shapes[-1] == [768, 50257]
+
+
+# ------------------------------------------------------------------ vLLM behind its own server (bench/vllm_served.py)
+
+
+class _FakeCompletions:
+    """An OpenAI-compatible /v1/completions on 127.0.0.1 that streams `events` (lists of token ids, one event each)
+    as chunked server-sent events, or answers `status` with no stream; records every request body."""
+
+    def __init__(self, events: list[list[int]], status: int = 200):
+        import http.server
+        import json
+        import threading
+
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: each client sends its requests on one connection
+
+            def do_POST(self):  # noqa: N802 - the http.server hook
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                if status != 200:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "5")
+                    self.end_headers()
+                    self.wfile.write(b"nope\n")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                lines = [
+                    "data: " + json.dumps({"choices": [{"index": 0, "text": "x", "token_ids": ids}]})
+                    for ids in events
+                ] + ["data: [DONE]"]
+                for line in lines:
+                    data = (line + "\n\n").encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_openai_stream_load_counts_every_streamed_token_and_keeps_ids():
+    from trtpipe.serving.load import run_openai_stream_load
+
+    fake = _FakeCompletions([[7], [8, 9], [10]])  # the second event carries two tokens
+    try:
+        report = run_openai_stream_load(
+            fake.url, lambda c, i: {"model": "m", "prompt": [c, i], "max_tokens": 4}, 2, 3, keep_ids=True
+        )
+    finally:
+        fake.close()
+    assert report["completed"] == 6 and report["errors"] == 0 and report["tokens"] == 24
+    assert report["ids"] == {f"{c}/{i}": [7, 8, 9, 10] for c in range(2) for i in range(3)}
+    assert sorted(b["prompt"] for b in fake.bodies) == [[c, i] for c in range(2) for i in range(3)]
+    assert all(b["stream"] is True and b["return_token_ids"] is True for b in fake.bodies)
+    assert report["model"] == "m" and report["tpot_p50_ms"] is not None
+
+
+def test_openai_stream_load_counts_a_failed_request_and_goes_on():
+    from trtpipe.serving.load import run_openai_stream_load
+
+    fake = _FakeCompletions([], status=503)
+    try:
+        report = run_openai_stream_load(fake.url, lambda c, i: {"model": "m", "prompt": [1]}, 1, 2)
+    finally:
+        fake.close()
+    assert report["completed"] == 0 and report["errors"] == 2 and "HTTP 503" in report["first_error"]
+    assert len(fake.bodies) == 2  # the second request was still sent
+
+
+def test_openai_stream_load_targets_loopback_only():
+    from trtpipe.serving.load import run_openai_stream_load
+
+    with pytest.raises(ValueError, match="loopback"):
+        run_openai_stream_load("10.0.0.1:8000", lambda c, i: {}, 1, 1)
+
+
+def test_vllm_serve_runs_the_in_process_engine_settings():
+    from pathlib import Path
+
+    from trtpipe.benchmark import vllm_server
+
+    cmd = vllm_server.serve_command(Path("/ckpt"), 8123, 1024)
+    assert cmd[1:3] == [
+        "-m",
+        "vllm.entrypoints.launchers.api_server.entry",
+    ]  # not the `vllm` script (see why)
+    pairs = dict(zip(cmd[3::2], cmd[4::2]))
+    assert pairs["--model"] == "/ckpt" and pairs["--dtype"] == "float32" and pairs["--host"] == "127.0.0.1"
+    assert (
+        pairs["--max-num-seqs"] == "16" and pairs["--max-model-len"] == "1024" and pairs["--port"] == "8123"
+    )
+    assert "--no-enable-prefix-caching" in cmd
+
+
+def test_vllm_server_without_its_venv_names_make_bench_peers(tmp_path, monkeypatch):
+    from trtpipe.benchmark import vllm_server
+
+    monkeypatch.setattr(vllm_server, "VENV", tmp_path / "nowhere")
+    with pytest.raises(UserError, match="make bench-peers"):
+        vllm_server.VllmServer(tmp_path, 2, 1024)

@@ -80,7 +80,7 @@ def mix_requests(bundle: Bundle, count: int) -> list[dict]:
     ]
 
 
-def ours_closed_loop(engine, requests: list[dict], clients: int) -> dict:
+def ours_closed_loop(engine, requests: list[dict], clients: int, ignore_eos: bool = True) -> dict:
     """trtpipe's BatchEngine with `clients` requests in flight (a new one as soon as one finishes), stepped here; a
     clock at each token as its listener gets it. Same answer shape as the vLLM worker's closed_loop."""
     from ..runtime.sampling import Sampling
@@ -97,7 +97,7 @@ def ours_closed_loop(engine, requests: list[dict], clients: int) -> dict:
                 r["ids"],
                 r["new_tokens"],
                 Sampling(temperature=r["temperature"], seed=r["seed"]),
-                ignore_eos=True,
+                ignore_eos=ignore_eos,
                 listener=lambda _req, token, t=times: (
                     t.append(time.perf_counter()) if token is not None else None
                 ),

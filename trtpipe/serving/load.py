@@ -1,5 +1,7 @@
 """Bounded closed-loop load tests against a Triton server: N clients, each sending M requests back to back (HTTP
-infer for answers; gRPC streaming for generation, where TTFT and TPOT are read off each token's arrival).
+infer for answers; gRPC streaming for generation, where TTFT and TPOT are read off each token's arrival), and the
+same streaming loop against an OpenAI-compatible completions server (server-sent events), so a peer's server is
+measured by the same clock.
 
 Throughput counts completed requests over wall time; latency percentiles are per request, client side (they
 include tritonclient's own encode/decode, which on a small machine shares the CPUs with the server).
@@ -52,8 +54,7 @@ def run_load(
     `failures` lists the failed requests (the first 1,000) with their Unix send and failure times."""
     import tritonclient.http as http
 
-    if not url.startswith(("127.0.0.1:", "localhost:", "[::1]:")):
-        raise ValueError(f"load tests target loopback only, not {url}")
+    _loopback(url)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     failures: list[dict] = []
@@ -132,14 +133,15 @@ def run_stream_load(
     clients: int = 8,
     requests: int = 20,
     timeout_s: float = 300.0,
+    keep_ids: bool = False,
 ) -> dict:
     """`clients` threads, each with its own gRPC stream, send `requests` generation requests one after another
     (make_inputs(client, i) → [(name, array)]) to a decoupled (streaming) model and time every token; no new
-    request starts after `timeout_s`. Returns `summarize_streams` of the per-request records."""
+    request starts after `timeout_s`. Returns `summarize_streams` of the per-request records; keep_ids adds each
+    request's new token ids (the model's `ids` output) under "ids", keyed "client/i"."""
     import tritonclient.grpc as grpc
 
-    if not url.startswith(("127.0.0.1:", "localhost:", "[::1]:")):
-        raise ValueError(f"load tests target loopback only, not {url}")
+    _loopback(url)
     records: list[dict] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -168,7 +170,7 @@ def run_stream_load(
                 inputs = _grpc_inputs(grpc, make_inputs(index, i))  # built when sent, not all up front
                 sent = time.perf_counter()
                 connection.async_stream_infer(model, inputs, enable_empty_final_response=True)
-                times, failure = [], None
+                times, ids, failure = [], [], None
                 while True:
                     arrived, result, error = answers.get(timeout=600)
                     if error is not None:
@@ -177,6 +179,8 @@ def run_stream_load(
                     response = result.get_response()
                     if response.outputs:
                         times.append(arrived)
+                        if keep_ids:
+                            ids += [int(t) for t in result.as_numpy("ids").ravel()]
                     if response.parameters["triton_final_response"].bool_param:
                         break
                 if failure is not None:
@@ -184,16 +188,106 @@ def run_stream_load(
                         errors.append(failure)
                     continue
                 with lock:
-                    records.append({"sent": sent, "token_times": times, "client": index})
+                    records.append({"sent": sent, "token_times": times, "client": index, "i": i, "ids": ids})
         except threading.BrokenBarrierError:
             pass
         finally:
             connection.stop_stream()
             connection.close()
 
-    report = summarize_streams(records, _drive(client, clients, start_gate, deadline, grace_s=600))
+    seconds = _drive(client, clients, start_gate, deadline, grace_s=600)
+    return _stream_report(records, errors, seconds, model, clients, requests, keep_ids)
+
+
+def run_openai_stream_load(
+    url: str,
+    make_body: Callable[[int, int], dict],
+    clients: int = 8,
+    requests: int = 20,
+    timeout_s: float = 300.0,
+    keep_ids: bool = False,
+) -> dict:
+    """The streaming closed loop of `run_stream_load` against an OpenAI-compatible server at `url` (host:port on
+    loopback): each client thread keeps one HTTP connection and POSTs make_body(client, i) (a /v1/completions body;
+    "stream" is set) one request after another, reading its server-sent events. A token's clock is the arrival of
+    the event that carries it: tokens that arrive in one event share its time, as a client sees them. Counts tokens
+    by the events' `token_ids` (vLLM's `return_token_ids`, set here), so every token is counted whatever its text.
+    Returns the same report as run_stream_load."""
+    import http.client
+    import json
+
+    _loopback(url)
+    host, port = url.rsplit(":", 1)
+    model = ""
+    records: list[dict] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + timeout_s
+    start_gate = threading.Barrier(clients + 1, timeout=60)
+
+    def client(index: int) -> None:
+        nonlocal model
+        connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=600)
+        try:
+            start_gate.wait()
+            for i in range(requests):
+                if time.monotonic() > deadline:
+                    break
+                body = {**make_body(index, i), "stream": True, "return_token_ids": True}
+                model = body.get("model", model)
+                payload = json.dumps(body).encode()
+                sent = time.perf_counter()
+                try:
+                    connection.request(
+                        "POST", "/v1/completions", payload, {"Content-Type": "application/json"}
+                    )
+                    response = connection.getresponse()
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
+                    times, ids = [], []
+                    for line in response:
+                        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                            continue
+                        arrived = time.perf_counter()
+                        for choice in json.loads(line[6:])["choices"]:
+                            new = choice.get("token_ids") or []
+                            times += [arrived] * len(new)
+                            ids += new
+                except Exception as exc:  # noqa: BLE001 - a failed request is counted, the loop goes on
+                    connection.close()
+                    with lock:
+                        errors.append(f"{exc.__class__.__name__}: {exc}")
+                    continue
+                with lock:
+                    records.append({"sent": sent, "token_times": times, "client": index, "i": i, "ids": ids})
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            connection.close()
+
+    seconds = _drive(client, clients, start_gate, deadline, grace_s=600)
+    return _stream_report(records, errors, seconds, model, clients, requests, keep_ids)
+
+
+def _loopback(url: str) -> None:
+    if not url.startswith(("127.0.0.1:", "localhost:", "[::1]:")):
+        raise ValueError(f"load tests target loopback only, not {url}")
+
+
+def _stream_report(
+    records: list[dict],
+    errors: list[str],
+    seconds: float,
+    model: str,
+    clients: int,
+    requests: int,
+    keep_ids: bool,
+) -> dict:
+    report = summarize_streams(records, seconds)
     report.update(model=model, clients=clients, requests_per_client=requests, errors=len(errors))
     report["first_error"] = errors[0] if errors else None
+    if keep_ids:
+        report["ids"] = {f"{r['client']}/{r['i']}": r["ids"] for r in records}
     return report
 
 
@@ -256,4 +350,4 @@ def summarize_streams(records: list[dict], seconds: float) -> dict:
     }
 
 
-__all__ = ["run_load", "run_stream_load", "summarize_streams"]
+__all__ = ["run_load", "run_openai_stream_load", "run_stream_load", "summarize_streams"]
