@@ -289,7 +289,7 @@ def report(runs: dict, args, mix: list[dict], why: str | None, notes: list[str],
                 f"| {LABELS[side]} | {clients} | {statistics.median(rates):.1f} ({span(rates, 1)}) | "
                 f"{mid(reports, 'ttft_p50_ms')} | {mid(reports, 'tpot_p50_ms')} | {mid(reports, 'tpot_p99_ms')} | {cpu} | "
                 f"{len(failed)} of {len(failed) + len(reports)}"
-                + (f" ({failed[0]['first_error'][:120]})" if failed else "")
+                + (f" ({(failed[0]['first_error'] or '?')[:120]})" if failed else "")
                 + " |"
             )
     equal, total = agreement(runs, mix, "triton", "vllm")
@@ -312,28 +312,11 @@ def report(runs: dict, args, mix: list[dict], why: str | None, notes: list[str],
             f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}×" if not (a["errors"] or b["errors"]) else "failed"
             for a, b in zip(runs[("triton", clients)], runs[("vllm", clients)])
         ]
-        goal = clients == top
-        targets.append(
-            (
-                what,
-                f"{ours / theirs:.2f}× ({ours:.1f} vs {theirs:.1f} tokens/s; rounds {', '.join(rounds)})",
-                ours >= theirs if goal else None,
-            )
-        )
-        before = median.get(("triton-baseline", clients))
-        if before:
-            targets[-1] = (
-                targets[-1][0],
-                targets[-1][1] + f"; Triton ÷ Triton at {args.baseline} {ours / before:.2f}×",
-                targets[-1][2],
-            )
-        inproc = median.get(("in-process", clients))
-        if inproc:
-            targets[-1] = (
-                targets[-1][0],
-                targets[-1][1] + f"; Triton ÷ in process {ours / inproc:.2f}×",
-                targets[-1][2],
-            )
+        measured = f"{ours / theirs:.2f}× ({ours:.1f} vs {theirs:.1f} tokens/s; rounds {', '.join(rounds)})"
+        for side, name in (("triton-baseline", f"Triton at {args.baseline}"), ("in-process", "in process")):
+            if median.get((side, clients)):
+                measured += f"; Triton ÷ {name} {ours / median[(side, clients)]:.2f}×"
+        targets.append((what, measured, ours >= theirs if clients == top else None))
     lines += ["", *targets_table(targets), "", load]
     return "\n".join(lines)
 

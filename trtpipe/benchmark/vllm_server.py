@@ -18,7 +18,7 @@ from pathlib import Path
 from ..runtime.errors import UserError
 from .vllm_peer import VENV, worker_env
 
-MODEL_NAME = "gpt2"  # the name requests give (--served-model-name)
+MODEL_NAME = "peer"  # the name requests give (--served-model-name)
 
 
 def free_port() -> int:

@@ -111,13 +111,19 @@ class Outbox:
     thread that posts a token's response goes on to its next step instead of waiting: with 16 rows decoding that
     was some 8 ms a step. The response is built on this thread too."""
 
+    DEPTH = (
+        64  # responses waiting at most: a full outbox holds the engine back (a tiny model steps faster than
+    )
+    # responses can leave, and an unbounded queue would grow, and a drain's cut-off errors wait behind it all)
+
     def __init__(self):
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue: queue.Queue = queue.Queue(maxsize=self.DEPTH)
         self.thread = threading.Thread(target=self._loop, name="trtpipe-outbox", daemon=True)
         self.thread.start()
 
     def post(self, sender, make=None, flags: int = 0) -> None:
-        """Send make() (None: no response, only `flags`) through `sender`, after everything posted before."""
+        """Send make() (None: no response, only `flags`) through `sender`, after everything posted before; waits
+        while DEPTH responses are still to go."""
         self.queue.put((sender, make, flags))
 
     def _loop(self) -> None:
