@@ -68,7 +68,7 @@ def serve_command(checkpoint: Path, port: int, max_model_len: int, max_num_seqs:
 
 
 class VllmServer:
-    """A running `vllm serve`; `url` is host:port for run_openai_stream_load, `pids()` its process tree."""
+    """A running `vllm serve`; `url` is host:port for run_openai_stream_load."""
 
     def __init__(self, checkpoint: Path, threads: int, max_model_len: int, timeout_s: float = 600.0):
         exe = VENV / "bin" / "python"
@@ -102,15 +102,6 @@ class VllmServer:
             time.sleep(1.0)
         self.stop()
         raise UserError(f"vllm serve was not ready after {timeout_s:.0f} s (its log: {self.log})")
-
-    def pids(self) -> list[int]:
-        import psutil
-
-        try:
-            root = psutil.Process(self.process.pid)
-            return [root.pid] + [p.pid for p in root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -141,12 +141,7 @@ def run_stream_load(
     request's new token ids (the model's `ids` output) under "ids", keyed "client/i"."""
     import tritonclient.grpc as grpc
 
-    _loopback(url)
-    records: list[dict] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    deadline = time.monotonic() + timeout_s
-    start_gate = threading.Barrier(clients + 1, timeout=60)
+    loop = _StreamLoop(url, clients, timeout_s)
 
     def client(index: int) -> None:
         import queue
@@ -158,14 +153,13 @@ def run_stream_load(
                 callback=lambda result, error: answers.put((time.perf_counter(), result, error))
             )
         except Exception as exc:
-            with lock:
-                errors.append(f"client setup: {exc.__class__.__name__}: {exc}")
-            start_gate.abort()
+            loop.failed(f"client setup: {exc.__class__.__name__}: {exc}")
+            loop.start_gate.abort()
             return
         try:
-            start_gate.wait()
+            loop.start_gate.wait()
             for i in range(requests):
-                if time.monotonic() > deadline:
+                if time.monotonic() > loop.deadline:
                     break
                 inputs = _grpc_inputs(grpc, make_inputs(index, i))  # built when sent, not all up front
                 sent = time.perf_counter()
@@ -184,19 +178,16 @@ def run_stream_load(
                     if response.parameters["triton_final_response"].bool_param:
                         break
                 if failure is not None:
-                    with lock:
-                        errors.append(failure)
+                    loop.failed(failure)
                     continue
-                with lock:
-                    records.append({"sent": sent, "token_times": times, "client": index, "i": i, "ids": ids})
+                loop.done(index, i, sent, times, ids)
         except threading.BrokenBarrierError:
             pass
         finally:
             connection.stop_stream()
             connection.close()
 
-    seconds = _drive(client, clients, start_gate, deadline, grace_s=600)
-    return _stream_report(records, errors, seconds, model, clients, requests, keep_ids)
+    return loop.report(loop.run(client), model, requests, keep_ids)
 
 
 def run_openai_stream_load(
@@ -216,22 +207,17 @@ def run_openai_stream_load(
     import http.client
     import json
 
-    _loopback(url)
+    loop = _StreamLoop(url, clients, timeout_s)
     host, port = url.rsplit(":", 1)
     model = ""
-    records: list[dict] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    deadline = time.monotonic() + timeout_s
-    start_gate = threading.Barrier(clients + 1, timeout=60)
 
     def client(index: int) -> None:
         nonlocal model
         connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=600)
         try:
-            start_gate.wait()
+            loop.start_gate.wait()
             for i in range(requests):
-                if time.monotonic() > deadline:
+                if time.monotonic() > loop.deadline:
                     break
                 body = {**make_body(index, i), "stream": True, "return_token_ids": True}
                 model = body.get("model", model)
@@ -255,18 +241,16 @@ def run_openai_stream_load(
                             ids += new
                 except Exception as exc:  # noqa: BLE001 - a failed request is counted, the loop goes on
                     connection.close()
-                    with lock:
-                        errors.append(f"{exc.__class__.__name__}: {exc}")
+                    loop.failed(f"{exc.__class__.__name__}: {exc}")
                     continue
-                with lock:
-                    records.append({"sent": sent, "token_times": times, "client": index, "i": i, "ids": ids})
+                loop.done(index, i, sent, times, ids)
         except threading.BrokenBarrierError:
             pass
         finally:
             connection.close()
 
-    seconds = _drive(client, clients, start_gate, deadline, grace_s=600)
-    return _stream_report(records, errors, seconds, model, clients, requests, keep_ids)
+    seconds = loop.run(client)  # `model` is known once a client has sent
+    return loop.report(seconds, model, requests, keep_ids)
 
 
 def _loopback(url: str) -> None:
@@ -274,21 +258,41 @@ def _loopback(url: str) -> None:
         raise ValueError(f"load tests target loopback only, not {url}")
 
 
-def _stream_report(
-    records: list[dict],
-    errors: list[str],
-    seconds: float,
-    model: str,
-    clients: int,
-    requests: int,
-    keep_ids: bool,
-) -> dict:
-    report = summarize_streams(records, seconds)
-    report.update(model=model, clients=clients, requests_per_client=requests, errors=len(errors))
-    report["first_error"] = errors[0] if errors else None
-    if keep_ids:
-        report["ids"] = {f"{r['client']}/{r['i']}": r["ids"] for r in records}
-    return report
+class _StreamLoop:
+    """What the two streaming closed loops share: the loopback check, the clients' start gate and deadline, the
+    per-request records and errors (from the client threads), and the report."""
+
+    def __init__(self, url: str, clients: int, timeout_s: float):
+        _loopback(url)
+        self.clients = clients
+        self.records: list[dict] = []
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.deadline = time.monotonic() + timeout_s
+        self.start_gate = threading.Barrier(clients + 1, timeout=60)
+
+    def done(self, client: int, i: int, sent: float, times: list[float], ids: list[int]) -> None:
+        with self.lock:
+            self.records.append({"sent": sent, "token_times": times, "client": client, "i": i, "ids": ids})
+
+    def failed(self, message: str) -> None:
+        with self.lock:
+            self.errors.append(message)
+
+    def run(self, client) -> float:
+        """client(index) on every client thread (_drive): the seconds from the start gate to the last one's end."""
+        return _drive(client, self.clients, self.start_gate, self.deadline, grace_s=600)
+
+    def report(self, seconds: float, model: str, requests: int, keep_ids: bool) -> dict:
+        """`summarize_streams` of the records, with the run's facts (and each request's ids with keep_ids)."""
+        report = summarize_streams(self.records, seconds)
+        report.update(
+            model=model, clients=self.clients, requests_per_client=requests, errors=len(self.errors)
+        )
+        report["first_error"] = self.errors[0] if self.errors else None
+        if keep_ids:
+            report["ids"] = {f"{r['client']}/{r['i']}": r["ids"] for r in self.records}
+        return report
 
 
 def _drive(client, clients: int, start_gate: threading.Barrier, deadline: float, grace_s: float) -> float:
