@@ -93,3 +93,20 @@ def test_the_engine_never_prefills_a_lone_token(gpt2):
         assert request.result().ids == generator.generate([prompt], 6)[0].ids
     with pytest.raises(UserError, match="chunk must be an integer ≥ 2"):
         BatchEngine(gpt2, chunk=1)
+
+
+def test_a_step_takes_chunk_prompt_tokens_and_with_none_decoding_every_prompt_one_piece_finishes():
+    from types import SimpleNamespace
+
+    from trtpipe.runtime.chunks import step_pieces
+
+    waiting = [SimpleNamespace(ids=list(range(n)), prefilled=0) for n in (40, 10, 30, 16, 12)]
+    lengths = lambda pieces: [len(p) for _, p in pieces]  # noqa: E731
+    assert lengths(step_pieces(waiting, 16, decoding=True)) == [16]  # a step's budget: one chunk in all
+    # none decoding: the budget goes to the oldest long prompt, and every prompt one piece finishes takes it
+    assert lengths(step_pieces(waiting, 16, decoding=False)) == [16, 10, 16, 12]
+    assert lengths(step_pieces(waiting, 16, decoding=False, budget=20)) == [16, 4]  # a budget given is kept
+    waiting[0].prefilled = 23  # 17 left: a piece of 16 would leave one, so it takes 15 (next_piece)
+    assert lengths(step_pieces(waiting, 16, decoding=True)) == [15, 1]  # the budget left: a first token
+    waiting[0].prefilled = 24  # 16 left: one piece finishes it
+    assert lengths(step_pieces(waiting, 16, decoding=False)) == [16, 10, 16, 16, 12]  # and 30 the budget

@@ -224,3 +224,51 @@ def test_benchmark_adds_rows_on_the_int8_cache_beside_ort_cpus(gpt2, kv8_gpt2, m
         result = cli("benchmark", "--engine", *args, "--no-memory", "--out", tmp_path / "x")
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_openvino_prefill_writes_the_int8_cache_with_the_twins_scales(kv8_gpt2):
+    """`prefill_backend="ov"` with the int8 cache: the prompt's K/V quantized with the twin's own scales (read without
+    onnx, the same as onnx reads them), the first layer's as ONNX Runtime's int8 prefill writes them (one step at
+    most: the two engines add in other orders), a chunk after a past read back dequantized, and batching gives each
+    request that prefills in one piece exactly what it gets alone."""
+    pytest.importorskip("openvino")
+    from onnx import numpy_helper
+
+    from trtpipe.runtime import kv
+
+    ort = Generator(kv8_gpt2, kv_cache="int8")
+    split = Generator(kv8_gpt2, kv_cache="int8", prefill_backend="ov")
+    prefiller = split.runner.prefiller
+    model = onnx.load(Bundle.load(kv8_gpt2).model_path("kv8-inplace"))
+    stored = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for index, _, _ in kv.kv_names(Bundle.load(kv8_gpt2).model["num_layers"]):
+        want = stored[kv.kv8_scale_name(index // 2, "kv"[index % 2])]
+        np.testing.assert_array_equal(prefiller.scales[index], want)
+    ids = ort.encoder.encode_prompt(" ".join(TEXTS * 2))[:30]
+    caches, logits = [], []
+    for generator, cuts in ((ort, [30]), (split, [30]), (split, [12, 18])):
+        cache = generator.runner.new_cache(2, 32)
+        out, past = np.zeros((1, generator.runner.vocab), np.float32), 0
+        for n in cuts:
+            generator.runner.prefill_row(ids[past : past + n], cache, 1, past, out)
+            past += n
+        caches.append(cache)
+        logits.append(out.copy())
+    assert caches[1].dtype == np.int8
+    for index in (0, 1):  # layer 0: the same embeddings on both engines
+        want, got = (c.view(0, index, 0)[1, :, :30].astype(np.int32) for c in caches[:2])
+        assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.99
+        assert not caches[1].view(0, index, 0)[0].any()  # row 0 untouched
+    for one in (logits[1], logits[2]):  # near ONNX Runtime's own int8 prefill, cut or not
+        assert (
+            one.argmax() == logits[0].argmax()
+            and np.abs(one - logits[0]).max() < 0.1 * np.abs(logits[0]).max()
+        )
+    mix = [item for item in _mix(split) if len(item["prompt"]) <= 16]
+    assert len(mix) >= 2
+    engine = BatchEngine(kv8_gpt2, slots=4, chunk=16, kv_cache="int8", prefill_backend="ov")
+    assert engine.cache.dtype == np.int8 and engine.fused is None  # two passes beside OpenVINO
+    requests = [engine.submit(i["prompt"], i["max_new_tokens"], i["sampling"], i["stop"]) for i in mix]
+    engine.run()
+    for item, request in zip(mix, requests):
+        assert request.result().ids == _alone(split, item).ids, item

@@ -166,3 +166,87 @@ def test_openvino_quantizes_activations_per_weight_block(gpt2, copy_bundle):
     want = open_session(bundle, variant="int4").run(feeds)["logits"]
     off = {s: float(np.abs(s.run(feeds)["logits"] - want).max()) for s in (int4, default)}
     assert off[int4] < off[default] / 2, off
+
+
+def test_a_steps_pieces_group_into_passes_of_one_past_with_bounded_padding():
+    from trtpipe.runtime.prefill import passes
+
+    pieces = [
+        ([1] * 8, 0, 0),
+        ([1] * 7, 1, 0),
+        ([1] * 30, 2, 0),
+        ([1] * 6, 3, 5),
+        ([1] * 6, 4, 5),
+        ([1] * 2, 5, 0),
+    ]
+    groups = passes(pieces)
+    assert sorted(i for g in groups for i in g) == list(range(len(pieces)))  # each piece in one pass
+    for group in groups:
+        assert len({pieces[i][2] for i in group}) == 1  # one past a pass
+        longest = max(len(pieces[i][0]) for i in group)
+        assert len(pieces[group[0]][0]) == longest  # the longest first
+        real = sum(len(pieces[i][0]) for i in group)
+        assert len(group) * longest - real <= 0.25 * len(group) * longest
+    assert [2] in groups and [0, 1] in groups and [3, 4] in groups and [5] in groups  # 30 pads no 8 or 2
+    assert passes(pieces, waste=1.0) == [[2, 0, 1, 5], [3, 4]]  # unbounded padding: one pass per past
+
+
+def test_a_batched_openvino_pass_writes_what_one_row_at_a_time_writes(gpt2):
+    """Three pieces of one step (lengths 8, 7, 6 after no past: two left-padded) and two after a past of 8 each: one
+    OpenVINO pass per past, the same logits and K/V as one row at a time, no other column written."""
+    split = Generator(gpt2, prefill_backend="ov")
+    prefiller = split.runner.prefiller
+    ids = [split.encoder.encode_prompt(" ".join([p] * 6)) for p in PROMPTS]
+    assert min(map(len, ids)) >= 14
+    first = [(ids[0][:8], 0, 0), (ids[1][:7], 2, 0), (ids[2][:6], 3, 0)]
+    second = [(ids[0][8:14], 0, 8), (ids[1][8:13], 2, 8)]
+    caches, outs, calls = [], [], []
+    run_with = prefiller.session.run_with
+    prefiller.session.run_with = lambda feeds, use: (
+        calls.append(feeds["input_ids"].shape) or run_with(feeds, use)
+    )
+    for batched in (False, True):
+        cache = split.runner.new_cache(4, 24)
+        cache.view(0, 0, 0, 4, 0)[1] = 0  # row 1 is no piece's
+        out = np.zeros((5, split.runner.vocab), np.float32)
+        for pieces, at in ((first, 0), (second, 3)):
+            if batched:
+                prefiller.prefill_rows(pieces, cache, out[at:])
+            else:
+                for i, (piece, row, past) in enumerate(pieces):
+                    split.runner.prefill_row(piece, cache, row, past, out[at + i : at + i + 1])
+        caches.append(cache)
+        outs.append(out)
+    # the five pieces alone, then one pass a past: 8, 7, 6 tokens pad 3 of 24; 6, 5 pad 1 of 12 (≤ a quarter)
+    assert calls[5:] == [(3, 8), (2, 6)], calls
+    assert np.isfinite(outs[1]).all()
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-4)
+    for index, _, _ in caches[0].names():
+        want, got = (c.view(0, index, 0) for c in caches)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert not got[1].any() and not got[0, :, 14:].any() and not got[2, :, 13:].any()
+
+
+def test_a_burst_of_short_prompts_prefills_in_one_openvino_pass_and_each_gets_what_it_gets_alone(gpt2):
+    """Five prompts arrive at an idle engine with chunk 32: the four that one piece finishes (12, 11, 10, 12 tokens)
+    prefill in the first step as one OpenVINO pass (padding 3 of 48), the oldest long one (40) takes the step's
+    budget of 32 in a pass of its own (a 12 beside it would pad 20 of 64); every request's tokens are
+    the ones it gets alone."""
+    alone = Generator(gpt2, prefill_backend="ov")
+    text = [
+        alone.encoder.encode_prompt(" ".join([p] * 16)) for p in PROMPTS + ["The list of def main", "x y"]
+    ]
+    prompts = [ids[:n] for ids, n in zip(text, (40, 12, 11, 10, 12))]
+    assert [len(p) for p in prompts] == [40, 12, 11, 10, 12]
+    expected = [alone.generate([ids], 10)[0].ids for ids in prompts]
+    engine = BatchEngine(gpt2, slots=5, chunk=32, prefill_backend="ov", fused=False)
+    passes = []
+    run_with = engine.runner.prefiller.session.run_with
+    engine.runner.prefiller.session.run_with = lambda feeds, use: (
+        passes.append(feeds["input_ids"].shape) or run_with(feeds, use)
+    )
+    requests = [engine.submit(ids, 10) for ids in prompts]
+    engine.step()
+    assert sorted(passes) == [(1, 32), (4, 12)] and engine.stats["prefill_tokens"] == 77
+    engine.run()
+    assert [r.result().ids for r in requests] == expected

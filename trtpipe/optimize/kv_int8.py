@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..runtime.kv import kv8_scale_name
+
 GQA = "GroupQueryAttention"
 HEADROOM = 1.25  # scale = HEADROOM × calibrated max |x| / 127
 K_SCALE, V_SCALE = 12, 13  # GroupQueryAttention's k_scale / v_scale input slots
@@ -39,7 +41,7 @@ def rewrite_kv_int8(model: onnx.ModelProto, scales: list[tuple[np.ndarray, np.nd
     if any(a.name == "kv_cache_bit_width" for n in attention for a in n.attribute):
         raise ValueError("the graph's KV cache is quantised already")
     for layer, (node, (k, v)) in enumerate(zip(attention, scales)):
-        names = (f"/kv8/layer{layer}/k_scale", f"/kv8/layer{layer}/v_scale")
+        names = (kv8_scale_name(layer, "k"), kv8_scale_name(layer, "v"))
         graph.initializer.extend(numpy_helper.from_array(s, n) for s, n in zip((k, v), names))
         inputs = list(node.input) + [""] * (V_SCALE + 1 - len(node.input))
         inputs[K_SCALE], inputs[V_SCALE] = names

@@ -2,12 +2,12 @@
 
 `BatchEngine` owns one in-place KV cache of `slots` rows (GroupQueryAttention; each row has its own length) and a
 bounded queue. Each `step()`: finished or cancelled rows leave and free their slot at once; waiting requests take
-free slots and are prefilled in chunks (at most `chunk` prompt tokens per step, so a long prompt never stalls the
-running rows for its whole prefill); then one batched decode step advances every running row. The running rows are
-kept packed in slots [0, R) (`packing.py`), so a step computes only the rows that decode; where the bundle has the
-fused step (`fused.py`), a step with both runs the rows and one chunk as one pass. A request keeps its own sampling
-settings and seeded generator, max_new_tokens and stop strings, so it gets exactly what it gets alone
-(`Generator.generate`). The scheduling is plain numpy and Python; `start()` adds the one thread a server needs to
+free slots and are prefilled in chunks (while rows decode, at most `chunk` prompt tokens a step, so a prompt never
+stalls them for long; with none decoding, short prompts all at once: `chunks.py`); then one batched decode step
+advances every running row. The running rows are kept packed in slots [0, R) (`packing.py`), so a step computes
+only the rows that decode; where the bundle has the fused step (`fused.py`), a step with both runs as one pass. A
+request keeps its own sampling settings and seeded generator, max_new_tokens and stop strings, so it gets exactly
+what it gets alone (`Generator.generate`). The scheduling is plain numpy and Python; `start()` adds the one thread a server needs to
 drive `step()`, and `close()` stops it and fails whatever is left with an error (never a hang).
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .bundle import Bundle
-from .chunks import next_piece
+from .chunks import next_piece, step_pieces
 from .errors import UnpairedRows, UserError
 from .fused import open_fused
 from .generate import Completion, Generator, History, PromptTruncated, Token
@@ -107,7 +107,7 @@ class BatchEngine:
         self.wake = threading.Condition(self.lock)
         self.thread: threading.Thread | None = None
         self.closed = False
-        self.prefill_logits = np.empty((1, self.runner.vocab), dtype=np.float32)
+        self.prefill_logits = np.empty((self.slots, self.runner.vocab), dtype=np.float32)  # a step's pieces
         # moves: rows moved to keep the running ones packed (`packing.py`); fused_steps: steps that ran the rows and
         # a chunk as one pass (`fused.py`)
         counts = ("steps", "tokens", "decode_rows", "prefill_tokens", "moves", "fused_steps")
@@ -267,23 +267,26 @@ class BatchEngine:
         return True
 
     def _prefill(self, budget: int | None = None, runner=None) -> None:
-        """Up to `budget` (`chunk`) prompt tokens, oldest request first; a prompt's last chunk gives its first token."""
-        budget, runner = self.chunk if budget is None else budget, runner or self.runner
-        started = time.perf_counter()
-        for request in sorted((r for r in self.table if r and r.state == PREFILL), key=lambda r: r.id):
-            if budget <= 0:
-                break
-            piece = next_piece(request.ids, request.prefilled, budget)
-            if not piece:  # its next piece would be a lone token: the next step's budget takes it
-                continue
-            logits = self.prefill_logits
-            runner.prefill_row(piece, self.cache, request.slot, request.prefilled, logits)
+        """The step's prompt pieces (`chunks.step_pieces`: ≤ `budget`, by default `chunk`; with no row decoding, every
+        prompt one piece finishes too), oldest request first; a prompt's last piece gives its first token."""
+        runner = runner or self.runner
+        prefilling = sorted((r for r in self.table if r and r.state == PREFILL), key=lambda r: r.id)
+        decoding = any(r is not None and r.state == RUNNING for r in self.table)
+        pieces = step_pieces(prefilling, self.chunk, decoding, budget)
+        if not pieces:
+            return
+        started, logits = time.perf_counter(), self.prefill_logits
+        batched = len(pieces) > 1 and getattr(runner, "prefill_batches", False)
+        if batched:  # else one at a time: each prompt's first token leaves as soon as its own pass ends
+            runner.prefill_rows([(p, r.slot, r.prefilled) for r, p in pieces], self.cache, logits)
+        for i, (request, piece) in enumerate(pieces):
+            if not batched:
+                runner.prefill_row(piece, self.cache, request.slot, request.prefilled, logits[i : i + 1])
             request.prefilled += len(piece)
-            budget -= len(piece)
             self.stats["prefill_tokens"] += len(piece)
             if request.prefilled == len(request.ids):
                 request.state = RUNNING
-                self._emit(request, logits[0])
+                self._emit(request, logits[i])
         self.stats["prefill_s"] += time.perf_counter() - started
 
     def _decode(self) -> None:

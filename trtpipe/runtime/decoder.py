@@ -31,6 +31,7 @@ class DecoderRunner:
         self.session = session
         self.inplace = inplace
         self.prefiller = prefiller  # in place only: another engine runs the prompts (`prefill.py`)
+        self.prefill_batches = prefiller is not None  # it runs a step's prompts as one pass (`prefill_rows`)
         model = bundle.model
         self.layers, self.heads, self.head_dim = model["num_layers"], model["num_heads"], model["head_dim"]
         self.vocab = bundle.limits["vocab_size"]
@@ -127,6 +128,13 @@ class DecoderRunner:
             self.prefiller.prefill_row(ids, cache, row, past, logits)
             return
         self._run(kv.inplace_prefill(ids, past), cache, past, len(ids), 1, row, logits)
+
+    def prefill_rows(
+        self, pieces: list[tuple[list[int], int, int]], cache: KVCache, logits: np.ndarray
+    ) -> None:
+        """Every piece (ids, row, past) of one step in the prefill engine's batched passes (`prefill.py`; where
+        `prefill_batches`); piece i's last logits go to `logits[i]`."""
+        self.prefiller.prefill_rows(pieces, cache, logits)
 
     def decode(
         self,

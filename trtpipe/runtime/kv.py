@@ -17,6 +17,11 @@ import numpy as np
 # ------------------------------------------------------------------------------------------------------ feeds
 
 
+def kv8_scale_name(layer: int, kind: str) -> str:
+    """The initializer that holds layer `layer`'s `kind` ("k" or "v") scales in an int8-cache twin (kv_int8.py)."""
+    return f"/kv8/layer{layer}/{kind}_scale"
+
+
 def kv_names(layers: int) -> list[tuple[int, str, str]]:
     """(buffer index, past input, present output) for every layer and kind, in buffer order."""
     return [

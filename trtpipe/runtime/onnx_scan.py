@@ -1,7 +1,9 @@
-"""Read the external-data locations out of an ONNX file without the onnx package (the runtime stays lean).
+"""Read the external-data locations, and a few named float initializers, out of an ONNX file without the onnx
+package (the runtime stays lean).
 
 A minimal protobuf wire-format walk over ModelProto → GraphProto → TensorProto (initializers, sparse initializers
-and tensors inside node attributes, subgraphs included); raw weight bytes are skipped by length, never read.
+and tensors inside node attributes, subgraphs included); raw weight bytes are skipped by length, and read only for
+the initializers `float_initializers` is asked for (the int8 KV cache's scales, `prefill.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ NODE_ATTRIBUTE = 5
 ATTR_T, ATTR_G, ATTR_TENSORS, ATTR_GRAPHS, ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_NAME, TENSOR_EXTERNAL_DATA = 8, 13
+TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_FLOAT_DATA, TENSOR_RAW_DATA = 1, 2, 4, 9
+FLOAT = 1  # TensorProto.FLOAT
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 
 
@@ -125,3 +129,62 @@ def external_data_locations(path: str | Path) -> list[tuple[str, str]]:
             if number == MODEL_GRAPH and wire == 2:
                 _graph(buf, a, b, out, 0)
     return out
+
+
+def _float(buf, start: int, end: int, folder: Path, names: set[str]):
+    """(name, its float32 array, or None when it is not a float tensor or not one of `names`) of one TensorProto."""
+    import numpy as np
+
+    name, dims, dtype, data, external = "", [], None, None, {}
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == TENSOR_NAME and wire == 2:
+            name = bytes(buf[a:b]).decode("utf-8", "replace")
+        elif number == TENSOR_DIMS and wire == 0:
+            dims.append(a)
+        elif number == TENSOR_DIMS and wire == 2:  # packed
+            pos = a
+            while pos < b:
+                value, pos = _varint(buf, pos, b)
+                dims.append(value)
+        elif number == TENSOR_DATA_TYPE and wire == 0:
+            dtype = a
+        elif number in (TENSOR_RAW_DATA, TENSOR_FLOAT_DATA) and wire == 2:
+            data = (a, b)  # read only if it is asked for
+        elif number == TENSOR_EXTERNAL_DATA and wire == 2:
+            entry = {
+                n: bytes(buf[x:y]).decode("utf-8", "replace") for n, w, x, y in _fields(buf, a, b) if w == 2
+            }
+            external[entry.get(ENTRY_KEY)] = entry.get(ENTRY_VALUE)
+    if dtype != FLOAT or name not in names:
+        return name, None
+    if data is not None:
+        data = bytes(buf[data[0] : data[1]])
+    elif "location" in external:
+        with open(folder / external["location"], "rb") as handle:
+            handle.seek(int(external.get("offset") or 0))
+            data = handle.read(int(external["length"]) if external.get("length") else -1)
+    count = int(np.prod(dims)) if dims else 1
+    if data is None or len(data) != 4 * count:
+        raise ScanError(
+            f"initializer {name!r} holds {0 if data is None else len(data)} bytes, not {count} floats"
+        )
+    return name, np.frombuffer(data, dtype="<f4").reshape(dims).astype(np.float32)
+
+
+def float_initializers(path: str | Path, names: set[str]) -> dict:
+    """{name: float32 array} for the graph initializers named in `names` (a ScanError names any missing one)."""
+    path = Path(path)
+    found: dict = {}
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        for number, wire, a, b in _fields(buf, 0, len(buf)):
+            if number != MODEL_GRAPH or wire != 2:
+                continue
+            for n, w, x, y in _fields(buf, a, b):
+                if n == GRAPH_INITIALIZER and w == 2:
+                    name, value = _float(buf, x, y, path.parent, names)
+                    if value is not None:
+                        found[name] = value
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise ScanError(f"{path.name} has no float initializer {missing[0]!r}")
+    return found

@@ -64,16 +64,14 @@ def open_session(
     )
 
 
-def int8_cache(
-    bundle: Bundle, base: str, backend: str, kv: str, prefill_backend: str | None, kv_cache: str
-) -> str:
+def int8_cache(bundle: Bundle, base: str, backend: str, kv: str, kv_cache: str) -> str:
     """The int8-cache twin of weight variant `base` that `kv_cache="int8"` asks for, or a UserError naming the fix."""
     if kv_cache != "int8":
         raise UserError(f"kv_cache must be fp32 or int8 (got {kv_cache!r})")
-    if backend != "ort-cpu" or kv == "pingpong" or prefill_backend is not None:
+    if backend != "ort-cpu" or kv == "pingpong":
         raise UserError(
             "the int8 KV cache runs in place on ONNX Runtime's CPU provider: use --backend ort-cpu, kv auto or "
-            "inplace, no prefill backend; or leave the cache at fp32"
+            "inplace; or leave the cache at fp32"
         )
     name = "kv8-inplace" if base == "fp32" else f"{base}.kv8-inplace"
     command = f"trtpipe optimize {bundle.path} --precision kv8"
@@ -115,14 +113,17 @@ def open_decoder(
     base = variant or "fp32"
     inplace_name = "kv-inplace" if base == "fp32" else f"{base}.kv-inplace"
     if kv_cache != "fp32":
-        inplace_name = int8_cache(bundle, base, backend, kv, prefill_backend, kv_cache)
+        inplace_name = int8_cache(bundle, base, backend, kv, kv_cache)
     inplace = backend == "ort-cpu" and kv != "pingpong" and inplace_name in bundle.variants
     if kv == "inplace" and not inplace:
         raise UserError(
             f"no {inplace_name} variant in {bundle.path} for backend {backend}; "
             f"create it with `trtpipe optimize {bundle.path} --precision {base}` or use kv=pingpong"
         )
-    prefiller = open_prefill(bundle, prefill_backend, backend, inplace, base, threads)  # None: prefill here
+    int8_from = inplace_name if kv_cache != "fp32" else None  # OpenVINO's prefill quantizes with its scales
+    prefiller = open_prefill(
+        bundle, prefill_backend, backend, inplace, base, threads, int8_from
+    )  # None: here
     if spin is not None and backend != "ort-cpu":
         raise UserError(
             f"spin= sets the threads of ONNX Runtime's CPU provider; backend {backend} decodes elsewhere"

@@ -261,7 +261,7 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
     if options.kv_cache != "fp32" and bundle.is_decoder:  # the engine's check, before anything is written
         from ..runtime.session import int8_cache
 
-        int8_cache(bundle, variant or "fp32", options.runtime, "auto", options.prefill_backend, "int8")
+        int8_cache(bundle, variant or "fp32", options.runtime, "auto", "int8")
     decoupled = options.stream and bundle.is_decoder
     scheduling = Scheduling(
         max_batch=options.max_batch,
