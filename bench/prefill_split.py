@@ -3,13 +3,14 @@ against ONNX Runtime alone, GPT-2 124M (random weights: speed only), 2 threads, 
 
 1. batch 1, greedy, prompts 32 and 512, 32 new tokens, fp32 / int8-wo / int4, each with and without, interleaved
    rounds after a pause (`run_decode`): TTFT, TPOT, and whether the tokens are the same;
-2. BatchEngine (16 slots, prefill chunk 64) on the serve_load mix at 1 and 16 in flight, int8-wo and int4, each with
-   and without: a first pass (OpenVINO meets each prefill shape for the first time) and a second (shapes known);
+2. BatchEngine (16 slots, prefill chunk 64) on the serve_load mix at 1 and 16 in flight, int8-wo, int4 and int4 on
+   the int8 KV cache, each with and without: a first pass (OpenVINO meets each prefill shape for the first time) and
+   a second (shapes known);
 3. memory: peak RSS of a fresh process that opens the generator and generates once, with and without.
 
 Writes the `prefill-split` section of docs/benchmarks.md.
 
-    python bench/prefill_split.py          # ≈ 8 min on 2 cores
+    python bench/prefill_split.py          # ≈ 10 min on 2 cores
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ warnings.filterwarnings("ignore")
 
 VARIANTS = ("fp32", "int8-wo", "int4")
 MIX_VARIANTS = ("int8-wo", "int4")
+# the mix's rows: (label, variant, KV cache); the int8 cache takes OpenVINO's K/V quantized (runtime/prefill.py)
+MIX_ROWS = (("int8-wo", "int8-wo", "fp32"), ("int4", "int4", "fp32"), ("int4, int8 cache", "int4", "int8"))
 NEW_TOKENS = 32
 
 
@@ -56,6 +59,7 @@ def rss(path, variant: str, prefill: str | None) -> dict:
 def main() -> int:
     from common import (
         ensure_bundle,
+        ensure_kv8,
         ensure_variant,
         load_line,
         targets_table,
@@ -81,6 +85,7 @@ def main() -> int:
     path = ensure_bundle("gpt2", "generate")
     for precision in MIX_VARIANTS:
         ensure_variant(path, precision)
+    ensure_kv8(path, force=True)  # random weights: the gate is recorded, not met
     bundle = Bundle.load(path)
 
     # 1. batch 1
@@ -95,21 +100,21 @@ def main() -> int:
     # 2. the mix
     requests = mix_requests(bundle, args.requests)
     mix = {}
-    for variant in MIX_VARIANTS:
+    for label, variant, cache in MIX_ROWS:
         engines = {
-            how: BatchEngine(path, variant=variant, threads=2, slots=16, prefill_backend=pre)
+            how: BatchEngine(path, variant=variant, threads=2, slots=16, prefill_backend=pre, kv_cache=cache)
             for how, pre in (("ort", None), ("split", "ov"))
         }
         try:
             for clients in (1, 16):
                 for passes in ("first", "second"):
                     for how, engine in engines.items():
-                        print(f"mix {variant} {how} @{clients} {passes} …", file=sys.stderr, flush=True)
+                        print(f"mix {label} {how} @{clients} {passes} …", file=sys.stderr, flush=True)
                         before = dict(engine.stats)
                         run = summarize(ours_closed_loop(engine, requests, clients))
                         run["prefill_s"] = engine.stats["prefill_s"] - before["prefill_s"]
                         run["decode_s"] = engine.stats["decode_s"] - before["decode_s"]
-                        mix[(variant, how, clients, passes)] = run
+                        mix[(label, how, clients, passes)] = run
         finally:
             for engine in engines.values():
                 engine.close()
@@ -152,13 +157,15 @@ def main() -> int:
         "at the end of each step (`session.force_spinning_stop`), so its threads leave the cores to the prefill "
         "chunk that follows. ONNX Runtime alone runs BatchEngine's defaults, the fused step where the bundle has its "
         "twins (a prompt chunk inside a step's one pass, timed as decode, so its prefill s counts only prompts with no "
-        "row decoding); the OpenVINO prefill has no fused step (two passes).",
+        "row decoding); the OpenVINO prefill has no fused step (two passes). The int8-cache rows run the int4 "
+        "variant's kv8 twins on both sides (`kv_cache=\"int8\"`): ONNX Runtime's own int8 prefill against OpenVINO's "
+        "K/V quantized with the twin's scales.",
         "",
         "| variant | in flight | pass | tokens/s ONNX Runtime | tokens/s OpenVINO prefill | × | prefill s "
         "(ONNX Runtime / OpenVINO) | decode s (ONNX Runtime / OpenVINO prefill) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for variant in MIX_VARIANTS:
+    for variant, _, _ in MIX_ROWS:
         for clients in (1, 16):
             for passes in ("first", "second"):
                 a, b = mix[(variant, "ort", clients, passes)], mix[(variant, "split", clients, passes)]
