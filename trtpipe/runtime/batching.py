@@ -7,8 +7,8 @@ stalls them for long; with none decoding, short prompts all at once: `chunks.py`
 advances every running row. The running rows are kept packed in slots [0, R) (`packing.py`), so a step computes
 only the rows that decode; where the bundle has the fused step (`fused.py`), a step with both runs as one pass. A
 request keeps its own sampling settings and seeded generator, max_new_tokens and stop strings, so it gets exactly
-what it gets alone (`Generator.generate`). The scheduling is plain numpy and Python; `start()` adds the one thread a server needs to
-drive `step()`, and `close()` stops it and fails whatever is left with an error (never a hang).
+what it gets alone (`Generator.generate`). The scheduling is plain numpy and Python; `start()` adds the one thread
+a server needs to drive `step()`, and `close()` stops it and fails whatever is left with an error (never a hang).
 """
 
 from __future__ import annotations

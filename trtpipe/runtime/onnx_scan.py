@@ -65,6 +65,17 @@ def _fields(buf, start: int, end: int):
             raise ScanError("truncated protobuf message")
 
 
+def _entry(buf, start: int, end: int) -> tuple[str | None, str | None]:
+    """(key, value) of one StringStringEntryProto (a tensor's external-data entry)."""
+    key = value = None
+    for n, w, x, y in _fields(buf, start, end):
+        if w == 2 and n == ENTRY_KEY:
+            key = bytes(buf[x:y]).decode("utf-8", "replace")
+        elif w == 2 and n == ENTRY_VALUE:
+            value = bytes(buf[x:y]).decode("utf-8", "replace")
+    return key, value
+
+
 def _tensor(buf, start: int, end: int, out: list[tuple[str, str]]) -> None:
     name = ""
     for number, wire, a, b in _fields(buf, start, end):
@@ -73,12 +84,7 @@ def _tensor(buf, start: int, end: int, out: list[tuple[str, str]]) -> None:
         if number == TENSOR_NAME:
             name = bytes(buf[a:b]).decode("utf-8", "replace")
         elif number == TENSOR_EXTERNAL_DATA:
-            key = value = None
-            for n, w, x, y in _fields(buf, a, b):
-                if w == 2 and n == ENTRY_KEY:
-                    key = bytes(buf[x:y]).decode("utf-8", "replace")
-                elif w == 2 and n == ENTRY_VALUE:
-                    value = bytes(buf[x:y]).decode("utf-8", "replace")
+            key, value = _entry(buf, a, b)
             if key == "location" and value is not None:
                 out.append((name, value))
 
@@ -151,10 +157,8 @@ def _float(buf, start: int, end: int, folder: Path, names: set[str]):
         elif number in (TENSOR_RAW_DATA, TENSOR_FLOAT_DATA) and wire == 2:
             data = (a, b)  # read only if it is asked for
         elif number == TENSOR_EXTERNAL_DATA and wire == 2:
-            entry = {
-                n: bytes(buf[x:y]).decode("utf-8", "replace") for n, w, x, y in _fields(buf, a, b) if w == 2
-            }
-            external[entry.get(ENTRY_KEY)] = entry.get(ENTRY_VALUE)
+            key, value = _entry(buf, a, b)
+            external[key] = value
     if dtype != FLOAT or name not in names:
         return name, None
     if data is not None:
