@@ -105,7 +105,7 @@ def kernel_models(layers: int = 2, head: int = 0) -> dict[str, onnx.ModelProto]:
     }
 
 
-def _session(model: onnx.ModelProto | str, threads: int, profile: str | None = None):
+def cpu_session(model: onnx.ModelProto | str, threads: int, profile: str | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -122,7 +122,7 @@ def time_kernels(
     models: dict[str, onnx.ModelProto], rows: tuple[int, ...], threads: int, rounds: int = 3, iters: int = 10
 ) -> dict[str, dict[int, float]]:
     """Median ms of one run of the stack per kernel and M, rounds interleaved across kernels."""
-    sessions = {name: _session(model, threads) for name, model in models.items()}
+    sessions = {name: cpu_session(model, threads) for name, model in models.items()}
     rng = np.random.default_rng(1)
     inputs = {m: rng.standard_normal((m, 768)).astype(np.float32) for m in rows}
     samples: dict = {name: {m: [] for m in rows} for name in models}
@@ -177,7 +177,7 @@ def op_split(model_file: str | Path, rows: int, threads: int, context: int = 160
     """ms per decode step by op kind (ONNX Runtime's profiler): `rows` rows of `context` cached tokens, the KV
     buffers bound as both past and present (in place, as the runtime binds them)."""
     with tempfile.TemporaryDirectory() as tmp:
-        session = _session(str(model_file), threads, profile=str(Path(tmp) / "profile"))
+        session = cpu_session(str(model_file), threads, profile=str(Path(tmp) / "profile"))
         names = [i.name for i in session.get_inputs()]
         capacity = context + 64
         io = session.io_binding()
