@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtpipe.runtime.onnx_scan import ScanError, external_data_locations, float_initializers
+from trtpipe.runtime.onnx_scan import ScanError, external_data_locations, float_initializers, node_names
 
 
 def _model(path, external: bool):
@@ -49,3 +49,22 @@ def test_named_float_initializers_read_as_onnx_reads_them(tmp_path, external):
         float_initializers(path, {"s", "i"})
     with pytest.raises(ScanError, match="no float initializer 'missing'"):
         float_initializers(path, {"missing"})
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_node_names_are_the_graphs_in_order(tmp_path, external):
+    path = tmp_path / "m.onnx"
+    _model(str(path), external)
+    model = onnx.load(str(path), load_external_data=False)
+    model.graph.node.extend(
+        [
+            helper.make_node("Relu", ["y"], ["z"], name="/pair_rows/relu"),
+            helper.make_node("Neg", ["z"], ["n"]),
+        ]
+    )
+    model.graph.node[0].name = "first"
+    onnx.save(model, str(path))
+    assert node_names(path) == [n.name for n in model.graph.node] == ["first", "/pair_rows/relu", ""]
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ScanError):
+        node_names(tmp_path / "empty.onnx")

@@ -17,6 +17,7 @@ from trtpipe.optimize.pair_rows import P, needs_pairs, pair_rows
 from trtpipe.optimize.variants import optimize_bundle
 from trtpipe.optimize.weight_only import quantize_weight_only
 from trtpipe.runtime import BatchEngine, Bundle, Generator
+from trtpipe.runtime.paths import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +151,30 @@ def test_an_in_place_twin_built_before_pairs_is_named_with_its_fix(wide_gpt2, tm
     assert Bundle.load(wide_gpt2).unpaired("fp32") is None  # no MatMulNBits, nothing to pair
     BatchEngine(wide_gpt2, variant="int4", slots=2)
     assert not [w for w in recwarn if issubclass(w.category, UnpairedRows)]
-    old = shutil.copytree(wide_gpt2, tmp_path / "old", copy_function=os.link)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["variants"]["int4.kv-inplace"][
-        "paired_rows"
-    ]  # what a bundle from before pair_rows.py records
-    (old / "manifest.json").unlink()  # a hard link: write a file of its own
-    (old / "manifest.json").write_text(json.dumps(manifest))
+
+    def without_the_key(name: str, graph: onnx.ModelProto | None = None):
+        """A copy whose manifest does not say its twin is paired (what bundles recorded before the key), with
+        `graph` as its twin where given."""
+        copy = shutil.copytree(wide_gpt2, tmp_path / name, copy_function=os.link)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        twin = manifest["variants"]["int4.kv-inplace"]
+        del twin["paired_rows"]
+        if graph is not None:
+            target = copy / twin["file"]
+            target.unlink()  # a hard link: write a file of its own
+            onnx.save(graph, str(target))
+            twin["sha256"] = {twin["file"]: sha256_file(target)}
+        (copy / "manifest.json").unlink()
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        return copy
+
+    # made after pairs landed but before the manifest said so: its graph is paired, so nothing to warn about
+    recorded_late = without_the_key("late")
+    assert Bundle.load(recorded_late).unpaired("int4") is None
+    BatchEngine(recorded_late, variant="int4", slots=2)
+    assert not [w for w in recwarn if issubclass(w.category, UnpairedRows)]
+    # made before pairs: an unpaired graph at block 128
+    old = without_the_key("old", _quantized(Bundle.load(wide_gpt2), 128))
     reason = Bundle.load(old).unpaired("int4")
     assert "block 128" in reason and "--precision int4 --block-size 128 --overwrite" in reason
     with pytest.warns(UnpairedRows, match="before rows were paired"):

@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..runtime.bundle import PAIRED_BLOCK
+from ..runtime.bundle import PAIR_PREFIX, PAIRED_BLOCK
 
-P = "/pair_rows"
+P = PAIR_PREFIX
 GQA = "GroupQueryAttention"
 
 

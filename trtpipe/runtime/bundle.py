@@ -10,11 +10,13 @@ from pathlib import Path
 from ..models import MODELS, KindSpec, ModelSpec
 from .errors import UserError
 from .manifest import MANIFEST, validate_manifest
+from .onnx_scan import ScanError, node_names
 from .paths import inside, read_json, sha256_file
 
 # the smallest MatMulNBits block whose CPU kernel takes rows two at a time and rounds an odd last row otherwise
 # (measured; `optimize/pair_rows.py` pads to even row counts from this block up)
 PAIRED_BLOCK = 64
+PAIR_PREFIX = "/pair_rows"  # the names of the nodes `pair_rows` adds
 
 
 def weight_block(entry: dict) -> int | None:
@@ -161,6 +163,15 @@ class Bundle:
         block = weight_block(self.variants.get(precision, {})) or 0
         if entry is None or block < PAIRED_BLOCK or entry.get("paired_rows"):
             return None
+        # twins made after pairs landed but before the manifest said so are paired all the same: the graph decides
+        try:
+            if any(
+                n.startswith(PAIR_PREFIX)
+                for n in node_names(self.model_path(f"{precision}.kv-inplace", verify=False))
+            ):
+                return None
+        except (OSError, ScanError, UserError):
+            pass  # an unreadable twin fails where it is opened, with its own message
         return (
             f"{precision}.kv-inplace of {self.path} was built at block {block} before rows were paired, so batched "
             "requests can differ from what each gets alone in their last digits (and then in their tokens); rebuild "

@@ -1,5 +1,5 @@
-"""Read the external-data locations, and a few named float initializers, out of an ONNX file without the onnx
-package (the runtime stays lean).
+"""Read the external-data locations, a few named float initializers and the node names out of an ONNX file without
+the onnx package (the runtime stays lean).
 
 A minimal protobuf wire-format walk over ModelProto → GraphProto → TensorProto (initializers, sparse initializers
 and tensors inside node attributes, subgraphs included); raw weight bytes are skipped by length, and read only for
@@ -14,7 +14,7 @@ from pathlib import Path
 # field numbers from onnx.proto
 MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_SPARSE_INITIALIZER = 1, 5, 15
-NODE_ATTRIBUTE = 5
+NODE_NAME, NODE_ATTRIBUTE = 3, 5
 ATTR_T, ATTR_G, ATTR_TENSORS, ATTR_GRAPHS, ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_NAME, TENSOR_EXTERNAL_DATA = 8, 13
@@ -192,3 +192,24 @@ def float_initializers(path: str | Path, names: set[str]) -> dict:
     if missing:
         raise ScanError(f"{path.name} has no float initializer {missing[0]!r}")
     return found
+
+
+def node_names(path: str | Path) -> list[str]:
+    """The names of the main graph's nodes, in order (a walk over node fields; weights are skipped by length)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ScanError("empty file")
+    names: list[str] = []
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        for number, wire, a, b in _fields(buf, 0, size):
+            if number != MODEL_GRAPH or wire != 2:
+                continue
+            for n, w, x, y in _fields(buf, a, b):
+                if n == GRAPH_NODE and w == 2:
+                    name = ""  # a node without a name has no name field
+                    for f, k, c, d in _fields(buf, x, y):
+                        if f == NODE_NAME and k == 2:
+                            name = bytes(buf[c:d]).decode("utf-8", "replace")
+                    names.append(name)
+    return names
