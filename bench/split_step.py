@@ -138,7 +138,7 @@ class SplitStep:
             nodes.append(sum(p.real_time.total_seconds() for p in request.profiling_info))
         return float(np.median(nodes)) * 1e3, float(np.median(call)) * 1e3
 
-    def __init__(self, bundle, variant: str, threads: int):
+    def __init__(self, bundle, variant: str, threads: int, attention_threads=None, spin=False, pin=False):
         import onnxruntime as ort
         import openvino as ov
 
@@ -149,6 +149,8 @@ class SplitStep:
         model, node, queries, answers = node_model(path)
         core = ov.Core()
         config = compile_config(threads, group=weight_group(bundle.variant(variant)))
+        if pin:
+            config["ENABLE_CPU_PINNING"] = True
         cut = segments(core.read_model(str(path)), ov, self.hidden, queries, answers)
         self.stretches = [
             (core.compile_model(m, "CPU", config).create_infer_request(), i, o) for m, i, o in cut
@@ -161,8 +163,9 @@ class SplitStep:
         self.layers, self.query, self.attn = len(queries), node.input[0], node.output[0]
         self.past, self.present = list(node.input[3:5]), list(node.output[1:3])
         options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # not against OpenVINO's
+        options.intra_op_num_threads, options.inter_op_num_threads = attention_threads or threads, 1
+        # by default its threads do not spin, which would take the cores from OpenVINO's
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.attention = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
         self.ov, self.bindings, self.lengths, self.spent = ov, {}, {}, Counter()
 
@@ -230,6 +233,13 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--attention-threads", type=int, help="ONNX Runtime's threads for attention (default --threads)"
+    )
+    parser.add_argument(
+        "--attention-spin", action="store_true", help="let ONNX Runtime's threads spin between calls"
+    )
+    parser.add_argument("--ov-pinning", action="store_true", help="pin OpenVINO's threads to cores")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if without_openvino("split-step", not args.no_write):
@@ -239,7 +249,15 @@ def main() -> int:
     ensure_variant(path, "int4")
     generator = Generator(path, variant="int4", threads=args.threads)
     runner = generator.runner
-    split = SplitStep(generator.bundle, "int4", args.threads)
+    split = SplitStep(
+        generator.bundle, "int4", args.threads, args.attention_threads, args.attention_spin, args.ov_pinning
+    )
+    settings = [
+        f"attention on {args.attention_threads} thread(s)" if args.attention_threads else "",
+        "ONNX Runtime's threads spinning" if args.attention_spin else "",
+        "OpenVINO's threads pinned" if args.ov_pinning else "",
+    ]
+    settings = ", ".join(x for x in settings if x)
     lines = [
         f"**One int4 decode step, split at its attention nodes** (GPT-2 124M, random weights, context {CONTEXT}, "
         f"{args.threads} threads, median of {args.rounds} interleaved rounds of 10 steps each after a pause): ONNX "
@@ -247,7 +265,7 @@ def main() -> int:
         f"attentions) and {split.layers} ONNX Runtime attention calls on the same cache layout. The split step's "
         "time by part (means): its OpenVINO calls, its attention calls, the rest (binding, copies, Python); and one "
         "middle stretch (a layer's weight products, layer norms and adds) alone, inside its nodes (OpenVINO's "
-        "profiler) against a whole call.",
+        "profiler) against a whole call." + (f" Settings: {settings}." if settings else ""),
         "",
         "| rows | ONNX Runtime ms | split ms | × ONNX Runtime | OpenVINO calls ms | attention calls ms | rest ms | "
         "one stretch: in its nodes / a call ms | logits max abs diff | top-1 equal |",
@@ -294,7 +312,7 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        write_section("split-step", body, "python bench/split_step.py")
+        write_section("split-step", body)
     return 0
 
 
