@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..runtime.ov import compile_config
 from .batch_scaling import cpu_session, layer_stack
 from .decode import settle
 
@@ -74,8 +75,6 @@ def runners(files: dict[str, Path], threads: int, kernels=KERNELS) -> dict[str, 
             except ImportError:
                 continue
             core = ov.Core()
-        from ..runtime.ov import compile_config
-
         request = core.compile_model(str(files[file]), "CPU", compile_config(threads, group=group or None))
         request = request.create_infer_request()
         out[name] = lambda x, r=request: list(r.infer({0: x}).values())
