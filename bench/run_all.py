@@ -23,7 +23,7 @@ SCRIPTS = [
     "fused_budget.py",  # a fused step's prompt tokens: one chunk, against the rest of the budget in passes of their own
     "packing.py",  # BatchEngine's packed running rows against the old ride-along scheduling, the same mix
     "batch_scaling.py",  # in-flight batching by precision: kernels per M, steps per rows and per op, the mix
-    "weight_kernels.py",  # GPT-2's weight products on ONNX Runtime and on OpenVINO at 1-32 rows: whose kernel is the roof
+    "weight_kernels.py",  # GPT-2's weight products on ONNX Runtime and on OpenVINO at 1-64 rows: whose kernel is the roof
     "prefill_split.py",  # GPT-2 prompts on OpenVINO, decoding on ONNX Runtime (prefill_backend="ov")
     "prefill_burst.py",  # a burst of prompts at an idle BatchEngine: short prompts at once, batched OpenVINO passes
     "ov_group.py",  # OpenVINO's activation group for weight-only variants: its default 32 against the weight block

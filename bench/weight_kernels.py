@@ -1,7 +1,7 @@
 """GPT-2's weight products on each CPU engine at M rows: which engine's kernel is the roof of a batched decode step.
 
 Two GPT-2 layers' four weight matrices and the LM head (768 × 50257), in fp32 and quantised as `optimize` quantises
-them at its default blocks (int4 128, int8-wo 256, int8 with s8 weights per channel), timed at M = 1 … 32 rows on
+them at its default blocks (int4 128, int8-wo 256, int8 with s8 weights per channel), timed at M = 1 … 64 rows (64: a prefill chunk) on
 ONNX Runtime's kernels and on OpenVINO's compile of the same files (the runtime's `ov` settings: f32 hint,
 activations quantized per weight block; int4 once more at OpenVINO's own default group). Kernels interleave round by
 round, each run after a pause. Writes the `weight-kernels` section of docs/benchmarks.md
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROWS = (1, 2, 4, 8, 16, 32)
+ROWS = (1, 2, 4, 8, 16, 32, 64)  # 64: a prefill chunk (BatchEngine's default chunk)
 
 
 def main() -> int:
