@@ -853,6 +853,7 @@ class OursBatch:
         weights: str = "",
         fused: bool | None = None,
         prefill_backend: str | None = None,
+        paged: bool = False,
     ):
         from trtpipe.runtime import BatchEngine
 
@@ -864,12 +865,15 @@ class OursBatch:
             kv_cache=kv_cache,
             fused=fused,
             prefill_backend=prefill_backend,
+            **({"backend": "ov", "paged": True} if paged else {}),
         )
         step = ", the fused step" if self.engine.fused is not None else ""
         step = ", two passes: fused=False" if fused is False else step
         step += f", {prefill_backend} prefill" if prefill_backend else ""
+        step += ", on OpenVINO's PagedAttention: backend='ov', paged=True" if paged else ""
         name = f"{variant or 'fp32'}{weights}"
-        self.label = f"trtpipe BatchEngine {name} ({streams} slots, in-place {kv_cache} KV{step})"
+        cache = f"paged {kv_cache}" if paged else f"in-place {kv_cache}"
+        self.label = f"trtpipe BatchEngine {name} ({streams} slots, {cache} KV{step})"
 
     def batch(self, prompts, new_tokens):
         started = time.perf_counter()
@@ -974,6 +978,9 @@ def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tup
                 path, "int4", threads, streams, kv_cache="int8", fused=False, prefill_backend="ov"
             ),
         ),
+        # every step one call of OpenVINO's PagedAttention model of the bundle's interop graph (runtime/paged.py)
+        ("ours", "fp32 paged", lambda: OursBatch(path, None, threads, streams, paged=True)),
+        ("ours", "int4 paged", lambda: OursBatch(path, "int4", threads, streams, paged=True)),
     ]
     built = []
     for side, variant, make in specs:
@@ -1033,18 +1040,22 @@ def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tup
         "int4 g128 kv8 two passes",
         "int4 ov prefill",
         "int4 kv8 ov prefill",
+        "fp32 paged",
+        "int4 paged",
     )
     lines += [
         "",
         f"| trtpipe speed ÷ peer speed | fp32 | int4 (ours block {block}) | int4, 8-bit KV caches (ours int8, openvino-genai "
         "u8) | int4, both group 128 | int4, both group 128, 8-bit KV caches | the same, ours in two passes | int4 "
         "(f32 KV caches), ours in two passes with the OpenVINO prefill | int4, 8-bit KV caches, ours in two passes with "
-        "the OpenVINO prefill |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "the OpenVINO prefill | fp32, ours on OpenVINO's PagedAttention | int4 (f32 KV caches), ours on OpenVINO's "
+        "PagedAttention |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     best = {}
     for variant in pairs:  # every openvino-genai int4 row is group 128
         peer = variant.replace(" g128", "").replace(" two passes", "").replace(" ov prefill", "")
+        peer = peer.replace(" paged", "")
         mine = variant if block != 128 or "two passes" in variant else variant.replace(" g128", "")
         ours = [i for i, b in enumerate(built) if b[0] == "ours" and b[1] == mine and i in speed]
         peers = [i for i, b in enumerate(built) if b[0] == "peer" and b[1] == peer and i in speed]
@@ -1060,6 +1071,7 @@ def batch8(threads: int, rounds: int, streams: int = 8, prompt: int = 32) -> tup
         ("int4 g128 kv8", "both group 128, 8-bit KV caches"),
         ("int4 ov prefill", "f32 KV caches; ours in two passes, the prompts on OpenVINO"),
         ("int4 kv8 ov prefill", "8-bit KV caches; ours in two passes, the prompts on OpenVINO"),
+        ("int4 paged", "f32 KV caches; ours on OpenVINO's PagedAttention, `paged=True`"),
     ):
         o, p = best[key]
         name = f"{streams} streams int4 ({cache}): BatchEngine tokens/s ≥ 1.0× openvino-genai's batch of {streams}"

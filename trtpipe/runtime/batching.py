@@ -30,9 +30,9 @@ from .errors import UnpairedRows, UserError
 from .fused import open_fused
 from .generate import Completion, Generator, History, PromptTruncated, Token
 from .packing import pack, step_rows
+from .paged import ov_runner
 from .request import DONE, PREFILL, RUNNING, EngineStopped, QueueFull, Request
 from .sampling import Sampling, sample_next
-from .slots import SlotDecoder
 from .text import StopText
 
 BACKENDS = ("ort-cpu", "ov")
@@ -40,7 +40,7 @@ BACKENDS = ("ort-cpu", "ov")
 
 class BatchEngine:
     """In-flight batching over one GPT-2 bundle on ONNX Runtime's CPU (the in-place KV variant) or OpenVINO (the
-    interop graph, `SlotDecoder`); see the module docstring.
+    interop graph, `SlotDecoder`, or with paged=True its PagedAttention model); see the module docstring.
 
     engine = BatchEngine("bundles/gpt2-generate", slots=8)
     a = engine.submit("The list", max_new_tokens=32)
@@ -61,6 +61,7 @@ class BatchEngine:
         prefill_backend: str | None = None,
         fused: bool | None = None,
         kv_cache: str = "fp32",
+        paged: bool = False,  # backend="ov": OpenVINO's PagedAttention model (`paged.py`)
     ):
         if backend not in BACKENDS:
             raise UserError(
@@ -97,8 +98,8 @@ class BatchEngine:
         if (caveat := self.bundle.unpaired(base)) is not None:  # an old bundle (pair_rows.py)
             warnings.warn(caveat, UnpairedRows, stacklevel=2)
         self.fused = open_fused(self.bundle, base, fused, backend, prefill_backend, threads, spin, kv_cache)
-        if backend == "ov":  # OpenVINO runs the interop graph only: rows share its width (slots.py)
-            self.runner = SlotDecoder(self.bundle, self.runner.session)
+        if backend == "ov" or paged:  # OpenVINO: the interop graph's shared width, or its paged model
+            self.runner = ov_runner(self.bundle, self.runner, backend, variant, threads, paged)
         self.cache = self.runner.new_cache(self.slots, self.capacity)
         self.table: list[Request | None] = [None] * self.slots  # slot → request
         self.waiting: collections.deque[Request] = collections.deque()
@@ -108,8 +109,7 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.closed = False
         self.prefill_logits = np.empty((self.slots, self.runner.vocab), dtype=np.float32)  # a step's pieces
-        # moves: rows moved to keep the running ones packed (`packing.py`); fused_steps: steps that ran the rows and
-        # a chunk as one pass (`fused.py`)
+        # moves: rows moved to pack the running ones (`packing.py`); fused_steps: rows and a chunk in one pass
         counts = ("steps", "tokens", "decode_rows", "prefill_tokens", "moves", "fused_steps")
         self.stats = {**dict.fromkeys(counts, 0), "decode_s": 0.0, "prefill_s": 0.0}
 

@@ -1,0 +1,83 @@
+"""BatchEngine on OpenVINO's PagedAttention model (`runtime/paged.py`, `BatchEngine(..., backend="ov", paged=True)`):
+built from the bundle's interop graph, each request gets what it gets alone, the logits are the interop graph's,
+packing moves block tables only, and paged=True elsewhere is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_batching import _alone, _mix
+
+from trtpipe.optimize.variants import optimize_bundle
+from trtpipe.runtime import BatchEngine, Bundle, Generator, UserError, kv
+from trtpipe.runtime.paged import PagedCache, PagedDecoder
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def gpt2(make_bundle):
+    return make_bundle("tiny-gpt2", "generate")
+
+
+def _run_mix(path, mix, slots: int, variant=None):
+    engine = BatchEngine(path, variant=variant, slots=slots, chunk=16, backend="ov", paged=True)
+    requests = []
+    for index, item in enumerate(mix):  # arrivals spread over the run
+        requests.append(engine.submit(item["prompt"], item["max_new_tokens"], item["sampling"], item["stop"]))
+        if index >= 3:
+            engine.step()
+    engine.run()
+    return engine, [r.result() for r in requests]
+
+
+def test_a_mix_gets_what_each_request_gets_alone(gpt2):
+    generator = Generator(gpt2, backend="ov")
+    mix = _mix(generator, count=8)
+    engine, results = _run_mix(gpt2, mix, slots=4)
+    for item, got in zip(mix, results):
+        want = _alone(generator, item)  # the interop graph on OpenVINO, one request at a time
+        assert got.ids == want.ids and got.finish == want.finish, item
+    assert engine.stats["moves"] > 0  # rows were packed: block tables swapped, and each still got its own
+    assert engine.stats["prefill_tokens"] == sum(len(item["prompt"]) for item in mix)
+    assert isinstance(engine.runner, PagedDecoder) and engine.generator.runner.session.compiled is None
+
+
+def test_a_quantized_variant_batches_as_it_runs_alone(gpt2, copy_bundle):
+    path = copy_bundle(gpt2)
+    optimize_bundle(path, "int4", force=True)
+    mix = _mix(Generator(path, variant="int4", backend="ov"), count=6)
+    _, batched = _run_mix(path, mix, slots=3, variant="int4")
+    for item, got in zip(mix, batched):
+        _, (alone,) = _run_mix(path, [item], slots=1, variant="int4")
+        assert got.ids == alone.ids, item
+
+
+def test_its_logits_are_the_interop_graphs(gpt2):
+    bundle = Bundle.load(gpt2)
+    decoder = PagedDecoder(bundle, None, threads=2)
+    cache = decoder.new_cache(slots=2, capacity=64)
+    ids = [5 + i % 40 for i in range(21)]
+    got = np.empty((1, decoder.vocab), np.float32)
+    decoder.prefill_row(ids[:13], cache, 1, 0, got)  # a first chunk, then the rest after it
+    decoder.prefill_row(ids[13:], cache, 1, 13, got)
+    session = Generator(gpt2, backend="ov").runner.session
+    feeds = kv.chunk(ids, 0)
+    feeds.update(kv.empty_past(bundle.model["num_layers"], bundle.model["num_heads"], bundle.model["head_dim"]))
+    want = session.run(feeds)["logits"][0, -1]
+    assert np.abs(got[0] - want).max() < 1e-3 and got[0].argmax() == want.argmax()
+    step, _ = decoder.decode(np.array([7, int(want.argmax())]), np.array([0, 21]), cache)
+    assert step.shape == (2, decoder.vocab) and np.isfinite(step).all()
+
+
+def test_packing_swaps_block_tables_and_copies_nothing():
+    cache = PagedCache(slots=3, per_slot=4, block=32, nbytes=0)
+    first, last = cache.tables[0].copy(), cache.tables[2].copy()
+    cache.swap_rows(0, 2, 40, 0)
+    assert (cache.tables[0] == last).all() and (cache.tables[2] == first).all()
+    assert len(cache.blocks(0, 1)) == 1 and len(cache.blocks(0, 33)) == 2 and len(cache.blocks(0, 128)) == 4
+
+
+def test_paged_runs_on_openvino_only(gpt2):
+    with pytest.raises(UserError, match="backend='ov'"):
+        BatchEngine(gpt2, paged=True)
