@@ -63,7 +63,9 @@ def test_its_logits_are_the_interop_graphs(gpt2):
     decoder.prefill_row(ids[13:], cache, 1, 13, got)
     session = Generator(gpt2, backend="ov").runner.session
     feeds = kv.chunk(ids, 0)
-    feeds.update(kv.empty_past(bundle.model["num_layers"], bundle.model["num_heads"], bundle.model["head_dim"]))
+    feeds.update(
+        kv.empty_past(bundle.model["num_layers"], bundle.model["num_heads"], bundle.model["head_dim"])
+    )
     want = session.run(feeds)["logits"][0, -1]
     assert np.abs(got[0] - want).max() < 1e-3 and got[0].argmax() == want.argmax()
     step, _ = decoder.decode(np.array([7, int(want.argmax())]), np.array([0, 21]), cache)
