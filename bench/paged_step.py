@@ -13,12 +13,13 @@ Measured, GPT-2 124M int4 (random weights: speed only), in one process:
 - one decode step at R rows (context 64) against ONNX Runtime's in-place graph on its own cache;
 - a burst of 8 prompts of 32 tokens in one call;
 - whether a row's logits depend on the rows beside it (decoded alone against among R);
-- the logits against ONNX Runtime's.
+- the logits against ONNX Runtime's;
+- the serve_load mix through BatchEngine at 1 and 16 in flight, in place against `backend="ov", paged=True`.
 
 Not part of `make bench` (a probe of a design trtpipe does not ship yet). Writes the `paged-step` section of
 docs/benchmarks.md.
 
-    python bench/paged_step.py          # ≈ 1 min on 2 cores
+    python bench/paged_step.py          # ≈ 3 min on 2 cores
 """
 
 from __future__ import annotations
@@ -160,6 +161,52 @@ class Paged:
         return self.request.get_tensor("logits").data.reshape(len(pieces), -1).copy()
 
 
+def serving(path, count: int, threads: int) -> list[str]:
+    """The serve_load mix (the vLLM peer's requests) through BatchEngine int4 at 1 and 16 in flight: in place on ONNX
+    Runtime (its defaults) and `backend="ov", paged=True`, two interleaved rounds, a fresh engine each (the other one
+    closed, though both engines' libraries stay loaded in this one process)."""
+    from trtpipe.benchmark.vllm_peer import mix_requests, ours_closed_loop, summarize
+    from trtpipe.runtime import BatchEngine, Bundle
+
+    requests = mix_requests(Bundle.load(path), count)
+    made = {
+        "in place (ONNX Runtime)": lambda: BatchEngine(path, variant="int4", threads=threads, slots=16),
+        "paged (OpenVINO)": lambda: BatchEngine(
+            path, variant="int4", threads=threads, slots=16, backend="ov", paged=True
+        ),
+    }
+    runs: dict = {}
+    for _ in range(2):
+        for name, make in made.items():
+            engine = make()
+            try:
+                for clients in (1, 16):
+                    runs.setdefault((name, clients), []).append(
+                        summarize(ours_closed_loop(engine, requests, clients))
+                    )
+            finally:
+                engine.close()
+    lines = [
+        "",
+        f"**The serve_load mix** ({count} requests, the vLLM peer's), BatchEngine int4, 16 slots, a closed loop at 1 "
+        "and 16 in flight, 2 rounds (low–high), each round a fresh engine:",
+        "",
+        "| engine | 1 in flight tokens/s | 16 in flight tokens/s | 16 × 1 | TPOT p50 at 16 ms | TTFT p50 at 16 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in made:
+        one = [r["tokens_per_s"] for r in runs[(name, 1)]]
+        many = [r["tokens_per_s"] for r in runs[(name, 16)]]
+        tpot = [r["tpot_p50_ms"] for r in runs[(name, 16)]]
+        ttft = [r["ttft_p50_ms"] for r in runs[(name, 16)]]
+        lines.append(
+            f"| {name} | {min(one):.0f}–{max(one):.0f} | {min(many):.0f}–{max(many):.0f} | "
+            f"{np.median(many) / np.median(one):.2f}× | {min(tpot):.1f}–{max(tpot):.1f} | "
+            f"{min(ttft):.0f}–{max(ttft):.0f} |"
+        )
+    return lines
+
+
 def main() -> int:
     import openvino as ov
     from common import ensure_bundle, ensure_variant, load_line, without_openvino, write_section
@@ -173,6 +220,7 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if without_openvino("paged-step", not args.no_write):
@@ -258,9 +306,9 @@ def main() -> int:
         "",
         f"A burst of 8 prompts of 32 tokens in one call: {float(np.median(spent)) * 1e3:.1f} ms (median of "
         f"{args.rounds}).",
-        "",
-        load_line(load),
     ]
+    lines += serving(path, args.requests, args.threads)
+    lines += ["", load_line(load)]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
