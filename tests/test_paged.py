@@ -43,13 +43,14 @@ def test_a_mix_gets_what_each_request_gets_alone(gpt2):
     assert isinstance(engine.runner, PagedDecoder) and engine.generator.runner.session.compiled is None
 
 
-def test_a_quantized_variant_batches_as_it_runs_alone(gpt2, copy_bundle):
+@pytest.mark.parametrize("precision", ["int4", "int8"])  # MatMulNBits, and dynamic int8 (its LM head too)
+def test_a_quantized_variant_batches_as_it_runs_alone(gpt2, copy_bundle, precision):
     path = copy_bundle(gpt2)
-    optimize_bundle(path, "int4", force=True)
-    mix = _mix(Generator(path, variant="int4", backend="ov"), count=6)
-    _, batched = _run_mix(path, mix, slots=3, variant="int4")
+    optimize_bundle(path, precision, force=True)
+    mix = _mix(Generator(path, variant=precision, backend="ov"), count=6)
+    _, batched = _run_mix(path, mix, slots=3, variant=precision)
     for item, got in zip(mix, batched):
-        _, (alone,) = _run_mix(path, [item], slots=1, variant="int4")
+        _, (alone,) = _run_mix(path, [item], slots=1, variant=precision)
         assert got.ids == alone.ids, item
 
 
@@ -83,3 +84,16 @@ def test_packing_swaps_block_tables_and_copies_nothing():
 def test_paged_runs_on_openvino_only(gpt2):
     with pytest.raises(UserError, match="backend='ov'"):
         BatchEngine(gpt2, paged=True)
+
+
+def test_a_graph_it_cannot_rebuild_is_one_line(gpt2, monkeypatch):
+    import trtpipe.runtime.paged as paged
+
+    def broken(path, ov):
+        raise RuntimeError("No ScaledDotProductAttention operation observed in the graph\nmore detail")
+
+    monkeypatch.setattr(paged, "paged_model", broken)
+    with pytest.raises(
+        UserError, match=r"could not build OpenVINO's paged model of fp32 \(No Scaled.*paged=False$"
+    ):
+        BatchEngine(gpt2, backend="ov", paged=True)

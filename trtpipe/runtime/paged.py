@@ -88,17 +88,24 @@ def _state(model, ov, ops, params: dict, layers: int, heads: int, head_dim: int)
 
 
 def _last_tokens(model, ops) -> None:
-    """Gather each sequence's last token (subsequence_begins[1:] − 1) before the LM head's MatMul."""
+    """Gather each sequence's last token (subsequence_begins[1:] − 1) out of the final layer norm's output, before
+    the LM head (whatever kernel the variant's LM head is)."""
     begins = next(i for i in model.inputs if i.get_any_name() == "subsequence_begins")
     end = ops.constant([np.iinfo(np.int32).max])
     last = ops.subtract(
         ops.slice(begins, ops.constant([1]), end, ops.constant([1])), ops.constant(np.int32(1))
     )
-    names = lambda r: r.output(0).get_names() | r.input_value(0).get_names()  # noqa: E731
-    node = next(r for r in model.get_results() if "logits" in names(r)).input_value(0).get_node()
-    while node.get_type_name() != "MatMul":
-        node = node.input_value(0).get_node()
-    node.input(0).replace_source_output(ops.gather(node.input_value(0), last, ops.constant(0)).output(0))
+    norm = [op for op in model.get_ordered_ops() if op.get_type_name() == "MVN"][-1]  # the final layer norm
+    out = norm.output(0)
+    while len(out.get_target_inputs()) == 1:  # its scale and shift
+        node = next(iter(out.get_target_inputs())).get_node()
+        if node.get_type_name() not in ("Multiply", "Add") or node.get_output_size() != 1:
+            break
+        out = node.output(0)
+    targets = list(out.get_target_inputs())
+    picked = ops.gather(out, last, ops.constant(0))
+    for port in targets:
+        port.replace_source_output(picked.output(0))
 
 
 def paged_model(path, ov):
@@ -157,9 +164,16 @@ class PagedDecoder:
         entry = bundle.variant(variant)
         if not bundle.is_decoder:
             raise UserError("paged=True serves GPT-2 bundles")
-        model, self.layers = paged_model(bundle.model_path(variant), ov)
         config = {**compile_config(threads, group=weight_group(entry)), "KV_CACHE_PRECISION": "f32"}
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        try:
+            model, self.layers = paged_model(bundle.model_path(variant), ov)
+            self.compiled = ov.Core().compile_model(model, "CPU", config)
+        except (RuntimeError, StopIteration, IndexError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"paged=True could not build OpenVINO's paged model of {variant or 'fp32'} ({reason}); "
+                "use paged=False"
+            ) from None
         self.request = self.compiled.create_infer_request()
         self.vocab = bundle.limits["vocab_size"]
         self.ov = ov
