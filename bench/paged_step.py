@@ -2,12 +2,10 @@
 
 bench/weight_kernels.py found OpenVINO's int4 kernel the faster one from four rows on; bench/split_step.py found
 that reaching it through 25 engine calls a step gives the gain back. This probe asks OpenVINO for the whole step. It
-reads the bundle's int4 interop graph (`model.int4.onnx`), puts a ScaledDotProductAttention where each layer's
-attention is (the explicit MatMul/Softmax of the export), makes the past K/V OpenVINO state the way optimum-intel's
-exports have it, and runs OpenVINO's own `paged_attention_transformation`. The result is the model
-openvino-genai's ContinuousBatchingPipeline runs: tokens of every sequence in one flat batch, the cache in blocks
-the caller owns and OpenVINO writes in place, prefill and decoding in the same call. It also gathers each
-sequence's last token before the LM head (a prompt's other positions need no logits).
+runs the runtime's `PagedDecoder` (trtpipe/runtime/paged.py, what `BatchEngine(backend="ov", paged=True)` runs).
+From the bundle's int4 interop graph (`model.int4.onnx`) it builds, with OpenVINO's API, the model openvino-genai's
+ContinuousBatchingPipeline runs: tokens of every sequence in one flat batch, the cache in blocks the caller owns and
+OpenVINO writes in place, prefill and decoding in the same call.
 
 Measured, GPT-2 124M int4 (random weights: speed only), in one process:
 - one decode step at R rows (context 64) against ONNX Runtime's in-place graph on its own cache;
@@ -16,7 +14,7 @@ Measured, GPT-2 124M int4 (random weights: speed only), in one process:
 - the logits against ONNX Runtime's;
 - the serve_load mix through BatchEngine at 1 and 16 in flight, in place against `backend="ov", paged=True`.
 
-Not part of `make bench` (a probe of a design trtpipe does not ship yet). Writes the `paged-step` section of
+Not part of `make bench` (a probe). Writes the `paged-step` section of
 docs/benchmarks.md.
 
     python bench/paged_step.py          # ≈ 3 min on 2 cores
@@ -35,130 +33,21 @@ ROWS = (1, 4, 8, 16)
 CONTEXT = 64
 
 
-def paged_model(path: str, ov):
-    """OpenVINO's reading of the interop graph at `path`, turned into a PagedAttention model."""
-    import openvino._offline_transformations as offline
-    from openvino import opset6
-    from openvino import opset13 as ops
-    from openvino.op import assign
-    from openvino.op.util import Variable, VariableInfo
-
-    model = ov.Core().read_model(path)
-    tensors = {
-        n: o
-        for op in model.get_ordered_ops()
-        if op.get_type_name() != "Result"
-        for o in op.outputs()
-        for n in o.get_names()
-    }
-    params = {p.get_friendly_name(): p for p in model.get_parameters()}
-    layers = sum(1 for n in params if n.startswith("past_key_values.") and n.endswith(".key"))
-    shape = params["past_key_values.0.key"].get_partial_shape()
-    heads, head_dim = shape[1].get_length(), shape[3].get_length()
-    zero_mask = ops.constant(np.zeros((1, 1, 1, 1), np.float32))
-    for layer in range(layers):
-        k, v = tensors[f"present.{layer}.key"], tensors[f"present.{layer}.value"]
-        k_t = next(i.get_node() for i in k.get_target_inputs() if i.get_node().get_type_name() == "Transpose")
-        q_k = next(iter(k_t.output(0).get_target_inputs())).get_node()  # MatMul(Q, Kᵀ)
-        p_v = next(i.get_node() for i in v.get_target_inputs() if i.get_node().get_type_name() == "MatMul")
-        # the mask input is only there for the pattern: PagedAttention is causal by itself
-        sdpa = ops.scaled_dot_product_attention(q_k.input_value(0), k, v, zero_mask, causal=False)
-        for port in list(p_v.output(0).get_target_inputs()):
-            port.replace_source_output(sdpa.output(0))
-    # past K/V as state: ReadValue (initialised empty) → Gather(beam_idx) → Concat; Assign of the Concat
-    beam = ops.parameter([-1], ov.Type.i32, name="beam_idx")
-    beam.output(0).set_names({"beam_idx"})
-    batch = ops.gather(
-        ops.shape_of(params["input_ids"]), ops.constant(np.array([0], np.int64)), ops.constant(0)
-    )
-    empty = ops.broadcast(
-        ops.constant(np.float32(0)),
-        ops.concat([batch, ops.constant(np.array([heads, 0, head_dim], np.int64))], 0),
-    )
-    results = {
-        n: r for r in model.get_results() for n in r.output(0).get_names() | r.input_value(0).get_names()
-    }
-    sinks = []
-    for layer in range(layers):
-        for kind in ("key", "value"):
-            name = f"past_key_values.{layer}.{kind}"
-            info = VariableInfo()
-            info.variable_id, info.data_type = name, ov.Type.f32
-            info.data_shape = ov.PartialShape([-1, heads, -1, head_dim])
-            variable = Variable(info)
-            past = ops.gather(opset6.read_value(empty, variable), beam, ops.constant(0))
-            for port in list(params[name].output(0).get_target_inputs()):
-                port.replace_source_output(past.output(0))
-            result = results[f"present.{layer}.{kind}"]
-            sinks.append(assign(result.input_value(0).get_node(), variable))
-            model.remove_result(result)
-            model.remove_parameter(params[name])
-    model.add_sinks(sinks)
-    model.add_parameters([beam])
-    model.validate_nodes_and_infer_types()
-    offline.paged_attention_transformation(model)
-    # logits for each sequence's last token only
-    inputs = {i.get_any_name(): i for i in model.inputs}
-    begins = inputs["subsequence_begins"]
-    last = ops.subtract(
-        ops.slice(begins, ops.constant([1]), ops.constant([np.iinfo(np.int32).max]), ops.constant([1])),
-        ops.constant(np.int32(1)),
-    )
-    head = next(
-        r for r in model.get_results() if "logits" in r.output(0).get_names() | r.input_value(0).get_names()
-    )
-    node = head.input_value(0).get_node()
-    while node.get_type_name() != "MatMul":
-        node = node.input_value(0).get_node()
-    node.input(0).replace_source_output(ops.gather(node.input_value(0), last, ops.constant(0)).output(0))
-    model.validate_nodes_and_infer_types()
-    return model, layers
-
-
 class Paged:
-    """The compiled model, its caches (every sequence owns `per_sequence` blocks) and one call of many sequences."""
+    """The runtime's `PagedDecoder` (what `BatchEngine(backend="ov", paged=True)` runs) on a cache of `sequences`
+    slots; `run(pieces)` is one call of every piece (ids, sequence, past) and returns each one's last logits."""
 
-    def __init__(
-        self, model, layers: int, threads: int, group: int | None, sequences: int, capacity: int, ov
-    ):
-        from trtpipe.runtime.ov import compile_config
+    def __init__(self, bundle, variant: str, threads: int, sequences: int, capacity: int):
+        from trtpipe.runtime.paged import PagedDecoder
 
-        config = {**compile_config(threads, group=group), "KV_CACHE_PRECISION": "f32"}
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        shape = self.compiled.input("key_cache.0").get_partial_shape()
-        self.block = shape[2].get_length()
-        self.per_sequence = -(-capacity // self.block)
-        blocks = sequences * self.per_sequence
-        for layer in range(layers):
-            for kind in ("key", "value"):
-                name = f"{kind}_cache.{layer}"
-                cache = ov.Shape([blocks, shape[1].get_length(), self.block, shape[3].get_length()])
-                self.request.set_tensor(name, ov.Tensor(self.compiled.input(name).get_element_type(), cache))
-        self.ov = ov
+        self.decoder = PagedDecoder(bundle, variant, threads)
+        self.cache = self.decoder.new_cache(sequences, capacity)
+        self.block = self.cache.block
+        self.logits = np.empty((sequences, self.decoder.vocab), np.float32)
 
     def run(self, pieces: list[tuple[list[int], int, int]]) -> np.ndarray:
-        """Every piece (ids, sequence, past) in one call; the logits of each piece's last token, [pieces, V]."""
-        ids = np.concatenate([np.asarray(p[0], np.int64) for p in pieces])
-        positions = np.concatenate([np.arange(past, past + len(t), dtype=np.int64) for t, _, past in pieces])
-        begins = np.concatenate([[0], np.cumsum([len(p[0]) for p in pieces])]).astype(np.int32)
-        tables = [
-            np.arange(s * self.per_sequence, (s + 1) * self.per_sequence, dtype=np.int32)
-            for _, s, _ in pieces
-        ]
-        feeds = {
-            "input_ids": ids,
-            "position_ids": positions,
-            "past_lens": np.array([past for _, _, past in pieces], np.int32),
-            "subsequence_begins": begins,
-            "block_indices": np.concatenate(tables),
-            "block_indices_begins": (np.arange(len(pieces) + 1) * self.per_sequence).astype(np.int32),
-            "max_context_len": np.array(max(past + len(t) for t, _, past in pieces), np.int32),
-        }
-        for name, value in feeds.items():
-            self.request.set_tensor(name, self.ov.Tensor(value))
-        self.request.infer()
-        return self.request.get_tensor("logits").data.reshape(len(pieces), -1).copy()
+        self.decoder.prefill_rows(pieces, self.cache, self.logits)
+        return self.logits[: len(pieces)].copy()
 
 
 def serving(path, count: int, threads: int) -> list[str]:
@@ -208,12 +97,10 @@ def serving(path, count: int, threads: int) -> list[str]:
 
 
 def main() -> int:
-    import openvino as ov
     from common import ensure_bundle, ensure_variant, load_line, without_openvino, write_section
 
     from trtpipe.benchmark.decode import settle
     from trtpipe.runtime import Generator
-    from trtpipe.runtime.ov import weight_group
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -256,10 +143,7 @@ def main() -> int:
         tokens, lengths = np.full(rows, token), np.full(rows, CONTEXT)
         ort[rows] = timed(lambda t=tokens, n=lengths, c=cache: runner.decode(t, n, c, None))
     started = time.perf_counter()
-    model, layers = paged_model(str(bundle.model_path("int4")), ov)
-    paged = Paged(
-        model, layers, args.threads, weight_group(bundle.variant("int4")), max(ROWS) + 1, capacity, ov
-    )
+    paged = Paged(bundle, "int4", args.threads, max(ROWS) + 1, capacity)
     built = time.perf_counter() - started
     lines = [
         f"**One int4 decode step on OpenVINO's PagedAttention** (GPT-2 124M, random weights, context {CONTEXT}, "
