@@ -649,6 +649,27 @@ def test_python_model_with_an_openvino_prefill_generates_like_ort_cpu(python_mod
         assert not (tmp_path / "bad").exists()
 
 
+def test_python_model_on_openvinos_paged_engine_generates_like_ort_cpu(python_model, tmp_path, gpt2):
+    """--runtime ov --paged: the generation model's engine runs OpenVINO's PagedAttention model (runtime/paged.py),
+    with the tokens ONNX Runtime alone gives; --paged on another runtime is one line, exit 2."""
+    pytest.importorskip("openvino")
+    from trtpipe.runtime.paged import PagedDecoder
+
+    repo = tmp_path / "repo"
+    result = invoke("triton", f"gen={gpt2}", "--runtime", "ov", "--paged", "--out", repo, "-q")
+    assert result.exit_code == 0, result.output
+    assert read_config(repo / "gen" / "config.pbtxt").parameters["paged"].string_value == "1"
+    model = _instance(python_model, repo, "gen")
+    try:
+        assert isinstance(model.generation.engine.runner, PagedDecoder)
+        _two_requests_get_what_ort_cpu_gives(model, gpt2)
+    finally:
+        model.finalize()
+    result = invoke("triton", f"gen={gpt2}", "--paged", "--out", tmp_path / "bad", "-q")
+    assert result.exit_code == 2 and "--paged applies to --backend python --runtime ov only" in result.output
+    assert not (tmp_path / "bad").exists()
+
+
 def _slow_steps(monkeypatch, engine, seconds: float = 0.002) -> None:
     """Each decode step of `engine` takes at least `seconds` longer: a test that acts while a long stream runs
     (cancel it, drain, finalize) does not race its end on a fast CPU, where a tiny model's stream lasts milliseconds."""

@@ -105,6 +105,13 @@ def triton_cmd(
             help="GPT-2 on --runtime ort-cpu: fp32 | int8 (the bundle's kv8 twins, `optimize --precision kv8`)",
         ),
     ] = "fp32",
+    paged: Annotated[
+        bool,
+        typer.Option(
+            "--paged",
+            help="GPT-2 on --runtime ov: OpenVINO's PagedAttention engine (faster with many streams)",
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing repository")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -129,6 +136,7 @@ def triton_cmd(
         prefill_chunk=prefill_chunk,
         prefill_backend=prefill_backend,
         kv_cache=kv_cache,
+        paged=paged,
     )
     planned = write_repository(bundles, out_dir, options, overwrite=overwrite)
     if as_json:

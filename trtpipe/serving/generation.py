@@ -285,6 +285,7 @@ class GenerationModel:
                 backend=runtime,
                 prefill_backend=params.get("prefill_backend") or None,
                 kv_cache=params.get("kv_cache") or "fp32",
+                paged=params.get("paged") == "1",  # --runtime ov --paged: runtime/paged.py
             ).start()
             # Triton's metrics endpoint, when the server has one (--allow-metrics=false refuses the families)
             try:

@@ -88,9 +88,9 @@ class RepoOptions:
     threads: int | None = None  # python backend: intra-op threads per instance (None: auto)
     max_queue: int = 64  # generation: requests that may wait for a slot before new ones are refused
     prefill_chunk: int = 64  # generation: prompt tokens prefilled per engine step
-    # generation on ort-cpu: "ov" runs the prompts on OpenVINO (prefill.py)
-    prefill_backend: str | None = None
+    prefill_backend: str | None = None  # generation on ort-cpu: "ov" prefills on OpenVINO (prefill.py)
     kv_cache: str = "fp32"  # generation on ort-cpu: int8 = the bundle's kv8 twins (optimize --precision kv8)
+    paged: bool = False  # generation on --runtime ov: OpenVINO's PagedAttention engine (runtime/paged.py)
 
 
 @dataclass
@@ -149,6 +149,8 @@ def _check_options(options: RepoOptions) -> None:
             )
         if options.backend != "python" or options.runtime != "ort-cpu":
             raise UserError("--prefill-backend applies to --backend python --runtime ort-cpu only")
+    if options.paged and (options.backend, options.runtime) != ("python", "ov"):
+        raise UserError("--paged applies to --backend python --runtime ov only")
     if (options.threads is not None or options.kv_cache != "fp32") and options.backend != "python":
         raise UserError("--threads and --kv-cache apply to --backend python only")
     if options.kv_cache not in ("fp32", "int8"):
@@ -289,11 +291,10 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
             slots=str(options.max_batch),
             max_queue=str(options.max_queue),
             prefill_chunk=str(options.prefill_chunk),
+            **({"prefill_backend": options.prefill_backend} if options.prefill_backend else {}),
+            **({"kv_cache": options.kv_cache} if options.kv_cache != "fp32" else {}),
+            **({"paged": "1"} if options.paged else {}),
         )
-        if options.prefill_backend:
-            parameters["prefill_backend"] = options.prefill_backend
-        if options.kv_cache != "fp32":
-            parameters["kv_cache"] = options.kv_cache
     config = build_config(
         name, "python", inputs, outputs, scheduling, parameters=parameters, decoupled=decoupled
     )
