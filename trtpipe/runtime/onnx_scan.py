@@ -9,6 +9,7 @@ the initializers `float_initializers` is asked for (the int8 KV cache's scales, 
 from __future__ import annotations
 
 import mmap
+from contextlib import contextmanager
 from pathlib import Path
 
 # field numbers from onnx.proto
@@ -123,15 +124,29 @@ def _attribute(buf, start: int, end: int, out, depth: int) -> None:
             _graph(buf, a, b, out, depth + 1)
 
 
+@contextmanager
+def _mapped(path: Path):
+    """The file memory-mapped read-only (an empty one is a ScanError: it has no ModelProto, and mmap refuses it)."""
+    if path.stat().st_size == 0:
+        raise ScanError("empty file")
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        yield buf
+
+
+def _graph_fields(buf, field: int):
+    """(start, end) of every length-delimited field number `field` of the main graph (GraphProto)."""
+    for number, wire, a, b in _fields(buf, 0, len(buf)):
+        if number == MODEL_GRAPH and wire == 2:
+            for n, w, x, y in _fields(buf, a, b):
+                if n == field and w == 2:
+                    yield x, y
+
+
 def external_data_locations(path: str | Path) -> list[tuple[str, str]]:
     """[(tensor name, location)] for every tensor stored outside the .onnx file."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise ScanError("empty file")
     out: list[tuple[str, str]] = []
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        for number, wire, a, b in _fields(buf, 0, size):
+    with _mapped(Path(path)) as buf:
+        for number, wire, a, b in _fields(buf, 0, len(buf)):
             if number == MODEL_GRAPH and wire == 2:
                 _graph(buf, a, b, out, 0)
     return out
@@ -179,15 +194,11 @@ def float_initializers(path: str | Path, names: set[str]) -> dict:
     """{name: float32 array} for the graph initializers named in `names` (a ScanError names any missing one)."""
     path = Path(path)
     found: dict = {}
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        for number, wire, a, b in _fields(buf, 0, len(buf)):
-            if number != MODEL_GRAPH or wire != 2:
-                continue
-            for n, w, x, y in _fields(buf, a, b):
-                if n == GRAPH_INITIALIZER and w == 2:
-                    name, value = _float(buf, x, y, path.parent, names)
-                    if value is not None:
-                        found[name] = value
+    with _mapped(path) as buf:
+        for x, y in _graph_fields(buf, GRAPH_INITIALIZER):
+            name, value = _float(buf, x, y, path.parent, names)
+            if value is not None:
+                found[name] = value
     missing = sorted(set(names) - set(found))
     if missing:
         raise ScanError(f"{path.name} has no float initializer {missing[0]!r}")
@@ -195,21 +206,13 @@ def float_initializers(path: str | Path, names: set[str]) -> dict:
 
 
 def node_names(path: str | Path) -> list[str]:
-    """The names of the main graph's nodes, in order (a walk over node fields; weights are skipped by length)."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise ScanError("empty file")
+    """The names of the main graph's nodes, in order ("" for a node without one)."""
     names: list[str] = []
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        for number, wire, a, b in _fields(buf, 0, size):
-            if number != MODEL_GRAPH or wire != 2:
-                continue
-            for n, w, x, y in _fields(buf, a, b):
-                if n == GRAPH_NODE and w == 2:
-                    name = ""  # a node without a name has no name field
-                    for f, k, c, d in _fields(buf, x, y):
-                        if f == NODE_NAME and k == 2:
-                            name = bytes(buf[c:d]).decode("utf-8", "replace")
-                    names.append(name)
+    with _mapped(Path(path)) as buf:
+        for x, y in _graph_fields(buf, GRAPH_NODE):
+            name = ""  # a node without a name has no name field
+            for f, k, c, d in _fields(buf, x, y):
+                if f == NODE_NAME and k == 2:
+                    name = bytes(buf[c:d]).decode("utf-8", "replace")
+            names.append(name)
     return names

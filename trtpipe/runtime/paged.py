@@ -10,12 +10,12 @@ ContinuousBatchingPipeline runs. Here it is built from the bundle's own interop 
 - the past K/V become OpenVINO state: ReadValue, initialised empty, then Gather(beam_idx), Concat, and an Assign;
 - OpenVINO's own `paged_attention_transformation`: every sequence's new tokens go in one flat batch, and the cache
   lives in blocks that this runner owns and OpenVINO writes in place;
-- each sequence's last token is gathered before the LM head, so a prompt's other positions cost no logits.
+- each sequence's last token is gathered after the final layer norm, so a prompt's other positions cost no logits.
 
 Each slot owns a fixed run of blocks, enough for the capacity. So BatchEngine's row packing swaps two block tables
 and copies nothing, and a step's prompt pieces and decoding rows are each one call. Measured on a 2-core Zen 4 EPYC,
-GPT-2 124M int4 (`bench/paged_step.py`): a decode step at 8 rows 1.23-1.25x ONNX Runtime's in-place graph, at 16
-1.25-1.31x, at one row 0.68-0.88x. A row's logits decoded among 4 or more rows differ from the same row alone by
+GPT-2 124M int4 (`bench/paged_step.py`, four runs): a decode step at 8 rows 1.03-1.58x ONNX Runtime's in-place
+graph, at 16 1.25-1.67x, at one row 0.68-0.88x. A row's logits decoded among 4 or more rows differ from the same row alone by
 about 5e-7 (OpenVINO's attention adds in another order), so on this runner each request gets what it gets alone
 to rounding, not bit for bit.
 """
@@ -30,7 +30,7 @@ from .ov import compile_config, import_openvino, weight_group
 from .slots import SlotDecoder
 
 
-def _attention_to_sdpa(model, ops, tensors: dict, layers: int) -> None:
+def _attention_to_sdpa(ops, tensors: dict, layers: int) -> None:
     """Each layer's exported attention (MatMul(Q, Kᵀ) … MatMul(·, V)) replaced by one ScaledDotProductAttention on
     the same Q and the concatenated K/V (its mask is there for the pattern only: PagedAttention is causal)."""
     zero_mask = ops.constant(np.zeros((1, 1, 1, 1), np.float32))
@@ -127,7 +127,7 @@ def paged_model(path, ov):
         raise UserError("paged=True takes the interop GPT-2 graph (past_key_values.* in, present.* out)")
     shape = params["past_key_values.0.key"].get_partial_shape()
     heads, head_dim = shape[1].get_length(), shape[3].get_length()
-    _attention_to_sdpa(model, ops, tensors, layers)
+    _attention_to_sdpa(ops, tensors, layers)
     _state(model, ov, ops, params, layers, heads, head_dim)
     model.validate_nodes_and_infer_types()
     offline.paged_attention_transformation(model)
