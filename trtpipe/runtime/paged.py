@@ -15,9 +15,9 @@ ContinuousBatchingPipeline runs. Here it is built from the bundle's own interop 
 Each slot owns a fixed run of blocks, enough for the capacity. So BatchEngine's row packing swaps two block tables
 and copies nothing, and a step's prompt pieces and decoding rows are each one call. Measured on a 2-core Zen 4 EPYC,
 GPT-2 124M int4 (`bench/paged_step.py`, four runs): a decode step at 8 rows 1.03-1.58x ONNX Runtime's in-place
-graph, at 16 1.25-1.67x, at one row 0.68-0.88x. A row's logits decoded among 4 or more rows differ from the same row alone by
-about 5e-7 (OpenVINO's attention adds in another order), so on this runner each request gets what it gets alone
-to rounding, not bit for bit.
+graph, at 16 1.25-1.67x, at one row 0.68-0.88x. A decode call with fewer sequences than threads gets empty sequences
+(`_run`), so a row's numbers never depend on the rows beside it: each request gets what it gets alone, bit for bit
+(that cost 0-8 % of a one-row step at 2 threads, contexts 64-512).
 """
 
 from __future__ import annotations
@@ -88,13 +88,12 @@ def _state(model, ov, ops, params: dict, layers: int, heads: int, head_dim: int)
 
 
 def _last_tokens(model, ops) -> None:
-    """Gather each sequence's last token (subsequence_begins[1:] − 1) out of the final layer norm's output, before
-    the LM head (whatever kernel the variant's LM head is)."""
-    begins = next(i for i in model.inputs if i.get_any_name() == "subsequence_begins")
-    end = ops.constant([np.iinfo(np.int32).max])
-    last = ops.subtract(
-        ops.slice(begins, ops.constant([1]), end, ops.constant([1])), ops.constant(np.int32(1))
-    )
+    """Gather the tokens a new `last_tokens` input names (each piece's last) out of the final layer norm's output,
+    before the LM head (whatever kernel the variant's LM head is); the empty sequences `PagedDecoder._run` adds get
+    no logits row."""
+    last = ops.parameter([-1], np.int32, name="last_tokens")
+    last.output(0).set_names({"last_tokens"})
+    model.add_parameters([last])
     norm = [op for op in model.get_ordered_ops() if op.get_type_name() == "MVN"][-1]  # the final layer norm
     out = norm.output(0)
     while len(out.get_target_inputs()) == 1:  # its scale and shift
@@ -175,6 +174,7 @@ class PagedDecoder:
                 "use paged=False"
             ) from None
         self.request = self.compiled.create_infer_request()
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))  # `_run`'s empty sequences
         self.vocab = bundle.limits["vocab_size"]
         self.ov = ov
 
@@ -196,21 +196,30 @@ class PagedDecoder:
         return PagedCache(slots, per_slot, block, nbytes)
 
     def _run(self, pieces: list[tuple[list[int], int, int]], cache: PagedCache) -> np.ndarray:
-        """Every piece (ids, row, past) in one call; the logits of each piece's last token, [pieces, V]."""
+        """Every piece (ids, row, past) in one call; the logits of each piece's last token, [pieces, V].
+
+        A call of one-token pieces only, fewer than the threads, gets empty sequences (no tokens, no blocks, no
+        logits) up to the thread count. With fewer sequences than threads OpenVINO's PagedAttention splits each
+        sequence's positions across the threads and adds the parts (its `exec_loop_bhl`), otherwise it runs each
+        (sequence, head) on one thread (`exec_loop_mixed`); so without them a row decoded alone came out 5e-7 off
+        the same row decoded beside others (`bench/paged_step.py`), and with them it is bit for bit the same."""
         lengths = [len(ids) for ids, _, _ in pieces]
         tables = [cache.blocks(row, past + n) for (_, row, past), n in zip(pieces, lengths)]
+        ends = np.cumsum(lengths)
+        empty = self.threads - len(pieces) if max(lengths) == 1 else 0
         feeds = {
             "input_ids": np.concatenate([np.asarray(ids, np.int64) for ids, _, _ in pieces]),
             "position_ids": np.concatenate(
                 [np.arange(past, past + n, dtype=np.int64) for (_, _, past), n in zip(pieces, lengths)]
             ),
-            "past_lens": np.array([past for _, _, past in pieces], np.int32),
-            "subsequence_begins": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+            "past_lens": np.array([past for _, _, past in pieces] + [0] * max(empty, 0), np.int32),
+            "subsequence_begins": np.concatenate([[0], ends, [ends[-1]] * max(empty, 0)]).astype(np.int32),
             "block_indices": np.concatenate(tables).astype(np.int32),
-            "block_indices_begins": np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(
+            "block_indices_begins": np.cumsum([0] + [len(t) for t in tables] + [0] * max(empty, 0)).astype(
                 np.int32
             ),
             "max_context_len": np.array(max(past + n for (_, _, past), n in zip(pieces, lengths)), np.int32),
+            "last_tokens": (ends - 1).astype(np.int32),
         }
         for name, value in feeds.items():
             self.request.set_tensor(name, self.ov.Tensor(value))
