@@ -20,8 +20,22 @@ def gpt2(make_bundle):
     return make_bundle("tiny-gpt2", "generate")
 
 
-def _run_mix(path, mix, slots: int, variant=None):
-    engine = BatchEngine(path, variant=variant, slots=slots, chunk=16, backend="ov", paged=True)
+@pytest.fixture(scope="module")
+def kv8_gpt2(gpt2, tmp_path_factory):
+    """A copy with `optimize --precision kv8` run (forced: tiny random weights): its twins, and OpenVINO's u8 paged
+    cache gated on the same weights."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("paged-kv8") / gpt2.name
+    shutil.copytree(gpt2, path)
+    optimize_bundle(path, "kv8", force=True)
+    return path
+
+
+def _run_mix(path, mix, slots: int, variant=None, kv_cache="fp32"):
+    engine = BatchEngine(
+        path, variant=variant, slots=slots, chunk=16, backend="ov", paged=True, kv_cache=kv_cache
+    )
     requests = []
     for index, item in enumerate(mix):  # arrivals spread over the run
         requests.append(engine.submit(item["prompt"], item["max_new_tokens"], item["sampling"], item["stop"]))
@@ -98,6 +112,49 @@ def test_a_row_decoded_alone_is_bit_for_bit_the_row_decoded_beside_others(gpt2):
     decoder = PagedDecoder(Bundle.load(gpt2), None, threads=2)
     alone, beside, mixed = _alone_and_beside(decoder)
     assert np.array_equal(alone, beside) and np.array_equal(alone, mixed)
+
+
+def test_kv8_gates_openvinos_u8_cache_and_the_engine_runs_on_it(kv8_gpt2):
+    """`optimize --precision kv8` records the u8 cache's gate on the kv8 twin; BatchEngine(kv_cache="int8") then runs
+    OpenVINO's u8 cache (D + 8 bytes a token's row against 4·D) and each request gets what it gets alone."""
+    record = Bundle.load(kv8_gpt2).variants["kv8-inplace"]["paged_u8"]
+    assert set(record["metrics"]) == {"next_token_top1", "next_token_top1_long"}
+    assert all(0.5 < v <= 1.0 for v in record["metrics"].values()) and record["samples"] > 0
+    assert record["verdict"] == ("pass" if not record["failures"] else "fail")
+    mix = _mix(Generator(kv8_gpt2, backend="ov"), count=6)
+    engine, batched = _run_mix(kv8_gpt2, mix, slots=3, kv_cache="int8")
+    f32 = BatchEngine(kv8_gpt2, slots=3, backend="ov", paged=True)
+    assert engine.runner.compiled.input("key_cache.0").get_element_type().get_type_name() == "u8"
+    d = Bundle.load(kv8_gpt2).model["head_dim"]  # each token's row: D bytes and an f32 scale and zero point
+    assert engine.cache.nbytes * 4 * d == f32.cache.nbytes * (d + 8)  # 0.28 of f32's on GPT-2 124M
+    for item, got in zip(mix, batched):
+        _, (alone,) = _run_mix(kv8_gpt2, [item], slots=1, kv_cache="int8")
+        assert got.ids == alone.ids, item
+
+
+def test_the_gate_compares_the_same_positions(gpt2):
+    """Teacher-forced along each row: one argmax per next token, and a decoder against itself agrees fully."""
+    from trtpipe.optimize.paged_u8 import _agreement, _tops
+
+    decoder = PagedDecoder(Bundle.load(gpt2), None, threads=2)
+    rows = [[5 + i % 30 for i in range(n)] for n in (12, 3, 40)]
+    assert [len(t) for t in _tops(decoder, rows)] == [11, 2, 39]
+    assert [len(t) for t in _tops(decoder, rows[:1] + rows[2:], prefix=8)] == [4, 32]
+    assert _agreement([decoder, decoder], rows) == 1.0
+
+
+def test_an_ungated_or_failed_u8_cache_is_refused(gpt2, kv8_gpt2, copy_bundle):
+    with pytest.raises(UserError, match=r"no gate for it on fp32; run `trtpipe optimize .* --precision kv8`"):
+        BatchEngine(gpt2, backend="ov", paged=True, kv_cache="int8")
+    import json
+
+    path = copy_bundle(kv8_gpt2)
+    manifest = json.loads((path / "manifest.json").read_text())
+    record = manifest["variants"]["kv8-inplace"]["paged_u8"]
+    record.update(verdict="fail", forced=False, failures=["next_token_top1 = 0.5 (needs >= 0.97)"])
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"u8 cache failed the LM gate on fp32 \(next_token_top1 = 0.5"):
+        BatchEngine(path, backend="ov", paged=True, kv_cache="int8")
 
 
 def test_packing_swaps_block_tables_and_copies_nothing():

@@ -9,10 +9,13 @@ with the same weights on a float cache (`long_agreement`, ≥ 0.97: short gate t
 short-text agreement with those weights is recorded beside it (what the cache alone costs). A twin records its source's sha256; a
 rebuilt source leaves it stale, and the runtime then refuses it in one line that names this command. Where the
 bundle has the fused step (`kv-fused`), each twin gets its fused twin too (`<precision>.kv8-fused`).
+With openvino installed, OpenVINO's u8 cache on the paged engine is gated on the same weights too, and recorded on
+the twin (`paged_u8.py`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from ..runtime.text import TextEncoder
 from . import gate
 from .fused_twin import checked_twin, twin_entry
 from .kv_int8 import rewrite_kv_int8, scales_from_absmax
+from .paged_u8 import paged_u8_gate
 
 CALIBRATION_TEXTS, CALIBRATION_WINDOWS = 256, 8
 LONG_WINDOW, LONG_STEPS = 512, 32  # the long-context check: the last 32 positions of 512-token windows
@@ -153,6 +157,18 @@ def kv8_twin(
     return name, entry, model, tmp
 
 
+def _say_paged(entry: dict) -> None:
+    record, weights = entry["paged_u8"], entry["precision"]
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items() if v is not None)
+    if record["verdict"] == "pass":
+        info(f"[green]OpenVINO's u8 paged cache[/] on {weights}: {summary} against its f32 cache")
+    else:
+        forced = " (forced: the runtime takes it)" if record["forced"] else "; the runtime refuses it"
+        warn(
+            f"OpenVINO's u8 paged cache on {weights} fails the LM gate ({'; '.join(record['failures'])}){forced}"
+        )
+
+
 def add_kv8(
     bundle_path: str | Path,
     overwrite: bool,
@@ -175,6 +191,7 @@ def add_kv8(
     fused = "kv-fused" in bundle.variants
     every = [n for n in bundle.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]
     refused = []  # each twin is gated on its own: one that fails leaves the others written
+    paged_gate = importlib.util.find_spec("openvino") is not None
     with bundle_transaction(bundle.path) as (locked, stage):
         for inplace in [only] if only else every:
             try:
@@ -185,6 +202,17 @@ def add_kv8(
             except CheckFailed as exc:
                 refused.append(str(exc))
                 continue
+            if paged_gate:  # OpenVINO's u8 cache on the paged engine, the same weights (`paged_u8.py`)
+                with status(
+                    f"{entry['precision']} → OpenVINO's u8 paged cache: gating against its f32 cache"
+                ):
+                    length = min(LONG_WINDOW, locked.limits["max_positions"])
+                    long = windows(locked, held_out, length, 2)
+                    steps = min(LONG_STEPS, length // 2)
+                    entry["paged_u8"] = paged_u8_gate(
+                        locked, entry["precision"], held_out, long, steps, force
+                    )
+                _say_paged(entry)
             metrics = entry["gate"]["metrics"]
             info(
                 f"[green]{entry['file']}[/] from {inplace}: next-token agreement {metrics['next_token_top1']:.4f} "

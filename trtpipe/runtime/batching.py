@@ -79,7 +79,7 @@ class BatchEngine:
             kv=kv,
             prefill_backend=prefill_backend,
             spin=spin,
-            kv_cache=kv_cache,  # int8: the kv8 twins (`optimize/kv_int8.py`), fused step included
+            kv_cache="fp32" if paged else kv_cache,  # int8: the kv8 twins (fused too); paged: `paged.py`'s
         )
         self.backend = backend
         self.bundle = self.generator.bundle
@@ -99,7 +99,7 @@ class BatchEngine:
             warnings.warn(caveat, UnpairedRows, stacklevel=2)
         self.fused = open_fused(self.bundle, base, fused, backend, prefill_backend, threads, spin, kv_cache)
         if backend == "ov" or paged:  # OpenVINO: the interop graph's shared width, or its paged model
-            self.runner = ov_runner(self.bundle, self.runner, backend, variant, threads, paged)
+            self.runner = ov_runner(self.bundle, self.runner, backend, variant, threads, paged, kv_cache)
         self.cache = self.runner.new_cache(self.slots, self.capacity)
         self.table: list[Request | None] = [None] * self.slots  # slot → request
         self.waiting: collections.deque[Request] = collections.deque()

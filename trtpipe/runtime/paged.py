@@ -158,12 +158,18 @@ class PagedDecoder:
     inplace = False
     prefill_batches = True  # a step's prompt pieces are one call (`prefill_rows`)
 
-    def __init__(self, bundle: Bundle, variant: str | None, threads: int | None = None):
+    def __init__(self, bundle: Bundle, variant: str | None, threads: int | None = None, cache: str = "f32"):
+        """`cache`: f32, or u8: OpenVINO's 8-bit cache, lossy, so BatchEngine takes it only where `u8_gate` finds
+        the bundle's gate. Its keys are quantised by token here, as its values are (each token's row its own scale
+        and zero point), so a row's numbers do not depend on how its prompt was cut: by channel, OpenVINO's CPU
+        default, a block's keys share scales, and a prompt in chunks came out 8e-3 off the same prompt whole."""
         ov = import_openvino()
         entry = bundle.variant(variant)
         if not bundle.is_decoder:
             raise UserError("paged=True serves GPT-2 bundles")
-        config = {**compile_config(threads, group=weight_group(entry)), "KV_CACHE_PRECISION": "f32"}
+        config = {**compile_config(threads, group=weight_group(entry)), "KV_CACHE_PRECISION": cache}
+        if cache == "u8":
+            config["KEY_CACHE_QUANT_MODE"] = "BY_TOKEN"
         try:
             model, self.layers = paged_model(bundle.model_path(variant), ov)
             self.compiled = ov.Core().compile_model(model, "CPU", config)
@@ -171,7 +177,7 @@ class PagedDecoder:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"paged=True could not build OpenVINO's paged model of {variant or 'fp32'} ({reason}); "
-                "use paged=False"
+                f"use paged=False{' or kv_cache=fp32' if cache != 'f32' else ''}"
             ) from None
         self.request = self.compiled.create_infer_request()
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))  # `_run`'s empty sequences
@@ -179,19 +185,18 @@ class PagedDecoder:
         self.ov = ov
 
     def new_cache(self, slots: int, capacity: int) -> PagedCache:
-        shape = self.compiled.input("key_cache.0").get_partial_shape()
-        block, heads, head_dim = shape[2].get_length(), shape[1].get_length(), shape[3].get_length()
+        """Blocks of `block` tokens (the value cache's third axis; a u8 key cache adds its scales and zero points
+        to that axis, a u8 value cache to the last), enough for `capacity` tokens in each of `slots` slots."""
+        block = self.compiled.input("value_cache.0").get_partial_shape()[2].get_length()
         per_slot = -(-capacity // block)
         nbytes = 0
         for layer in range(self.layers):
             for kind in ("key", "value"):
-                name = f"{kind}_cache.{layer}"
-                tensor = self.ov.Tensor(
-                    self.compiled.input(name).get_element_type(),
-                    self.ov.Shape([slots * per_slot, heads, block, head_dim]),
-                )
+                port = self.compiled.input(f"{kind}_cache.{layer}")
+                dims = [d.get_length() for d in list(port.get_partial_shape())[1:]]
+                tensor = self.ov.Tensor(port.get_element_type(), self.ov.Shape([slots * per_slot, *dims]))
                 tensor.data[...] = 0
-                self.request.set_tensor(name, tensor)
+                self.request.set_tensor(port.get_any_name(), tensor)
                 nbytes += tensor.byte_size
         return PagedCache(slots, per_slot, block, nbytes)
 
@@ -242,14 +247,42 @@ class PagedDecoder:
         return self._run(pieces, cache).copy(), None
 
 
-def ov_runner(bundle: Bundle, runner, backend: str, variant: str | None, threads: int | None, paged: bool):
+def u8_gate(bundle: Bundle, base: str) -> None:
+    """A UserError naming the fix unless `optimize --precision kv8` gated OpenVINO's u8 cache for weights `base`
+    (the `paged_u8` record of its kv8 twin, `optimize/paged_u8.py`) and it passed, or was forced."""
+    name = "kv8-inplace" if base == "fp32" else f"{base}.kv8-inplace"
+    command = f"trtpipe optimize {bundle.path} --precision kv8"
+    record = bundle.variants.get(name, {}).get("paged_u8")
+    if record is None:
+        raise UserError(
+            f"kv_cache='int8' with paged=True is OpenVINO's u8 cache, and {bundle.path} has no gate for it on "
+            f"{base}; run `{command}` with openvino installed, or leave the cache at fp32"
+        )
+    if record["verdict"] != "pass" and not record["forced"]:
+        raise UserError(
+            f"OpenVINO's u8 cache failed the LM gate on {base} ({'; '.join(record['failures'])}); leave the "
+            f"cache at fp32, or rebuild with `{command} --overwrite --force`"
+        )
+    if (reason := bundle.stale(name)) is not None:
+        raise UserError(
+            f"the {name} gate of {bundle.path} is stale ({reason}); rebuild it with `{command} --overwrite`"
+        )
+
+
+def ov_runner(
+    bundle: Bundle, runner, backend: str, variant: str | None, threads: int | None, paged: bool, kv_cache: str
+):
     """BatchEngine's runner on OpenVINO, from the Generator's `runner`: the paged model (`paged=True`; the
-    Generator's own compiled interop graph is closed, the paged model holds its own weights) or the interop graph
-    with a shared width (`slots.py`)."""
+    Generator's own compiled interop graph is closed, the paged model holds its own weights; kv_cache="int8":
+    OpenVINO's u8 cache, where `u8_gate` passes) or the interop graph with a shared width (`slots.py`)."""
     if backend != "ov":
         raise UserError("paged=True runs on OpenVINO: use backend='ov'")
     if not paged:
         return SlotDecoder(bundle, runner.session)
-    decoder = PagedDecoder(bundle, variant, threads)
+    if kv_cache not in ("fp32", "int8"):
+        raise UserError(f"kv_cache must be fp32 or int8 (got {kv_cache!r})")
+    if kv_cache == "int8":
+        u8_gate(bundle, variant or "fp32")
+    decoder = PagedDecoder(bundle, variant, threads, cache="u8" if kv_cache == "int8" else "f32")
     runner.session.close()
     return decoder
