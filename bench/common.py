@@ -3,6 +3,7 @@ docs/benchmarks.md (between <!-- BEGIN name --> and <!-- END name --> markers; h
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -72,14 +73,18 @@ def ensure_kv_fused(path: Path) -> None:
 
 def ensure_kv8(path: Path, force: bool) -> None:
     """The int8 KV cache twin of every in-place variant of GPT-2 bundle `path`, current (`optimize --precision kv8`;
-    `force`: random weights, whose gate is recorded but cannot be met)."""
+    `force`: random weights, whose gate is recorded but cannot be met), with OpenVINO's u8 paged cache gated where
+    openvino is installed (`optimize/paged_u8.py`)."""
     from trtpipe.optimize.variants import optimize_bundle
     from trtpipe.runtime import Bundle
 
     bundle = Bundle.load(path)
     twins = [n for n in bundle.variants if n.endswith("kv8-inplace")]
     wanted = [n for n in bundle.variants if n.endswith("kv-inplace")]
-    if len(twins) < len(wanted) or any(bundle.stale(n) for n in twins):
+    ungated = importlib.util.find_spec("openvino") and any(
+        "paged_u8" not in bundle.variants[n] for n in twins
+    )
+    if len(twins) < len(wanted) or any(bundle.stale(n) for n in twins) or ungated:
         optimize_bundle(path, "kv8", force=force, overwrite=bool(twins))
 
 

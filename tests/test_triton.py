@@ -668,6 +668,49 @@ def test_python_model_on_openvinos_paged_engine_generates_like_ort_cpu(python_mo
     result = invoke("triton", f"gen={gpt2}", "--paged", "--out", tmp_path / "bad", "-q")
     assert result.exit_code == 2 and "--paged applies to --backend python --runtime ov only" in result.output
     assert not (tmp_path / "bad").exists()
+    result = invoke(
+        "triton",
+        f"gen={gpt2}",
+        "--runtime",
+        "ov",
+        "--paged",
+        "--kv-cache",
+        "int8",
+        "--out",
+        tmp_path / "bad",
+        "-q",
+    )
+    assert (
+        result.exit_code == 2
+        and "no gate for it on fp32" in result.output
+        and "--precision kv8" in result.output
+    )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_python_model_on_the_paged_u8_cache(python_model, tmp_path, gpt2, copy_bundle):
+    """--runtime ov --paged --kv-cache int8 on a bundle whose kv8 gated OpenVINO's u8 cache: the engine runs on it."""
+    pytest.importorskip("openvino")
+    from trtpipe.optimize.variants import optimize_bundle
+
+    path = copy_bundle(gpt2)
+    optimize_bundle(path, "kv8", force=True)
+    repo = tmp_path / "repo"
+    result = invoke(
+        "triton", f"gen={path}", "--runtime", "ov", "--paged", "--kv-cache", "int8", "--out", repo, "-q"
+    )
+    assert result.exit_code == 0, result.output
+    assert read_config(repo / "gen" / "config.pbtxt").parameters["kv_cache"].string_value == "int8"
+    model = _instance(python_model, repo, "gen")
+    try:
+        runner = model.generation.engine.runner
+        assert runner.compiled.input("key_cache.0").get_element_type().get_type_name() == "u8"
+        request = FakeRequest(text=_texts(PROMPTS[0]), max_new_tokens=np.array([[4]], np.int32))
+        model.execute([request])
+        _finished(request.sender)
+        assert len(request.sender.sent[0][0].outputs["ids"][0]) == 4
+    finally:
+        model.finalize()
 
 
 def _slow_steps(monkeypatch, engine, seconds: float = 0.002) -> None:

@@ -102,7 +102,8 @@ def triton_cmd(
         str,
         typer.Option(
             "--kv-cache",
-            help="GPT-2 on --runtime ort-cpu: fp32 | int8 (the bundle's kv8 twins, `optimize --precision kv8`)",
+            help="GPT-2: fp32 | int8 (ort-cpu: the bundle's kv8 twins; ov --paged: OpenVINO's u8 cache, gated by "
+            "`optimize --precision kv8`)",
         ),
     ] = "fp32",
     paged: Annotated[

@@ -269,6 +269,17 @@ def u8_gate(bundle: Bundle, base: str) -> None:
         )
 
 
+def int8_check(bundle: Bundle, base: str, backend: str, paged: bool) -> None:
+    """What BatchEngine(kv_cache="int8") checks, for a caller that checks before building anything (`trtpipe
+    triton`): the u8 cache's gate on the paged engine, the kv8 twin elsewhere (`session.int8_cache`)."""
+    from .session import int8_cache
+
+    if paged:
+        u8_gate(bundle, base)
+    else:
+        int8_cache(bundle, base, backend, "auto", "int8")
+
+
 def ov_runner(
     bundle: Bundle, runner, backend: str, variant: str | None, threads: int | None, paged: bool, kv_cache: str
 ):

@@ -261,9 +261,9 @@ def _plan_python(name: str, bundle: Bundle, options: RepoOptions) -> PlannedMode
         only = bundle.only_on(variant)
         raise UserError(f"variant {variant} runs on {' / '.join(only)} only; use --runtime {only[0]}")
     if options.kv_cache != "fp32" and bundle.is_decoder:  # the engine's check, before anything is written
-        from ..runtime.session import int8_cache
+        from ..runtime.paged import int8_check
 
-        int8_cache(bundle, variant or "fp32", options.runtime, "auto", "int8")
+        int8_check(bundle, variant or "fp32", options.runtime, options.paged)
     decoupled = options.stream and bundle.is_decoder
     scheduling = Scheduling(
         max_batch=options.max_batch,
