@@ -497,6 +497,9 @@ GENAI_FORMATS = (("fp32", "fp32"), ("int8", "int8-wo"), ("int4", "int4"))
 # OpenVINO prefills the weight-only ones faster than ONNX Runtime's MatMulNBits, and fp32 by 1.1-1.2x on the Zen 4
 # (bench/prefill_split.py)
 SPLIT, SPLIT_VARIANTS = "ours+ov-prefill", ("fp32", "int8-wo", "int4")
+# one request at a time on OpenVINO's paged engine (runtime/paged.py, f32 cache as the genai rows): a prompt is one
+# call with only its last token's logits
+PAGED = "ours-paged"
 # openvino-genai's int4 with its activations quantized per weight group (128), as our ov backend compiles a
 # weight-only variant (runtime/ov.py weight_group): the same CPU plugin setting, so the peer gets it too
 GENAI_GROUP = 128
@@ -556,6 +559,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     from trtpipe.benchmark.decode import (
         SETTLE_S,
         OursDecoder,
+        PagedRow,
         floors,
         make_rows,
         prompt_ids,
@@ -577,6 +581,9 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     rows += [  # every variant's prompts on OpenVINO, decoding on ONNX Runtime in place (prefill.py)
         (SPLIT, lambda v=v: OursDecoder(bundle, None if v == "fp32" else v, threads, prefill_backend="ov"))
         for v in SPLIT_VARIANTS
+    ]
+    rows += [
+        (PAGED, lambda v=v: PagedRow(bundle, None if v == "fp32" else v, threads)) for v in SPLIT_VARIANTS
     ]
     rows += genai_rows(bundle, lazy, threads, kv_default, default, folders)
     try:
@@ -613,6 +620,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     }
     weights = {("ours", v): weight_bytes_per_token(bundle.path / f) for v, f in files.items()}
     weights.update({(SPLIT, v): weights[("ours", v)] for v in SPLIT_VARIANTS})  # it decodes on the same graph
+    weights.update({(PAGED, v): weights[("ours", v)] for v in SPLIT_VARIANTS})  # the same weights on OpenVINO
     for fmt, variant in GENAI_FORMATS:
         if fmt in folders:
             weights[("ov-genai", variant)] = ir_weight_bytes(folders[fmt])
@@ -651,10 +659,10 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
                 continue
             ref = by.get((r.kind, "fp32", p))
             same = by.get(("ours", variant, p))
-            if r.kind == SPLIT:
+            if r.kind in (SPLIT, PAGED):
                 agree = (
-                    f"{first_divergence(r.ids, same.ids)} of {len(same.ids)} equal to trtpipe {variant} prefilled on "
-                    "ONNX Runtime"
+                    f"{first_divergence(r.ids, same.ids)} of {len(same.ids)} equal to trtpipe {variant} on "
+                    "ONNX Runtime alone"
                     if same is not None and same.ids and not same.error
                     else "not measured (its ONNX Runtime row did not run)"
                 )
@@ -720,7 +728,12 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
     lines.append(
         f"| openvino-genai int4 at OpenVINO's defaults vs trtpipe int4, OpenVINO prefill | {' | '.join(cells)} |"
     )
-    for kind, how in (("ours", ""), (SPLIT, ", OpenVINO prefill")):
+    for fmt, variant in GENAI_FORMATS:
+        cells = ratio_cells(variant, variant, PAGED)
+        lines.append(
+            f"| openvino-genai {fmt} vs trtpipe {variant}, OpenVINO's paged engine | {' | '.join(cells)} |"
+        )
+    for kind, how in (("ours", ""), (SPLIT, ", OpenVINO prefill"), (PAGED, ", OpenVINO's paged engine")):
         cells = ratio_cells("int4", f"int4 (group {GENAI_GROUP})", kind)
         lines.append(
             f"| openvino-genai int4, activations in groups of {GENAI_GROUP}, vs trtpipe int4{how} | "
@@ -731,6 +744,7 @@ def gpt2(threads: int, rounds: int) -> tuple[list[str], list, dict]:
         for fmt, variant in GENAI_FORMATS
         if variant in SPLIT_VARIANTS
     ]
+    configs += [(PAGED, fmt, variant, ", OpenVINO's paged engine") for fmt, variant in GENAI_FORMATS]
     for kind, fmt, variant, how in configs:
         for p in (32, 512):
             ours, peer = by.get((kind, variant, p)), by.get(("ov-genai", variant, p))

@@ -181,3 +181,16 @@ def test_a_graph_it_cannot_rebuild_is_one_line(gpt2, monkeypatch):
         UserError, match=r"could not build OpenVINO's paged model of fp32 \(No Scaled.*paged=False$"
     ):
         BatchEngine(gpt2, backend="ov", paged=True)
+
+
+def test_the_benchmark_row_times_one_request_on_the_paged_engine(gpt2):
+    """`benchmark.decode.PagedRow` (openvino_peers' paged rows): a first token, then one step per token, the ids the
+    engine gives that prompt."""
+    from trtpipe.benchmark.decode import PagedRow
+
+    row = PagedRow(Bundle.load(gpt2), None, threads=2)
+    prompt = [5 + i % 40 for i in range(20)]
+    timed = row.run(prompt, 6)
+    assert timed.ttft > 0 and len(timed.steps) == 5 and all(s > 0 for s in timed.steps)
+    (want,) = BatchEngine(gpt2, slots=1, backend="ov", paged=True).generate([prompt], 6, ignore_eos=True)
+    assert timed.ids == want.ids and "paged engine" in row.label

@@ -66,6 +66,42 @@ class OursDecoder:
         return Timed(times[0] - started, [b - a for a, b in zip(times, times[1:])], ids)
 
 
+class PagedRow:
+    """One request at a time on OpenVINO's paged engine (`BatchEngine(..., backend="ov", paged=True)`, one slot;
+    `kv_cache="int8"`: its u8 cache), timed as `OursDecoder` is: a prompt is one call, with only its last token's
+    logits, so this row is the engine's first token and its one-row step."""
+
+    def __init__(self, bundle: Bundle, variant: str | None, threads: int | None, kv_cache: str = "fp32"):
+        from ..runtime.batching import BatchEngine
+
+        self.engine = BatchEngine(
+            bundle.path,
+            variant=variant,
+            threads=threads,
+            slots=1,
+            backend="ov",
+            paged=True,
+            kv_cache=kv_cache,
+        )
+        cache = "u8" if kv_cache == "int8" else "f32"
+        self.label = f"trtpipe {variant or 'fp32'} (OpenVINO's paged engine, one slot, {cache} cache)"
+        self.variant, self.backend, self.prefill_backend, self.kv_cache = variant, "ov", None, kv_cache
+        self.variant_file = bundle.variants[variant or "fp32"]["file"]
+
+    def run(self, prompt: list[int], new_tokens: int):
+        from .peers import Timed
+
+        clock = time.perf_counter
+        ids: list[int] = []
+        times: list[float] = []
+        started = clock()
+        request = self.engine.submit(prompt, new_tokens, ignore_eos=True)
+        for token in self.engine.stream(request):
+            times.append(clock())
+            ids.append(token.id)
+        return Timed(times[0] - started, [b - a for a, b in zip(times, times[1:])], ids)
+
+
 @dataclass
 class DecodeResult:
     label: str
