@@ -194,3 +194,22 @@ def test_the_benchmark_row_times_one_request_on_the_paged_engine(gpt2):
     assert timed.ttft > 0 and len(timed.steps) == 5 and all(s > 0 for s in timed.steps)
     (want,) = BatchEngine(gpt2, slots=1, backend="ov", paged=True).generate([prompt], 6, ignore_eos=True)
     assert timed.ids == want.ids and "paged engine" in row.label
+
+
+def test_kv8_stands_where_the_paged_model_cannot_be_built(gpt2, copy_bundle, monkeypatch):
+    """A weight variant OpenVINO cannot build a paged model of: its kv8 twin is written, with no u8 gate recorded
+    (so the runtime refuses the u8 cache on it in one line)."""
+    import trtpipe.optimize.kv8_twin as kv8_twin
+
+    def unbuildable(*args, **kwargs):
+        raise UserError(
+            "paged=True could not build OpenVINO's paged model of fp32 (no attention); use paged=False"
+        )
+
+    monkeypatch.setattr(kv8_twin, "paged_u8_gate", unbuildable)
+    path = copy_bundle(gpt2)
+    optimize_bundle(path, "kv8", force=True)
+    entry = Bundle.load(path).variants["kv8-inplace"]
+    assert (path / entry["file"]).exists() and "paged_u8" not in entry
+    with pytest.raises(UserError, match="no gate for it on fp32"):
+        BatchEngine(path, backend="ov", paged=True, kv_cache="int8")

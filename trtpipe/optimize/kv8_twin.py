@@ -209,10 +209,16 @@ def add_kv8(
                     length = min(LONG_WINDOW, locked.limits["max_positions"])
                     long = windows(locked, held_out, length, 2)
                     steps = min(LONG_STEPS, length // 2)
-                    entry["paged_u8"] = paged_u8_gate(
-                        locked, entry["precision"], held_out, long, steps, force
-                    )
-                _say_paged(entry)
+                    try:
+                        entry["paged_u8"] = paged_u8_gate(
+                            locked, entry["precision"], held_out, long, steps, force
+                        )
+                    except (
+                        UserError
+                    ) as exc:  # no paged model of it: the twin stands, the u8 cache stays refused
+                        warn(f"OpenVINO's u8 paged cache on {entry['precision']} not gated: {exc}")
+                if "paged_u8" in entry:
+                    _say_paged(entry)
             metrics = entry["gate"]["metrics"]
             info(
                 f"[green]{entry['file']}[/] from {inplace}: next-token agreement {metrics['next_token_top1']:.4f} "

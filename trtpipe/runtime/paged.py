@@ -211,18 +211,16 @@ class PagedDecoder:
         lengths = [len(ids) for ids, _, _ in pieces]
         tables = [cache.blocks(row, past + n) for (_, row, past), n in zip(pieces, lengths)]
         ends = np.cumsum(lengths)
-        empty = self.threads - len(pieces) if max(lengths) == 1 else 0
+        empty = max(self.threads - len(pieces), 0) if max(lengths) == 1 else 0
         feeds = {
             "input_ids": np.concatenate([np.asarray(ids, np.int64) for ids, _, _ in pieces]),
             "position_ids": np.concatenate(
                 [np.arange(past, past + n, dtype=np.int64) for (_, _, past), n in zip(pieces, lengths)]
             ),
-            "past_lens": np.array([past for _, _, past in pieces] + [0] * max(empty, 0), np.int32),
-            "subsequence_begins": np.concatenate([[0], ends, [ends[-1]] * max(empty, 0)]).astype(np.int32),
+            "past_lens": np.array([past for _, _, past in pieces] + [0] * empty, np.int32),
+            "subsequence_begins": np.concatenate([[0], ends, [ends[-1]] * empty]).astype(np.int32),
             "block_indices": np.concatenate(tables).astype(np.int32),
-            "block_indices_begins": np.cumsum([0] + [len(t) for t in tables] + [0] * max(empty, 0)).astype(
-                np.int32
-            ),
+            "block_indices_begins": np.cumsum([0] + [len(t) for t in tables] + [0] * empty).astype(np.int32),
             "max_context_len": np.array(max(past + n for (_, _, past), n in zip(pieces, lengths)), np.int32),
             "last_tokens": (ends - 1).astype(np.int32),
         }
