@@ -138,13 +138,9 @@ class SplitStep:
                 for i, key in enumerate(outputs):
                     values[key] = request.get_output_tensor(i)
 
-        once()
-        spent = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            once()
-            spent.append(time.perf_counter() - started)
-        return float(np.median(spent)) * 1e3
+        from common import median_ms
+
+        return median_ms(once, calls)
 
     def __init__(self, bundle, variant: str, threads: int, attention_threads=None, spin=False, pin=False):
         import onnxruntime as ort

@@ -15,6 +15,21 @@ from ..runtime.errors import UserError, with_article
 from .stats import per_round_p99, summarize
 
 
+def clocked(start):
+    """`start()`'s tokens timed as the peers' are (a clock at every token as the caller receives it, from before
+    `start` is called): TTFT = the first token, each step = one token to the next."""
+    from .peers import Timed
+
+    clock = time.perf_counter
+    ids: list[int] = []
+    times: list[float] = []
+    started = clock()
+    for token in start():
+        times.append(clock())
+        ids.append(token.id)
+    return Timed(times[0] - started, [b - a for a, b in zip(times, times[1:])], ids)
+
+
 class OursDecoder:
     def __init__(
         self,
@@ -54,16 +69,7 @@ class OursDecoder:
     def run(self, prompt: list[int], new_tokens: int):
         """Timed as the peers are (a clock at every token as the caller receives it): TTFT = the first token,
         each step = one token to the next — the graph call, sampling, detokenising and the loop's own Python."""
-        from .peers import Timed
-
-        clock = time.perf_counter
-        ids: list[int] = []
-        times: list[float] = []
-        started = clock()
-        for token in self.generator.stream([prompt], new_tokens, ignore_eos=True):
-            times.append(clock())
-            ids.append(token.id)
-        return Timed(times[0] - started, [b - a for a, b in zip(times, times[1:])], ids)
+        return clocked(lambda: self.generator.stream([prompt], new_tokens, ignore_eos=True))
 
 
 class PagedRow:
@@ -89,17 +95,7 @@ class PagedRow:
         self.variant_file = bundle.variants[variant or "fp32"]["file"]
 
     def run(self, prompt: list[int], new_tokens: int):
-        from .peers import Timed
-
-        clock = time.perf_counter
-        ids: list[int] = []
-        times: list[float] = []
-        started = clock()
-        request = self.engine.submit(prompt, new_tokens, ignore_eos=True)
-        for token in self.engine.stream(request):
-            times.append(clock())
-            ids.append(token.id)
-        return Timed(times[0] - started, [b - a for a, b in zip(times, times[1:])], ids)
+        return clocked(lambda: self.engine.stream(self.engine.submit(prompt, new_tokens, ignore_eos=True)))
 
 
 @dataclass

@@ -74,17 +74,23 @@ def calibrate(bundle: Bundle, inplace_path: Path, texts: list[str]) -> list[tupl
     ]
 
 
+def long_windows(bundle: Bundle, texts: list[str]) -> tuple[list[list[int]], int]:
+    """The long-context check's two held-out windows (up to LONG_WINDOW tokens) and how many last positions of
+    each it compares (LONG_STEPS, at most half a window)."""
+    length = min(LONG_WINDOW, bundle.limits["max_positions"])
+    return windows(bundle, texts, length, 2), min(LONG_STEPS, length // 2)
+
+
 def long_agreement(bundle: Bundle, source_path: Path, candidate_path: Path, texts: list[str]) -> float:
     """Next-token top-1 agreement of the int8-cache graph with its float-cache source over the last LONG_STEPS
     positions of two long held-out windows (the rest prefilled, then one teacher-forced token a step), where the
     cache holds hundreds of quantised rows: the positions a short gate text never reaches."""
-    length = min(LONG_WINDOW, bundle.limits["max_positions"])
-    steps = min(LONG_STEPS, length // 2)
+    long, steps = long_windows(bundle, texts)
     runners = [
         DecoderRunner(bundle, OrtSession(p, specs=None), inplace=True) for p in (source_path, candidate_path)
     ]
     agree = total = 0
-    for ids in windows(bundle, texts, length, 2):
+    for ids in long:
         if len(ids) <= steps:
             continue
         tops = []
@@ -191,7 +197,10 @@ def add_kv8(
     fused = "kv-fused" in bundle.variants
     every = [n for n in bundle.variants if n == "kv-inplace" or n.endswith(".kv-inplace")]
     refused = []  # each twin is gated on its own: one that fails leaves the others written
-    paged_gate = importlib.util.find_spec("openvino") is not None
+    paged_gate = (
+        importlib.util.find_spec("openvino") is not None
+    )  # then OpenVINO's u8 cache too (`paged_u8.py`)
+    long, steps = long_windows(bundle, held_out) if paged_gate else ([], 0)
     with bundle_transaction(bundle.path) as (locked, stage):
         for inplace in [only] if only else every:
             try:
@@ -202,23 +211,14 @@ def add_kv8(
             except CheckFailed as exc:
                 refused.append(str(exc))
                 continue
-            if paged_gate:  # OpenVINO's u8 cache on the paged engine, the same weights (`paged_u8.py`)
-                with status(
-                    f"{entry['precision']} → OpenVINO's u8 paged cache: gating against its f32 cache"
-                ):
-                    length = min(LONG_WINDOW, locked.limits["max_positions"])
-                    long = windows(locked, held_out, length, 2)
-                    steps = min(LONG_STEPS, length // 2)
-                    try:
-                        entry["paged_u8"] = paged_u8_gate(
-                            locked, entry["precision"], held_out, long, steps, force
-                        )
-                    except (
-                        UserError
-                    ) as exc:  # no paged model of it: the twin stands, the u8 cache stays refused
-                        warn(f"OpenVINO's u8 paged cache on {entry['precision']} not gated: {exc}")
-                if "paged_u8" in entry:
+            if paged_gate:  # the same weights on OpenVINO's paged engine, u8 cache against f32
+                weights = entry["precision"]
+                try:
+                    with status(f"{weights} → OpenVINO's u8 paged cache: gating against its f32 cache"):
+                        entry["paged_u8"] = paged_u8_gate(locked, weights, held_out, long, steps, force)
                     _say_paged(entry)
+                except UserError as exc:  # no paged model of it: the twin stands, the u8 cache stays refused
+                    warn(f"OpenVINO's u8 paged cache on {weights} not gated: {exc}")
             metrics = entry["gate"]["metrics"]
             info(
                 f"[green]{entry['file']}[/] from {inplace}: next-token agreement {metrics['next_token_top1']:.4f} "

@@ -27,6 +27,7 @@ import numpy as np
 from .bundle import Bundle
 from .errors import UserError
 from .ov import compile_config, import_openvino, weight_group
+from .session import int8_cache, int8_twin
 from .slots import SlotDecoder
 
 
@@ -248,7 +249,7 @@ class PagedDecoder:
 def u8_gate(bundle: Bundle, base: str) -> None:
     """A UserError naming the fix unless `optimize --precision kv8` gated OpenVINO's u8 cache for weights `base`
     (the `paged_u8` record of its kv8 twin, `optimize/paged_u8.py`) and it passed, or was forced."""
-    name = "kv8-inplace" if base == "fp32" else f"{base}.kv8-inplace"
+    name = int8_twin(base)
     command = f"trtpipe optimize {bundle.path} --precision kv8"
     record = bundle.variants.get(name, {}).get("paged_u8")
     if record is None:
@@ -270,8 +271,6 @@ def u8_gate(bundle: Bundle, base: str) -> None:
 def int8_check(bundle: Bundle, base: str, backend: str, paged: bool) -> None:
     """What BatchEngine(kv_cache="int8") checks, for a caller that checks before building anything (`trtpipe
     triton`): the u8 cache's gate on the paged engine, the kv8 twin elsewhere (`session.int8_cache`)."""
-    from .session import int8_cache
-
     if paged:
         u8_gate(bundle, base)
     else:

@@ -64,6 +64,11 @@ def open_session(
     )
 
 
+def int8_twin(base: str) -> str:
+    """The name of weight variant `base`'s int8-cache twin (`optimize --precision kv8`)."""
+    return "kv8-inplace" if base == "fp32" else f"{base}.kv8-inplace"
+
+
 def int8_cache(bundle: Bundle, base: str, backend: str, kv: str, kv_cache: str) -> str:
     """The int8-cache twin of weight variant `base` that `kv_cache="int8"` asks for, or a UserError naming the fix."""
     if kv_cache != "int8":
@@ -73,7 +78,7 @@ def int8_cache(bundle: Bundle, base: str, backend: str, kv: str, kv_cache: str) 
             "the int8 KV cache runs in place on ONNX Runtime's CPU provider: use --backend ort-cpu, kv auto or "
             "inplace; or leave the cache at fp32"
         )
-    name = "kv8-inplace" if base == "fp32" else f"{base}.kv8-inplace"
+    name = int8_twin(base)
     command = f"trtpipe optimize {bundle.path} --precision kv8"
     if name not in bundle.variants:
         raise UserError(
